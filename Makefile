@@ -1,0 +1,52 @@
+# kdflow: `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## List the targets with what they do
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	@# torch first and alone: the pinned CPU build lies on disk; anything else pulls a CUDA build.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -c requirements.lock -e '.[dev]'
+	@touch $@
+
+.PHONY: install
+install: $(STAMP) ## Create .venv and install kdflow with its locked dependencies
+
+.PHONY: run
+run: $(STAMP) ## Run the whole pipeline locally on the built-in digits dataset (ARGS="..." adds options)
+	$(VENV)/bin/kdflow run $(ARGS)
+
+.PHONY: test
+test: $(STAMP) ## Lint, then run the whole test suite
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/python -m pytest $(ARGS)
+
+.PHONY: lint
+lint: $(STAMP) ## ruff and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check . || true
+	$(VENV)/bin/mypy
+
+.PHONY: compile
+compile: $(STAMP) ## Write the compiled pipeline YAML (pipelines/distillation.yaml)
+	$(VENV)/bin/kdflow compile -o pipelines/distillation.yaml
+
+.PHONY: bench
+bench: $(STAMP) ## Run the benchmarks (figures land in benchmarks/results/)
+	$(PY) -m benchmarks.quality
+
+.PHONY: clean
+clean: ## Remove run outputs (keeps .venv)
+	rm -rf outputs .kdflow

@@ -1,0 +1,5 @@
+"""KFP components: one file each, typed artifacts in and out, a few lines that call kdflow.
+
+Each module defines `make(image)`, which returns the component built on that image: the
+image is a compile-time choice, never read from the environment at import time.
+"""

@@ -1,0 +1,62 @@
+"""distill: Ray Train distillation of the teacher ensemble, next to the baseline student."""
+
+from typing import List, NamedTuple
+
+from kfp import dsl
+
+
+def distill(
+    dataset: dsl.Input[dsl.Dataset],
+    teachers: dsl.Input[List[dsl.Model]],
+    student: str,
+    temperature: float,
+    alpha: float,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    workers: int,
+    max_failures: int,
+    seed: int,
+    run_name: str,
+    student_model: dsl.Output[dsl.Model],
+    baseline_model: dsl.Output[dsl.Model],
+    metrics: dsl.Output[dsl.Metrics],
+) -> NamedTuple("Outputs", settings=str):
+    import json
+    from collections import namedtuple
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from kdflow.config import DistillConfig
+    from kdflow.steps import distill
+
+    cfg = DistillConfig(
+        student=student,
+        temperature=temperature,
+        alpha=alpha,
+        student_epochs=epochs,
+        student_lr=lr,
+        student_batch_size=batch_size,
+        workers=workers,
+        max_failures=max_failures,
+    )
+    work = Path(student_model.path).parent / "work"
+    result = distill(
+        Path(dataset.path),
+        [Path(t.path) for t in teachers],
+        cfg,
+        seed,
+        Path(student_model.path),
+        Path(baseline_model.path),
+        work,
+        run_name,
+    )
+    for role, artifact in (("student", student_model), ("baseline", baseline_model)):
+        artifact.metadata.update({"spec": student, "params": result[role]["params"]})
+        metrics.log_metric(f"{role}_val_accuracy", result[role]["val_accuracy"])
+    outputs = namedtuple("Outputs", ["settings"])
+    return outputs(json.dumps(asdict(cfg), sort_keys=True))
+
+
+def make(image: str):
+    return dsl.component(base_image=image, install_kfp_package=False)(distill)

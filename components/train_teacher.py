@@ -1,0 +1,34 @@
+"""train_teacher: train one teacher from a zoo spec, or import it from MLflow."""
+
+from kfp import dsl
+
+
+def train_teacher(
+    dataset: dsl.Input[dsl.Dataset],
+    spec: str,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    tracking_uri: str,
+    model: dsl.Output[dsl.Model],
+    metrics: dsl.Output[dsl.Metrics],
+):
+    from pathlib import Path
+
+    from kdflow.config import TeacherConfig
+    from kdflow.steps import train_teacher
+
+    cfg = TeacherConfig(
+        teachers=[spec], teacher_epochs=epochs, teacher_lr=lr, batch_size=batch_size
+    )
+    result = train_teacher(
+        Path(dataset.path), spec, cfg, seed, Path(model.path), tracking_uri or None
+    )
+    model.metadata.update({"spec": spec, "params": result["params"]})
+    metrics.log_metric("val_accuracy", result["val_accuracy"])
+    metrics.log_metric("params", result["params"])
+
+
+def make(image: str):
+    return dsl.component(base_image=image, install_kfp_package=False)(train_teacher)

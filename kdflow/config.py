@@ -1,0 +1,296 @@
+"""Settings: one dataclass per group, the only place a default lives.
+
+Each field's docstring (the string under it) is its `--help` text. Cross-field checks live
+in `__post_init__` and raise ConfigError naming the CLI option. The CLI, the KFP components
+and the Ray entry point all build these same objects.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import textwrap
+import typing
+from dataclasses import dataclass, field, fields
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kdflow.errors import ConfigError
+
+BUILTIN_PREFIX = "builtin:"
+
+
+def option_name(field_name: str) -> str:
+    """The CLI spelling of a field: `teacher_epochs` -> `--teacher-epochs`."""
+    return "--" + field_name.replace("_", "-")
+
+
+def _require(condition: bool, field_name: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{option_name(field_name)}: {message}", option=option_name(field_name))
+
+
+@dataclass
+class DataConfig:
+    data: str = "builtin:digits"
+    """Training data: a Parquet or CSV file, or `builtin:digits` (scikit-learn's 8x8 digits)."""
+    test_data: str | None = None
+    """Test data (same columns). Without it, a stratified split of --data made from --seed."""
+    label_column: str = "label"
+    """Column holding the class of each row (integers or strings)."""
+    input_shape: list[int] | None = None
+    """Shape of one sample, e.g. 1,28,28 for images stored as flat columns. Needed by cnn."""
+    test_fraction: float = 0.2
+    """Share of --data held out for testing when --test-data is not given."""
+    val_fraction: float = 0.1
+    """Share of the training rows held out to pick the best epoch."""
+    contract: str | None = None
+    """Data contract YAML the data is held to (default: a lenient contract inferred on the fly)."""
+    validation: str = "fail"
+    """What a failed data contract does: `fail` stops the run, `warn` carries on with a warning."""
+
+    def __post_init__(self) -> None:
+        _require(bool(self.data), "data", "give a Parquet/CSV file or builtin:digits")
+        _require(bool(self.label_column), "label_column", "must not be empty")
+        _require(0.0 < self.test_fraction < 1.0, "test_fraction", "must be in (0, 1)")
+        _require(0.0 <= self.val_fraction < 1.0, "val_fraction", "must be in [0, 1)")
+        _require(self.validation in ("fail", "warn"), "validation", "must be `fail` or `warn`")
+        if self.input_shape is not None:
+            _require(
+                len(self.input_shape) > 0 and all(int(d) > 0 for d in self.input_shape),
+                "input_shape",
+                f"dimensions must be positive integers, got {self.input_shape}",
+            )
+
+
+@dataclass
+class TeacherConfig:
+    teachers: list[str] = field(
+        default_factory=lambda: ["mlp:hidden=512-512", "mlp:hidden=1024", "cnn:channels=32-64"]
+    )
+    """Teacher models: zoo specs (`mlp:hidden=512-512`, `cnn:channels=32-64`) or MLflow URIs."""
+    teacher_epochs: int = 40
+    """Epochs each teacher trains for."""
+    teacher_lr: float = 1e-3
+    """Adam learning rate for the teachers."""
+    batch_size: int = 64
+    """Mini-batch size for teacher training."""
+
+    def __post_init__(self) -> None:
+        _require(len(self.teachers) > 0, "teachers", "give at least one teacher")
+        _require(self.teacher_epochs >= 1, "teacher_epochs", "must be at least 1")
+        _require(self.teacher_lr > 0, "teacher_lr", "must be > 0")
+        _require(self.batch_size >= 1, "batch_size", "must be at least 1")
+
+
+@dataclass
+class DistillConfig:
+    student: str = "mlp:hidden=32"
+    """Student model spec from the zoo; it should be several times smaller than the teachers."""
+    temperature: float = 4.0
+    """Softmax temperature T of the soft targets (Hinton et al. 2015); > 0."""
+    alpha: float = 0.2
+    """Weight of the hard-label cross-entropy; 1 - alpha weighs the T²-scaled KL term."""
+    student_epochs: int = 80
+    """Epochs the student (and the no-distillation baseline) train for."""
+    student_lr: float = 3e-3
+    """Adam learning rate for the student and the baseline."""
+    student_batch_size: int = 64
+    """Global mini-batch size of the student, split across the Ray Train workers."""
+    workers: int = 1
+    """Ray Train workers (data-parallel); each gets a GPU when --use-gpu."""
+    use_gpu: bool | None = None
+    """Train on GPUs (default: when CUDA is available)."""
+    max_failures: int = 2
+    """Worker failures Ray Train recovers from by resuming the last checkpoint."""
+
+    def __post_init__(self) -> None:
+        _require(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
+        _require(0.0 <= self.alpha <= 1.0, "alpha", f"must be in [0, 1], got {self.alpha}")
+        _require(self.student_epochs >= 1, "student_epochs", "must be at least 1")
+        _require(self.student_lr > 0, "student_lr", "must be > 0")
+        _require(self.student_batch_size >= 1, "student_batch_size", "must be at least 1")
+        _require(self.workers >= 1, "workers", f"must be at least 1, got {self.workers}")
+        _require(self.max_failures >= 0, "max_failures", "must be >= 0")
+
+
+@dataclass
+class GateConfig:
+    min_retention: float = 0.97
+    """Student accuracy must be at least this fraction of the teacher ensemble's."""
+    min_gain_over_baseline: float = 0.0
+    """Student accuracy minus the no-distillation baseline's must exceed this."""
+    min_compression: float = 5.0
+    """Smallest teacher's parameter count over the student's must be at least this."""
+    min_speedup: float = 1.0
+    """Fastest teacher's CPU latency (batch 1, p50) over the student's must be at least this."""
+    max_regression: float = 0.01
+    """Student accuracy may be at most this far below the current champion's."""
+
+    def __post_init__(self) -> None:
+        _require(0.0 <= self.min_retention <= 1.5, "min_retention", "must be in [0, 1.5]")
+        _require(self.min_compression >= 0, "min_compression", "must be >= 0")
+        _require(self.min_speedup >= 0, "min_speedup", "must be >= 0")
+        _require(0.0 <= self.max_regression <= 1.0, "max_regression", "must be in [0, 1]")
+
+
+@dataclass
+class RegistryConfig:
+    tracking_uri: str | None = None
+    """MLflow tracking URI (default: a sqlite store under .kdflow/ in the working directory)."""
+    model_name: str = "kdflow-student"
+    """Registered model name in the MLflow model registry."""
+    promotion: str = "auto"
+    """`auto` moves the `champion` alias when every gate passed; `manual` leaves it to a person."""
+
+    def __post_init__(self) -> None:
+        _require(bool(self.model_name.strip()), "model_name", "must not be empty")
+        _require(self.promotion in ("auto", "manual"), "promotion", "must be `auto` or `manual`")
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    teachers: TeacherConfig = field(default_factory=TeacherConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    gates: GateConfig = field(default_factory=GateConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    seed: int = 0
+    """Seed of splits, initialisation and shuffling: the same seed gives the same run."""
+    output: str = "outputs/run"
+    """Folder the run writes to: summary.json, the pipeline's artifacts, logs."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "teachers": TeacherConfig,
+    "distill": DistillConfig,
+    "gates": GateConfig,
+    "registry": RegistryConfig,
+}
+
+
+@cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of a dataclass, read from its source."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, nxt in zip(body, body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check a YAML value against a field's type annotation, converting the harmless cases."""
+    hints = typing.get_args(annotation)
+    if type(None) in hints:
+        if value is None:
+            return None
+        annotation = next(h for h in hints if h is not type(None))
+    origin = typing.get_origin(annotation)
+    if origin is list:
+        (item_type,) = typing.get_args(annotation)
+        if isinstance(value, str):
+            value = [v for v in value.replace(" ", ",").split(",") if v]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, item_type, where) for v in value]
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if annotation is str:
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _section_kwargs(cls: type, values: dict[str, Any], where: str) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+    return {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in values.items()}
+
+
+def build_config(values: dict[str, Any], where: str = "config") -> RunConfig:
+    """Build a RunConfig from nested settings (`{distill: {temperature: 2}}`), checking keys."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping of sections, got {type(values).__name__}")
+    top = {f.name for f in fields(RunConfig)}
+    unknown = sorted(set(values) - top)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown section(s) {', '.join(unknown)}; known: {', '.join(sorted(top))}"
+        )
+    kwargs: dict[str, Any] = {}
+    for name, cls in SECTIONS.items():
+        section = values.get(name) or {}
+        if not isinstance(section, dict):
+            raise ConfigError(f"{where}: section `{name}` must be a mapping")
+        kwargs[name] = cls(**_section_kwargs(cls, section, f"{where}: {name}"))
+    for name in ("seed", "output"):
+        if name in values:
+            kwargs[name] = _coerce(values[name], typing.get_type_hints(RunConfig)[name], name)
+    return RunConfig(**kwargs)
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a YAML config file; unknown keys and wrong types are ConfigErrors naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--config: {path}: no such file", option="--config")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--config: {path} is not valid YAML: {exc}", option="--config") from exc
+    return build_config(values, where=str(path))
+
+
+def parse_input_shape(text: str) -> list[int]:
+    """`1,28,28` or `1x28x28` -> [1, 28, 28]."""
+    parts = [p for p in text.replace("x", ",").split(",") if p.strip()]
+    try:
+        shape = [int(p) for p in parts]
+    except ValueError:
+        raise ConfigError(
+            f"--input-shape: expected integers like 1,28,28, got {text!r}", option="--input-shape"
+        ) from None
+    if not shape or any(d <= 0 for d in shape):
+        raise ConfigError(
+            f"--input-shape: dimensions must be positive, got {text!r}", option="--input-shape"
+        )
+    return shape

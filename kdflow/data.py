@@ -1,0 +1,170 @@
+"""Datasets: built-in sets, splits, hashing, and the prepared-dataset folder.
+
+A prepared dataset (the validate step's output) is a folder with `train.parquet`,
+`val.parquet`, `test.parquet` and `meta.json` (feature columns, class names, input shape,
+source hash). Labels are stored as class indices into `meta.json`'s `classes`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kdflow.config import BUILTIN_PREFIX
+from kdflow.errors import ConfigError, DataError
+from kdflow.io import read_table
+
+BUILTIN_SHAPES = {"digits": [1, 8, 8]}
+
+
+def builtin_frame(name: str, label_column: str = "label") -> pd.DataFrame:
+    """scikit-learn's bundled datasets as DataFrames; no download."""
+    if name != "digits":
+        raise ConfigError(
+            f"--data: unknown built-in dataset {name!r}; known: "
+            + ", ".join(BUILTIN_PREFIX + n for n in BUILTIN_SHAPES),
+            option="--data",
+        )
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    frame = pd.DataFrame(
+        bunch.data.astype(np.float32), columns=[f"px{i}" for i in range(bunch.data.shape[1])]
+    )
+    frame[label_column] = bunch.target.astype(np.int64)
+    return frame
+
+
+def load_frame(uri: str, label_column: str = "label") -> pd.DataFrame:
+    if uri.startswith(BUILTIN_PREFIX):
+        return builtin_frame(uri.removeprefix(BUILTIN_PREFIX), label_column)
+    return read_table(uri)
+
+
+def default_input_shape(uri: str) -> list[int] | None:
+    if uri.startswith(BUILTIN_PREFIX):
+        return BUILTIN_SHAPES.get(uri.removeprefix(BUILTIN_PREFIX))
+    return None
+
+
+def frame_sha256(frame: pd.DataFrame) -> str:
+    """Content hash of a table: the same rows and columns give the same hash."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([str(c) for c in frame.columns]).encode())
+    digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class DatasetMeta:
+    label_column: str
+    feature_columns: list[str]
+    classes: list[str]
+    input_shape: list[int]
+    sha256: str
+    rows: dict[str, int]
+    source: str
+
+    @property
+    def n_features(self) -> int:
+        return len(self.feature_columns)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+
+@dataclass
+class Split:
+    x: np.ndarray  # float32, N × F
+    y: np.ndarray  # int64 class indices, N
+
+
+def split_frame(
+    frame: pd.DataFrame, label_column: str, test_fraction: float, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A stratified, seeded split; falls back to unstratified when a class is too rare."""
+    from sklearn.model_selection import train_test_split
+
+    labels = frame[label_column]
+    counts = labels.value_counts()
+    stratify = labels if counts.min() >= 2 and len(counts) * 2 <= len(frame) else None
+    try:
+        first, second = train_test_split(
+            frame, test_size=test_fraction, random_state=seed, stratify=stratify
+        )
+    except ValueError as exc:
+        raise DataError(
+            f"cannot split {len(frame)} rows with test fraction {test_fraction}: {exc}"
+        ) from exc
+    return first.reset_index(drop=True), second.reset_index(drop=True)
+
+
+def resolve_input_shape(input_shape: list[int] | None, n_features: int) -> list[int]:
+    if input_shape is None:
+        return [n_features]
+    if math.prod(input_shape) != n_features:
+        raise ConfigError(
+            f"--input-shape {','.join(map(str, input_shape))} holds {math.prod(input_shape)} "
+            f"values but the data has {n_features} feature columns",
+            option="--input-shape",
+        )
+    return list(input_shape)
+
+
+def class_names(train_labels: pd.Series) -> list[str]:
+    """Sorted class names: numerically when every label is an integer."""
+    values = train_labels.dropna().unique().tolist()
+    try:
+        return [str(v) for v in sorted(values, key=lambda v: float(v))]
+    except (TypeError, ValueError):
+        return sorted(str(v) for v in values)
+
+
+def write_prepared(
+    folder: Path,
+    splits: dict[str, pd.DataFrame],
+    label_column: str,
+    input_shape: list[int] | None,
+    sha256: str,
+    source: str,
+) -> DatasetMeta:
+    """Normalise dtypes (float32 features, class-index labels) and write the folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    features = [c for c in splits["train"].columns if c != label_column]
+    classes = class_names(splits["train"][label_column])
+    index = {name: i for i, name in enumerate(classes)}
+    for name, frame in splits.items():
+        out = frame[features].astype(np.float32)
+        out["label"] = frame[label_column].map(lambda v: index[str(v)]).astype(np.int64)
+        out.to_parquet(folder / f"{name}.parquet", index=False)
+    meta = DatasetMeta(
+        label_column=label_column,
+        feature_columns=features,
+        classes=classes,
+        input_shape=resolve_input_shape(input_shape, len(features)),
+        sha256=sha256,
+        rows={name: len(frame) for name, frame in splits.items()},
+        source=source,
+    )
+    (folder / "meta.json").write_text(json.dumps(asdict(meta), indent=2))
+    return meta
+
+
+def read_meta(folder: str | Path) -> DatasetMeta:
+    path = Path(folder) / "meta.json"
+    if not path.is_file():
+        raise DataError(f"{folder}: not a prepared kdflow dataset (no meta.json)")
+    return DatasetMeta(**json.loads(path.read_text()))
+
+
+def read_split(folder: str | Path, name: str) -> Split:
+    frame = pd.read_parquet(Path(folder) / f"{name}.parquet")
+    y = frame.pop("label").to_numpy(np.int64)
+    return Split(x=frame.to_numpy(np.float32), y=y)

@@ -1,0 +1,91 @@
+"""Checks a run's settings against its data before any step starts, so a mistake costs
+seconds and reads as one line naming the option, not a failed pipeline."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from kdflow.config import BUILTIN_PREFIX, RunConfig
+from kdflow.errors import ConfigError
+from kdflow.models import MLFLOW_URI_PREFIX, build_classifier, parse_spec
+
+REMOTE_SCHEMES = ("s3://", "gs://", "http://", "https://")
+
+
+def table_columns(uri: str, option: str) -> list[str] | None:
+    """Column names of a local Parquet/CSV file (None for remote URIs, checked later)."""
+    if uri.startswith(REMOTE_SCHEMES):
+        return None
+    path = Path(uri)
+    if not path.exists():
+        raise ConfigError(f"{option}: {uri}: no such file", option=option)
+    if path.is_dir():
+        raise ConfigError(
+            f"{option}: {uri} is a directory; give a Parquet or CSV file", option=option
+        )
+    try:
+        if path.suffix.lower() == ".csv":
+            import pandas as pd
+
+            return [str(c) for c in pd.read_csv(path, nrows=0).columns]
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(path).names)
+    except Exception as exc:  # noqa: BLE001 - any reader failure means an unreadable file
+        raise ConfigError(f"{option}: {uri} cannot be read: {exc}", option=option) from exc
+
+
+def check_run(cfg: RunConfig) -> None:
+    """Raise ConfigError for anything that would make the pipeline fail on its first steps."""
+    from kdflow.data import BUILTIN_SHAPES, default_input_shape
+
+    data = cfg.data
+    if data.data.startswith(BUILTIN_PREFIX):
+        name = data.data.removeprefix(BUILTIN_PREFIX)
+        if name not in BUILTIN_SHAPES:
+            raise ConfigError(
+                f"--data: unknown built-in dataset {name!r}; known: "
+                + ", ".join(BUILTIN_PREFIX + n for n in BUILTIN_SHAPES),
+                option="--data",
+            )
+        n_features = math.prod(BUILTIN_SHAPES[name])
+    else:
+        columns = table_columns(data.data, "--data")
+        n_features = None
+        if columns is not None:
+            if data.label_column not in columns:
+                shown = ", ".join(columns[:12]) + (" ..." if len(columns) > 12 else "")
+                raise ConfigError(
+                    f"--label-column: {data.label_column!r} is not a column of {data.data} "
+                    f"(columns: {shown})",
+                    option="--label-column",
+                )
+            n_features = len(columns) - 1
+    if data.test_data:
+        test_columns = table_columns(data.test_data, "--test-data")
+        if test_columns is not None and data.label_column not in test_columns:
+            raise ConfigError(
+                f"--test-data: {data.test_data} has no label column {data.label_column!r}",
+                option="--test-data",
+            )
+    if data.contract and not Path(data.contract).is_file():
+        raise ConfigError(f"--contract: {data.contract}: no such file", option="--contract")
+    shape = data.input_shape or default_input_shape(data.data)
+    if shape is not None and n_features is not None and math.prod(shape) != n_features:
+        raise ConfigError(
+            f"--input-shape: {','.join(map(str, shape))} holds {math.prod(shape)} values but "
+            f"{data.data} has {n_features} feature columns",
+            option="--input-shape",
+        )
+    specs = [("--student", cfg.distill.student)] + [
+        ("--teachers", t) for t in cfg.teachers.teachers if not t.startswith(MLFLOW_URI_PREFIX)
+    ]
+    for option, text in specs:
+        spec = parse_spec(text, option)
+        if n_features is not None:
+            # Build once on the real shapes: catches e.g. a cnn without a C,H,W input shape.
+            try:
+                build_classifier(spec, shape or [n_features], 2, n_features)
+            except ConfigError as exc:
+                raise ConfigError(f"{option}: {text}: {exc}", option=option) from exc

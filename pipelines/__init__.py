@@ -1,0 +1,1 @@
+"""Pipelines (the DAGs) and the kdflow command line."""

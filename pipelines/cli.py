@@ -1,0 +1,339 @@
+"""The kdflow command line: run the pipeline locally, compile it for a cluster.
+
+Heavy libraries (torch, ray, mlflow, great_expectations, kfp) are imported inside the
+commands that need them, so `kdflow --help` and bad options answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import re
+import sys
+import time
+import typing
+from pathlib import Path
+from typing import Any, TextIO
+
+from kdflow.config import SECTIONS, RunConfig, build_config, field_docs, load_config, option_name
+from kdflow.errors import ConfigError, KdflowError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+ERROR_LINE = re.compile(r"kdflow\.errors\.(\w+): (.*)")
+TASK_START = re.compile(r"Executing task '([^']+)'")
+TASK_END = re.compile(r"Task '([^']+)' finished with status (\w+)")
+
+
+class KdflowParser(argparse.ArgumentParser):
+    """argparse that reports a bad option as one line and exit code 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+# ------------------------------------------------------------------------------------ run
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One option per config field; help text is the field's docstring."""
+    for section, cls in SECTIONS.items():
+        group = parser.add_argument_group(section)
+        docs = field_docs(cls)
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            kwargs: dict[str, Any] = {
+                "dest": f"{section}.{f.name}",
+                "help": docs.get(f.name, ""),
+                "default": argparse.SUPPRESS,
+            }
+            hint = hints[f.name]
+            args = typing.get_args(hint)
+            if f.name == "input_shape":
+                kwargs["metavar"] = "C,H,W"
+            elif typing.get_origin(hint) is list:
+                kwargs["nargs"] = "+"
+                kwargs["metavar"] = "SPEC"
+            elif hint == bool | None:
+                kwargs["action"] = argparse.BooleanOptionalAction
+            elif hint in (int, float):
+                kwargs["type"] = hint
+            elif args and float in args:
+                kwargs["type"] = float
+            group.add_argument(option_name(f.name), **kwargs)
+    parser.add_argument(
+        "--seed", type=int, default=argparse.SUPPRESS, help=field_docs(RunConfig)["seed"]
+    )
+    parser.add_argument(
+        "--output", "-o", default=argparse.SUPPRESS, help=field_docs(RunConfig)["output"]
+    )
+    parser.add_argument(
+        "--config",
+        help="YAML file with the same settings, by section "
+        "(data, teachers, distill, gates, registry); options override it.",
+    )
+
+
+def config_from_args(ns: argparse.Namespace) -> RunConfig:
+    """Defaults, then --config, then the options given on the command line."""
+    from kdflow.config import parse_input_shape
+
+    base = load_config(ns.config).to_dict() if ns.config else RunConfig().to_dict()
+    for key, value in vars(ns).items():
+        if "." in key:
+            section, name = key.split(".", 1)
+            if name == "input_shape":
+                value = parse_input_shape(value)
+            base[section][name] = value
+        elif key in ("seed", "output"):
+            base[key] = value
+    return build_config(base, where="options")
+
+
+class _Tee:
+    """Sends the pipeline's output to the log file; shows step progress on the terminal."""
+
+    def __init__(self, log: TextIO, terminal: TextIO, verbose: bool) -> None:
+        self.log, self.terminal, self.verbose = log, terminal, verbose
+        self.buffer = ""
+        self.started: dict[str, float] = {}
+        self.errors: list[tuple[str, str]] = []
+        self.failed: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        if self.verbose:
+            self.terminal.write(text)
+        self.buffer += text
+        *lines, self.buffer = self.buffer.split("\n")
+        for line in lines:
+            self._scan(ANSI.sub("", line))
+        return len(text)
+
+    def _scan(self, line: str) -> None:
+        if match := ERROR_LINE.search(line):
+            self.errors.append((match.group(1), match.group(2).strip()))
+        if self.verbose:
+            return
+        if match := TASK_START.search(line):
+            self.started[match.group(1)] = time.monotonic()
+            self.terminal.write(f"  ▸ {match.group(1)} ...\n")
+        elif match := TASK_END.search(line):
+            task, status = match.groups()
+            took = time.monotonic() - self.started.get(task, time.monotonic())
+            mark = "✓" if status == "SUCCESS" else "✗"
+            if status != "SUCCESS":
+                self.failed.append(task)
+            self.terminal.write(f"  {mark} {task} {status.lower()} in {took:.1f}s\n")
+        self.terminal.flush()
+
+    def flush(self) -> None:
+        self.log.flush()
+        self.terminal.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
+def pipeline_arguments(cfg: RunConfig, tracking_uri: str) -> dict[str, Any]:
+    from pipelines.distillation.pipeline import PARAMETERS
+
+    values: dict[str, Any] = {}
+    for name, cls in PARAMETERS.items():
+        if cls is RunConfig:
+            values[name] = getattr(cfg, name)
+            continue
+        section = next(s for s, c in SECTIONS.items() if c is cls)
+        value = getattr(getattr(cfg, section), name)
+        if name == "input_shape":
+            value = ",".join(map(str, value)) if value else ""
+        values[name] = "" if value is None else value
+    values["tracking_uri"] = tracking_uri
+    values["data"] = _absolute(cfg.data.data)
+    values["test_data"] = _absolute(cfg.data.test_data or "")
+    values["contract"] = _absolute(cfg.data.contract or "")
+    return values
+
+
+def _absolute(uri: str) -> str:
+    """Steps run in other processes: hand them absolute paths."""
+    if not uri or ":" in uri.split("/")[0]:
+        return uri
+    return str(Path(uri).resolve())
+
+
+def run_locally(cfg: RunConfig, verbose: bool) -> tuple[dict[str, Any] | None, _Tee, Path]:
+    """Run the pipeline with kfp.local's SubprocessRunner in this Python environment."""
+    from kfp import local
+
+    from kdflow.registry import resolve_tracking_uri
+    from pipelines.distillation.pipeline import build_pipeline
+
+    out = Path(cfg.output).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    root = out / "pipeline"
+    tracking_uri = resolve_tracking_uri(cfg.registry.tracking_uri)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
+    pipeline = build_pipeline()
+    terminal = sys.stdout
+    with (out / "run.log").open("w") as log:
+        tee = _Tee(log, terminal, verbose)
+        sys.stdout = tee  # type: ignore[assignment]
+        handler = logging.StreamHandler(tee)
+        logging.getLogger().addHandler(handler)
+        try:
+            task = pipeline(**pipeline_arguments(cfg, tracking_uri))
+            summary = json.loads(task.output)
+        except RuntimeError:
+            summary = None
+        finally:
+            sys.stdout = terminal
+            logging.getLogger().removeHandler(handler)
+    return summary, tee, out
+
+
+def print_summary(summary: dict[str, Any], out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title="kdflow: distillation result")
+    for column in ("model", "accuracy", "params", "latency ms", "size vs student"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    student_params = summary["student"]["params"]
+    for t in summary["teachers"]:
+        table.add_row(
+            f"teacher {t['spec']}",
+            f"{t['accuracy']:.4f}",
+            f"{t['params']:,}",
+            f"{t['latency_ms']:.3f}",
+            f"{t['params'] / student_params:.1f}×",
+        )
+    table.add_row("teacher ensemble", f"{summary['ensemble']['accuracy']:.4f}", "", "", "")
+    for name in ("baseline", "student"):
+        m = summary[name]
+        label = "baseline student (no KD)" if name == "baseline" else "distilled student"
+        table.add_row(
+            f"{label} {m['spec']}",
+            f"{m['accuracy']:.4f}",
+            f"{m['params']:,}",
+            f"{m['latency_ms']:.3f}",
+            "1.0×",
+            style="bold" if name == "student" else "",
+        )
+    console.print(table)
+    gates = Table(title="gates")
+    for column in ("gate", "result", "value", "threshold"):
+        gates.add_column(column)
+    for name, g in summary["gates"].items():
+        gates.add_row(
+            name,
+            "[green]pass[/]" if g["passed"] else "[red]FAIL[/]",
+            "-" if g["value"] is None else str(g["value"]),
+            f"{g['op']} {g['threshold']}",
+        )
+    console.print(gates)
+    registered = summary.get("registered")
+    if registered:
+        console.print(
+            f"registered [bold]{registered['name']}[/] version "
+            f"[bold]{registered['version']}[/] with aliases "
+            f"{', '.join(registered['aliases'])} ({registered['tracking_uri']})"
+        )
+    else:
+        console.print("[yellow]not registered[/]: a gate failed (see the gates above)")
+    console.print(f"summary: {out / 'summary.json'}   log: {out / 'run.log'}")
+
+
+def cmd_run(ns: argparse.Namespace) -> int:
+    from kdflow.preflight import check_run
+
+    cfg = config_from_args(ns)
+    check_run(cfg)
+    print(f"kdflow: running the pipeline on {cfg.data.data} (log: {cfg.output}/run.log)")
+    started = time.monotonic()
+    summary, tee, out = run_locally(cfg, ns.verbose)
+    if summary is None:
+        failed = ", ".join(tee.failed) or "a step"
+        reason = tee.errors[-1][1] if tee.errors else f"see {out / 'run.log'}"
+        print(f"kdflow: error: {failed} failed: {reason}", file=sys.stderr)
+        for report in sorted((out / "pipeline").glob("*/validate-data/report")):
+            if tee.errors and tee.errors[-1][0] == "DataValidationError":
+                print(report.read_text(), file=sys.stderr)
+        print("kdflow: nothing was registered", file=sys.stderr)
+        return EXIT_FAILED
+    summary["config"] = cfg.to_dict()
+    summary["duration_s"] = round(time.monotonic() - started, 1)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print_summary(summary, out)
+    return EXIT_OK
+
+
+# -------------------------------------------------------------------------------- compile
+
+
+def cmd_compile(ns: argparse.Namespace) -> int:
+    from kfp import compiler
+
+    from pipelines.distillation.pipeline import build_pipeline
+
+    output = Path(ns.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_pipeline(ns.image), str(output))
+    print(f"kdflow: wrote {output} (image {ns.image})")
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pipelines.distillation.pipeline import DEFAULT_IMAGE
+
+    parser = KdflowParser(
+        prog="kdflow",
+        description="Knowledge distillation from data to "
+        "the MLflow model registry, as a Kubeflow pipeline.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=KdflowParser)
+    run = sub.add_parser(
+        "run", help="Run the whole pipeline locally (kfp.local, local Ray and MLflow)."
+    )
+    _add_config_options(run)
+    run.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="Stream every step's log to the terminal (always in run.log).",
+    )
+    run.set_defaults(func=cmd_run)
+    comp = sub.add_parser("compile", help="Write the compiled pipeline YAML for a cluster.")
+    comp.add_argument("--output", "-o", default="pipelines/distillation.yaml")
+    comp.add_argument(
+        "--image", default=DEFAULT_IMAGE, help="Component image the steps run in on the cluster."
+    )
+    comp.set_defaults(func=cmd_compile)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    try:
+        return int(ns.func(ns))
+    except ConfigError as exc:
+        print(f"kdflow {ns.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KdflowError as exc:
+        print(f"kdflow {ns.command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("kdflow: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
