@@ -102,9 +102,7 @@ class DistillConfig:
     student_batch_size: int = 64
     """Global mini-batch size of the student, split across the Ray Train workers."""
     workers: int = 1
-    """Ray Train workers (data-parallel); each gets a GPU when --use-gpu."""
-    use_gpu: bool | None = None
-    """Train on GPUs (default: when CUDA is available)."""
+    """Ray Train workers (data-parallel); each takes a GPU when CUDA is available."""
     max_failures: int = 2
     """Worker failures Ray Train recovers from by resuming the last checkpoint."""
 
@@ -206,7 +204,13 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     if origin is list:
         (item_type,) = typing.get_args(annotation)
         if isinstance(value, str):
-            value = [v for v in value.replace(" ", ",").split(",") if v]
+            # `1,28,28` / `1x28x28` for shapes; one string is one item for lists of specs
+            # (a spec has commas of its own: mlp:hidden=64,dropout=0.1).
+            value = (
+                [v for v in value.replace("x", ",").replace(" ", ",").split(",") if v]
+                if item_type is int
+                else [value]
+            )
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         return [_coerce(v, item_type, where) for v in value]

@@ -36,7 +36,8 @@ class FeatureSpec:
     """What one feature column must hold."""
 
     dtype: FeatureDtype = "float"
-    """`float` accepts any numeric column (integers too); `int` only integer columns."""
+    """`float` accepts any numeric column (integers too); `int` only integer columns (an
+    integer column with nulls reads as float)."""
     min: float | None = None
     """Smallest allowed value (inclusive); None: any finite value."""
     max: float | None = None
@@ -268,7 +269,7 @@ def contract_from_scan(scan: Any, input_shape: list[int] | None = None) -> DataC
         pad = (high - low) * PROFILE_RANGE_MARGIN or max(abs(high) * PROFILE_RANGE_MARGIN, 1.0)
         null_fraction = col.nulls / scan.rows
         features[name] = FeatureSpec(
-            dtype="int" if col.integer else "float",
+            dtype="int" if col.integer and not col.nulls else "float",
             min=_round_down(low - pad),
             max=_round_up(high + pad),
             max_null_fraction=min(1.0, _round_up(null_fraction * PROFILE_SLACK))
@@ -406,4 +407,5 @@ def _round_up(x: float) -> float:
     if x == 0 or not math.isfinite(x):
         return x
     quantum = 10.0 ** (math.floor(math.log10(abs(x))) - 3)
-    return float(f"{math.ceil(x / quantum) * quantum:.4g}")
+    # -1e-9: 0.1 * 1.5 is 0.15000000000000002, which must stay 0.15
+    return float(f"{math.ceil(x / quantum - 1e-9) * quantum:.4g}")

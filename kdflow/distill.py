@@ -139,23 +139,20 @@ def _train_worker(cfg: dict[str, Any]) -> None:
     for r in roles.values():
         r["model"] = ray.train.torch.prepare_model(r["model"])
         r["plain"] = getattr(r["model"], "module", r["model"])
-    loader = ray.train.torch.prepare_data_loader(
-        make_loader(
-            train,
-            max(1, cfg["batch_size"] // world),
-            cfg["seed"],
-            soft=soft,
-            pin_memory=device.type == "cuda",
-        )
-    )
+    batch_size = max(1, cfg["batch_size"] // world)
     for epoch in range(start, cfg["epochs"] + 1):
-        if isinstance(getattr(loader, "sampler", None), DistributedSampler):
-            loader.sampler.set_epoch(epoch)
-        # The same shuffled order for every role in this epoch.
+        # Each role sees the same batches, and a resumed run the same order as an
+        # undisturbed one: the order depends only on (seed, epoch).
         order_seed = cfg["seed"] * 100_003 + epoch
         stats: dict[str, Any] = {"epoch": epoch}
         for role, r in roles.items():
-            torch.manual_seed(order_seed)
+            loader = ray.train.torch.prepare_data_loader(
+                make_loader(
+                    train, batch_size, order_seed, soft=soft, pin_memory=device.type == "cuda"
+                )
+            )
+            if isinstance(getattr(loader, "sampler", None), DistributedSampler):
+                loader.sampler.set_epoch(order_seed)
             loss, hard, soft_part = train_epoch(
                 r["model"],
                 loader,
@@ -251,7 +248,7 @@ def train_students(
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else torch.cuda.is_available()
+    use_gpu = torch.cuda.is_available()
     ensure_ray(num_cpus=max(cfg.workers, os.cpu_count() or 1))
     trainer = TorchTrainer(
         _train_worker,

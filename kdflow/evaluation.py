@@ -14,6 +14,10 @@ from kdflow.config import GateConfig
 from kdflow.data import Split
 from kdflow.training import predict_logits
 
+# Accuracies are ratios of counts: 0.95 - 0.94 is 0.010000000000000009 in floating point.
+# Gates compare with this slack so a value shown as equal to its threshold is treated so.
+EPS = 1e-9
+
 
 @dataclass
 class Gate:
@@ -66,7 +70,7 @@ def cpu_latency_ms(
         torch.set_num_threads(threads)
 
 
-def test_logits(model: nn.Module, split: Split) -> torch.Tensor:
+def logits_on(model: nn.Module, split: Split) -> torch.Tensor:
     return predict_logits(model, split.x)
 
 
@@ -88,7 +92,7 @@ def decide_gates(
     gates = [
         Gate(
             "retention",
-            retention >= cfg.min_retention,
+            retention >= cfg.min_retention - EPS,
             round(retention, 4),
             cfg.min_retention,
             ">=",
@@ -96,7 +100,7 @@ def decide_gates(
         ),
         Gate(
             "beats_baseline",
-            gain > cfg.min_gain_over_baseline,
+            gain > cfg.min_gain_over_baseline + EPS,
             round(gain, 4),
             cfg.min_gain_over_baseline,
             ">",
@@ -104,7 +108,7 @@ def decide_gates(
         ),
         Gate(
             "compression",
-            compression >= cfg.min_compression,
+            compression >= cfg.min_compression - EPS,
             round(compression, 2),
             cfg.min_compression,
             ">=",
@@ -112,7 +116,7 @@ def decide_gates(
         ),
         Gate(
             "speedup",
-            speedup >= cfg.min_speedup,
+            speedup >= cfg.min_speedup - EPS,
             round(speedup, 2),
             cfg.min_speedup,
             ">=",
@@ -130,7 +134,7 @@ def decide_gates(
         gates.append(
             Gate(
                 "no_regression_vs_champion",
-                drop <= cfg.max_regression,
+                drop <= cfg.max_regression + EPS,
                 round(drop, 4),
                 cfg.max_regression,
                 "<=",

@@ -195,8 +195,8 @@ def evaluate(
         cpu_latency_ms,
         decide_gates,
         ensemble_accuracy,
+        logits_on,
         report_markdown,
-        test_logits,
     )
     from kdflow.models import ModelSpec, count_params
 
@@ -205,7 +205,7 @@ def evaluate(
     teachers = [load_model(d) for d in teacher_dirs]
     student, student_spec = load_model(student_dir)
     baseline, baseline_spec = load_model(baseline_dir)
-    teacher_z = [test_logits(m, test) for m, _ in teachers]
+    teacher_z = [logits_on(m, test) for m, _ in teachers]
     latency = cpu_latency_ms(
         {f"t{i}": m for i, (m, _) in enumerate(teachers)}
         | {"student": student, "baseline": baseline},
@@ -243,7 +243,7 @@ def evaluate(
     ):
         summary[name] = {
             "spec": describe(spec),
-            "accuracy": accuracy_of_logits(test_logits(model, test), test.y),
+            "accuracy": accuracy_of_logits(logits_on(model, test), test.y),
             "params": count_params(model),
             "latency_ms": latency[name],
         }
@@ -271,7 +271,7 @@ def champion_on_test(
 ) -> dict[str, Any] | None:
     """The current champion's accuracy on this test split, or None when there is none."""
     from kdflow.artifacts import load_model
-    from kdflow.evaluation import accuracy_of_logits, test_logits
+    from kdflow.evaluation import accuracy_of_logits, logits_on
     from kdflow.registry import champion_version, download_model, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
@@ -287,7 +287,7 @@ def champion_on_test(
         return None
     return {
         "version": int(version.version),
-        "accuracy": accuracy_of_logits(test_logits(model, test), test.y),
+        "accuracy": accuracy_of_logits(logits_on(model, test), test.y),
     }
 
 

@@ -290,18 +290,25 @@ class SplitScan:
         digest.update(self.row_hash.tobytes())
         return digest.hexdigest()
 
-    def flagged_rows(self) -> set[int]:
-        """Rows GX must see so that each row-level failure shows in its result."""
+    def flagged_rows(self, contract: DataContract) -> set[int]:
+        """Rows GX must see, beyond the sample, for its verdicts to hold for the whole split.
+
+        Offending rows of every zero-tolerance check, the first row of each class the sample
+        lacks, and two differing rows of a feature that is constant only in the sample. Clean
+        data flags nothing, so its GX frame is the sample alone.
+        """
         rows: set[int] = set()
-        for stats in self.numeric.values():
-            for found in stats.rows.values():
-                rows.update(found)
-            if stats.other_row is not None and stats.first_row is not None:
-                rows.update((stats.first_row, stats.other_row))
+        for name, stats in self.numeric.items():
+            for check, found in stats.rows.items():
+                if check != "null" or contract.null_fraction_allowed(name) == 0:
+                    rows.update(found)
+            if stats.other_row is not None and self.sample[name].nunique() < 2:
+                rows.update((stats.first_row or 0, stats.other_row))
         for text in self.text.values():
             rows.update(text.rows)
         if self.label is not None:
-            rows.update(self.label.first_rows.values())
+            sampled = set(self.sample[self.label_column].dropna())
+            rows.update(r for c, r in self.label.first_rows.items() if c not in sampled)
             rows.update(self.label.null_rows)
         return rows
 
@@ -571,7 +578,7 @@ def _validate_sources(
         split: _scan(source, split, label, features, contract, settings)
         for split, source in sources.items()
     }
-    frames = {split: _gx_frame(scans[split], sources[split]) for split in scans}
+    frames = {split: _gx_frame(scans[split], sources[split], contract) for split in scans}
     findings, data_docs, gx_version = _run_gx(scans, frames, contract, docs_dir, settings)
     for split, scan in scans.items():
         findings += _scan_findings(scan, contract, is_train=split == "train")
@@ -603,9 +610,9 @@ def _validate_sources(
     return report
 
 
-def _gx_frame(scan: SplitScan, source: TableSource) -> pd.DataFrame:
+def _gx_frame(scan: SplitScan, source: TableSource, contract: DataContract) -> pd.DataFrame:
     """The sample, plus the flagged rows it lacks, so GX sees every row-level failure."""
-    missing = sorted(scan.flagged_rows() - set(scan.sample.index))
+    missing = sorted(scan.flagged_rows(contract) - set(scan.sample.index))
     if not missing:
         return scan.sample
     log.info("%s: adding %d flagged rows to the GX sample", scan.name, len(missing))

@@ -37,7 +37,7 @@ class KdflowParser(argparse.ArgumentParser):
 # ------------------------------------------------------------------------------------ run
 
 
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
+def _add_config_options(parser: argparse.ArgumentParser, local: bool = True) -> None:
     """One option per config field; help text is the field's docstring."""
     for section, cls in SECTIONS.items():
         group = parser.add_argument_group(section)
@@ -51,13 +51,12 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
             }
             hint = hints[f.name]
             args = typing.get_args(hint)
+            kwargs["metavar"] = f.name.upper()
             if f.name == "input_shape":
                 kwargs["metavar"] = "C,H,W"
             elif typing.get_origin(hint) is list:
                 kwargs["nargs"] = "+"
                 kwargs["metavar"] = "SPEC"
-            elif hint == bool | None:
-                kwargs["action"] = argparse.BooleanOptionalAction
             elif hint in (int, float):
                 kwargs["type"] = hint
             elif args and float in args:
@@ -166,6 +165,8 @@ def _absolute(uri: str) -> str:
 
 def run_locally(cfg: RunConfig, verbose: bool) -> tuple[dict[str, Any] | None, _Tee, Path]:
     """Run the pipeline with kfp.local's SubprocessRunner in this Python environment."""
+    import warnings
+
     from kfp import local
 
     from kdflow.registry import resolve_tracking_uri
@@ -175,6 +176,10 @@ def run_locally(cfg: RunConfig, verbose: bool) -> tuple[dict[str, Any] | None, _
     out.mkdir(parents=True, exist_ok=True)
     root = out / "pipeline"
     tracking_uri = resolve_tracking_uri(cfg.registry.tracking_uri)
+    # Running the steps in this environment instead of the component image is the point of
+    # the local mode; display names only matter in the Kubeflow UI.
+    warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+    warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
     pipeline = build_pipeline()
     terminal = sys.stdout
@@ -286,6 +291,134 @@ def cmd_compile(ns: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ------------------------------------------------------------------- submit / schedule
+
+
+def given_parameters(ns: argparse.Namespace) -> dict[str, Any]:
+    """Pipeline parameters for the options given on the command line (or in --config).
+
+    Options not given are left out, so the cluster run takes the compiled defaults.
+    """
+    cfg = config_from_args(ns)
+    given = {key.split(".", 1)[1] for key in vars(ns) if "." in key}
+    if ns.config:
+        given |= _keys_in_config(ns.config)
+    if "seed" in vars(ns):
+        given.add("seed")
+    everything = pipeline_arguments(cfg, cfg.registry.tracking_uri or "")
+    return {name: value for name, value in everything.items() if name in given}
+
+
+def _keys_in_config(path: str) -> set[str]:
+    import yaml
+
+    values = yaml.safe_load(Path(path).read_text()) or {}
+    keys = {k for section in values.values() if isinstance(section, dict) for k in section}
+    return keys | {k for k in values if k == "seed"}
+
+
+def _package(ns: argparse.Namespace, tmp: Path) -> Path:
+    if ns.package:
+        return Path(ns.package)
+    from kfp import compiler
+
+    from pipelines.distillation.pipeline import build_pipeline
+
+    path = tmp / "distillation.yaml"
+    compiler.Compiler().compile(build_pipeline(ns.image), str(path))
+    return path
+
+
+def cmd_submit(ns: argparse.Namespace) -> int:
+    import tempfile
+
+    from pipelines import remote
+
+    params = given_parameters(ns)
+    client = remote.connect(ns.host, namespace=ns.namespace, token=ns.token)
+    with tempfile.TemporaryDirectory() as tmp:
+        run = remote.submit_run(
+            client, _package(ns, Path(tmp)), params, ns.experiment, run_name=ns.run_name
+        )
+    print(f"kdflow: submitted run {run.name} ({run.id}) in experiment {ns.experiment}")
+    print(f"  {run.url}")
+    return EXIT_OK
+
+
+def cmd_schedule(ns: argparse.Namespace) -> int:
+    import tempfile
+
+    from pipelines import remote
+
+    cron = remote.validate_cron(ns.cron)
+    params = given_parameters(ns)
+    client = remote.connect(ns.host, namespace=ns.namespace, token=ns.token)
+    with tempfile.TemporaryDirectory() as tmp:
+        job = remote.schedule_run(
+            client,
+            _package(ns, Path(tmp)),
+            params,
+            ns.experiment,
+            cron=cron,
+            job_name=ns.job_name,
+            max_concurrency=ns.max_concurrency,
+            catchup=ns.catchup,
+        )
+    print(f"kdflow: scheduled {job.name} ({job.id}) on '{job.cron}', status {job.status}")
+    print(f"  {job.url}")
+    return EXIT_OK
+
+
+def cmd_runs(ns: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipelines import remote
+
+    client = remote.connect(ns.host, namespace=ns.namespace, token=ns.token)
+    runs = remote.list_runs(client, ns.experiment, page_size=ns.limit)
+    table = Table(title=f"runs on {ns.host}")
+    for column in ("id", "name", "state", "created"):
+        table.add_column(column)
+    for run in runs:
+        created = run.created_at.strftime("%Y-%m-%d %H:%M") if run.created_at else ""
+        table.add_row(run.id, run.name, run.state, created)
+    console = Console()
+    console.print(table)
+    jobs = remote.list_recurring_runs(client, ns.experiment, page_size=ns.limit)
+    if jobs:
+        sched = Table(title="recurring runs")
+        for column in ("id", "name", "cron", "status"):
+            sched.add_column(column)
+        for job in jobs:
+            sched.add_row(job.id, job.name, job.cron, job.status)
+        console.print(sched)
+    return EXIT_OK
+
+
+def _add_remote_options(parser: argparse.ArgumentParser, experiment: bool = True) -> None:
+    parser.add_argument(
+        "--host", required=True, help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline"
+    )
+    parser.add_argument("--namespace", help="Kubeflow profile namespace (multi-user KFP).")
+    parser.add_argument(
+        "--token",
+        help="Bearer token (default: $KFP_TOKEN, or the file in $KF_PIPELINES_SA_TOKEN_PATH).",
+    )
+    if experiment:
+        parser.add_argument("--experiment", default="kdflow", help="KFP experiment name.")
+
+
+def _add_package_options(parser: argparse.ArgumentParser, default_image: str) -> None:
+    parser.add_argument(
+        "--package",
+        help="Compiled pipeline YAML to send (default: compile the pipeline now with --image).",
+    )
+    parser.add_argument(
+        "--image", default=default_image, help="Component image, when compiling now."
+    )
+
+
 # ----------------------------------------------------------------------------------- main
 
 
@@ -315,6 +448,42 @@ def build_parser() -> argparse.ArgumentParser:
         "--image", default=DEFAULT_IMAGE, help="Component image the steps run in on the cluster."
     )
     comp.set_defaults(func=cmd_compile)
+
+    submit = sub.add_parser(
+        "submit",
+        help="Create a run on a Kubeflow Pipelines cluster; pipeline options as for `run`.",
+    )
+    _add_remote_options(submit)
+    _add_package_options(submit, DEFAULT_IMAGE)
+    submit.add_argument("--run-name", help="Display name of the run.")
+    _add_config_options(submit, local=False)
+    submit.set_defaults(func=cmd_submit)
+
+    schedule = sub.add_parser("schedule", help="Create a recurring run (e.g. nightly).")
+    _add_remote_options(schedule)
+    _add_package_options(schedule, DEFAULT_IMAGE)
+    schedule.add_argument(
+        "--cron",
+        required=True,
+        help='6-field cron with seconds, e.g. "0 0 2 * * *" for 02:00 daily.',
+    )
+    schedule.add_argument("--job-name", default="kdflow-nightly", help="Name of the recurring run.")
+    schedule.add_argument(
+        "--max-concurrency", type=int, default=1, help="Runs of this schedule allowed at once."
+    )
+    schedule.add_argument(
+        "--catchup",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="Backfill runs missed while paused (--no-catchup: skip them).",
+    )
+    _add_config_options(schedule, local=False)
+    schedule.set_defaults(func=cmd_schedule)
+
+    runs = sub.add_parser("runs", help="List runs and recurring runs on a cluster.")
+    _add_remote_options(runs)
+    runs.add_argument("--limit", type=int, default=20, help="How many to list.")
+    runs.set_defaults(func=cmd_runs)
     return parser
 
 
