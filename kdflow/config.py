@@ -70,7 +70,11 @@ class DataConfig:
 @dataclass
 class TeacherConfig:
     teachers: list[str] = field(
-        default_factory=lambda: ["mlp:hidden=512-512", "mlp:hidden=1024", "cnn:channels=32-64"]
+        default_factory=lambda: [
+            "cnn:channels=32-64",
+            "cnn:channels=16-32,hidden=64",
+            "cnn:channels=32-32-64,hidden=128",
+        ]
     )
     """Teacher models: zoo specs (`mlp:hidden=512-512`, `cnn:channels=32-64`) or MLflow URIs."""
     teacher_epochs: int = 40
@@ -89,9 +93,9 @@ class TeacherConfig:
 
 @dataclass
 class DistillConfig:
-    student: str = "mlp:hidden=32"
+    student: str = "mlp:hidden=16"
     """Student model spec from the zoo; it should be several times smaller than the teachers."""
-    temperature: float = 4.0
+    temperature: float = 2.0
     """Softmax temperature T of the soft targets (Hinton et al. 2015); > 0."""
     alpha: float = 0.2
     """Weight of the hard-label cross-entropy; 1 - alpha weighs the T²-scaled KL term."""

@@ -227,8 +227,10 @@ def check_input_shape(input_shape: list[int], n_features: int) -> None:
 
 
 # Slack added to a profiled reference so that a fresh sample of the same source passes.
-PROFILE_RANGE_MARGIN = 0.1
-"""Ranges widen by this fraction of (max - min) on each side."""
+PROFILE_RANGE_MARGIN = 0.5
+"""Ranges widen by this fraction of (max - min) on each side: fresh data from the same
+source passes (a Gaussian feature's profiled range is then about ±5σ), while unit and
+sentinel errors (0-255 instead of 0-1, -999 for missing) still fail."""
 PROFILE_SLACK = 1.5
 """Observed null fractions, duplicate fractions and class imbalance are multiplied by this."""
 

@@ -1,0 +1,1 @@
+"""Benchmarks: quality and speed, as ratios in one run (figures in results/)."""

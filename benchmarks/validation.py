@@ -1,0 +1,160 @@
+"""Validation cost next to the floor: reading the same Parquet file with pyarrow.
+
+    python -m benchmarks.validation [--rows 10000 100000 1000000] [--features 100]
+
+For each size it writes a Parquet file (rows × features float64 + an int label, pyarrow's
+default row groups) and measures, each in a fresh Python process so peak memory is that
+process's own `ru_maxrss`:
+
+- read: `pyarrow.parquet.read_table` of the whole file (the floor);
+- scan: `kdflow.validation.scan_uri`, the exact streaming pass alone;
+- validate: `kdflow.validation.validate_dataset` with the default contract (scan, GX Core
+  suite on the sample, findings), GX import included and also shown on its own.
+
+The table goes to stdout and to benchmarks/results/validation.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+RESULTS = Path(__file__).parent / "results" / "validation.md"
+KINDS = ("read", "scan", "validate")
+
+
+def child(kind: str, path: str) -> dict[str, float]:
+    """One measurement, run inside a fresh interpreter (`--child KIND PATH`)."""
+    extra: dict[str, float] = {}
+    if kind == "read":
+        import pyarrow.dataset  # noqa: F401 - read_table imports it on first use: not reading
+
+        start = time.perf_counter()
+        pq.read_table(path)
+    elif kind == "scan":
+        from kdflow.validation import scan_uri
+
+        start = time.perf_counter()
+        scan_uri(path, "label")
+    else:
+        from kdflow.contract import default_contract
+        from kdflow.validation import validate_dataset
+
+        start = time.perf_counter()
+        os.environ["GX_ANALYTICS_ENABLED"] = "false"
+        import great_expectations  # noqa: F401 - timed: part of the cost of validating
+
+        extra["gx_import_s"] = time.perf_counter() - start
+        report = validate_dataset(path, None, default_contract("label"))
+        extra["gx_rows"] = report.statistics["train"]["gx_rows"]
+    seconds = time.perf_counter() - start
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"seconds": seconds, "peak_mb": peak_mb, **extra}
+
+
+def write_dataset(path: Path, rows: int, features: int, seed: int = 0) -> None:
+    """rows × features standard-normal float64 columns and a 10-class label, in 100k chunks."""
+    rng = np.random.default_rng(seed)
+    names = [f"f{i}" for i in range(features)]
+    schema = pa.schema([(n, pa.float64()) for n in names] + [("label", pa.int64())])
+    with pq.ParquetWriter(path, schema) as writer:
+        for start in range(0, rows, 100_000):
+            n = min(100_000, rows - start)
+            values = rng.normal(size=(n, features))
+            columns = [pa.array(values[:, i]) for i in range(features)]
+            columns.append(pa.array(rng.integers(0, 10, n)))
+            writer.write_table(pa.Table.from_arrays(columns, schema=schema))
+
+
+def measure(kind: str, path: Path) -> dict[str, float]:
+    """Run one measurement in a fresh interpreter; return what it printed."""
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.validation", "--child", kind, str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run(rows_list: list[int], features: int, workdir: Path) -> list[dict[str, float]]:
+    results = []
+    for rows in rows_list:
+        path = workdir / f"data_{rows}.parquet"
+        write_dataset(path, rows, features)
+        row = {"rows": rows, "file_mb": path.stat().st_size / 2**20}
+        for kind in ("read", "scan", "validate"):
+            started = time.perf_counter()
+            measured = measure(kind, path)
+            print(
+                f"  {rows:>9,} rows {kind:<8} {measured['seconds']:6.2f} s "
+                f"{measured['peak_mb']:7.0f} MB  ({time.perf_counter() - started:.1f} s wall)",
+                file=sys.stderr,
+            )
+            row |= {f"{kind}_{k}": v for k, v in measured.items()}
+        results.append(row)
+        path.unlink()
+    return results
+
+
+def markdown(results: list[dict[str, float]], command: str, features: int) -> str:
+    lines = [
+        "# Validation cost vs reading the file",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs (shared with other jobs, so "
+        f"times vary by ±30%), Python {platform.python_version()}, pyarrow {pa.__version__}.",
+        f"Data: rows × {features} float64 features + int label, Parquet, pyarrow's default row "
+        "groups (≤ 1 Mi rows). Each figure comes from a fresh process; peak = its ru_maxrss.",
+        "",
+        "| rows | file MB | read s | read peak MB | scan s | scan peak MB | validate s "
+        "| of which GX import s | validate peak MB | GX rows | time ÷ read | peak ÷ read |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['rows']:,} | {r['file_mb']:.0f} | {r['read_seconds']:.2f} "
+            f"| {r['read_peak_mb']:.0f} | {r['scan_seconds']:.2f} | {r['scan_peak_mb']:.0f} "
+            f"| {r['validate_seconds']:.2f} | {r['validate_gx_import_s']:.2f} "
+            f"| {r['validate_peak_mb']:.0f} | {r['validate_gx_rows']:,} "
+            f"| {r['validate_seconds'] / r['read_seconds']:.1f}× "
+            f"| {r['validate_peak_mb'] / r['read_peak_mb']:.2f}× |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--features", type=int, default=100)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--child", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(*args.child)))
+        return
+    command = "python -m benchmarks.validation " + " ".join(argv or sys.argv[1:])
+    with tempfile.TemporaryDirectory(prefix="kdflow-bench-") as workdir:
+        results = run(args.rows, args.features, Path(workdir))
+    table = markdown(results, command.strip(), args.features)
+    print(table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(table)
+
+
+if __name__ == "__main__":
+    main()

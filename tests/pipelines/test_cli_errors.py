@@ -1,0 +1,62 @@
+"""Bad options: one line naming the option, exit code 2, no traceback, nothing started."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[2]
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+
+
+@pytest.fixture(scope="module")
+def data_csv(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("cli")
+    rows = ["a,b,c,target"] + [f"{i},{i * 2},{i % 3},{i % 2}" for i in range(20)]
+    (folder / "data.csv").write_text("\n".join(rows) + "\n")
+    return folder / "data.csv"
+
+
+@pytest.mark.parametrize(
+    ("args", "option", "text"),
+    [
+        (["--student", "transformerz:depth=2"], "--student", "unknown architecture"),
+        (["--teachers", "mlp:hidden=64", "nope"], "--teachers", "unknown architecture"),
+        (["--data", "missing.parquet"], "--data", "no such file"),
+        (["--label-column", "y"], "--label-column", "is not a column"),
+        (["--temperature", "0"], "--temperature", "must be > 0"),
+        (["--temperature", "-2"], "--temperature", "must be > 0"),
+        (["--alpha", "1.5"], "--alpha", "must be in [0, 1]"),
+        (["--alpha", "-0.1"], "--alpha", "must be in [0, 1]"),
+        (["--workers", "0"], "--workers", "at least 1"),
+        (["--input-shape", "3,3"], "--input-shape", "holds 9 values"),
+        (["--student", "cnn:channels=4"], "--student", "C,H,W"),
+        (["--temperature", "hot"], "--temperature", "invalid float value"),
+    ],
+)
+def test_bad_option_is_one_line_naming_it(args, option, text, data_csv):
+    base = ["run", "--data", str(data_csv), "--label-column", "target"]
+    proc = run_cli(*base, *args, cwd=data_csv.parent)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert option in lines[0] and text in lines[0], lines[0]
+    assert "Traceback" not in proc.stderr
+    assert not (data_csv.parent / "outputs").exists(), "nothing may start on a bad option"
+
+
+def test_bad_config_file_key_is_named(tmp_path, data_csv):
+    config = tmp_path / "run.yaml"
+    config.write_text("distill:\n  temprature: 2\n")
+    proc = run_cli("run", "--config", str(config), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "temprature" in proc.stderr and "unknown setting" in proc.stderr
+    assert "Traceback" not in proc.stderr

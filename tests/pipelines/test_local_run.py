@@ -1,0 +1,127 @@
+"""The whole pipeline under kfp.local's SubprocessRunner, through the `kdflow run` CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+FAST = ["--teacher-epochs", "2", "--student-epochs", "2", "--teachers", "mlp:hidden=128",
+        "cnn:channels=8-16,hidden=32", "--student", "mlp:hidden=16"]
+LENIENT = ["--min-retention", "0", "--min-gain-over-baseline", "-1", "--min-speedup", "0",
+           "--max-regression", "1"]
+
+
+def kdflow(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=900,
+                          env=_env(cwd))
+
+
+def _env(cwd: Path) -> dict[str, str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    env["PYTHONPATH"] = str(Path(__file__).parents[2])
+    env["GX_ANALYTICS_ENABLED"] = "false"
+    return env
+
+
+def registry_versions(tracking_uri: str, name: str) -> list:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    return client.search_model_versions(f"name='{name}'")
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess[str], str]:
+    root = tmp_path_factory.mktemp("local-run")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    proc = kdflow("run", *FAST, *LENIENT, "--tracking-uri", uri, "--model-name", "digits",
+                  "--output", str(root / "out"), cwd=root)
+    return root, proc, uri
+
+
+def test_run_writes_summary_with_every_documented_field(first_run):
+    root, proc, _ = first_run
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    summary = json.loads((root / "out" / "summary.json").read_text())
+    assert len(summary["dataset"]["sha256"]) == 64
+    assert summary["dataset"]["rows"] == 1797
+    assert [t["spec"] for t in summary["teachers"]] == ["mlp:hidden=128",
+                                                        "cnn:channels=8-16,hidden=32"]
+    for t in summary["teachers"]:
+        assert 0 <= t["accuracy"] <= 1 and t["params"] > 0
+    for key in ("ensemble", "baseline", "student"):
+        assert 0 <= summary[key]["accuracy"] <= 1
+    assert summary["student"]["params"] == summary["baseline"]["params"] > 0
+    assert summary["student"]["latency_ms"] > 0
+    assert set(summary["gates"]) == {"retention", "beats_baseline", "compression", "speedup",
+                                     "no_regression_vs_champion"}
+    for gate in summary["gates"].values():
+        assert {"passed", "value", "threshold"} <= set(gate)
+    assert summary["passed"] is True
+
+
+def test_run_registers_student_as_champion_and_it_serves(first_run):
+    root, proc, uri = first_run
+    summary = json.loads((root / "out" / "summary.json").read_text())
+    assert summary["registered"]["name"] == "digits"
+    assert summary["registered"]["version"] == 1
+    assert summary["registered"]["aliases"] == ["challenger", "champion"]
+    assert "registered digits version 1" in proc.stdout
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    model = mlflow.pyfunc.load_model("models:/digits@champion")
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    frame = pd.DataFrame(digits.data[:50].astype("float32"),
+                         columns=[f"px{i}" for i in range(64)])
+    predictions = model.predict(frame)
+    assert list(predictions.columns) == ["label", "probability"]
+    agree = (predictions["label"].astype(int).to_numpy() == digits.target[:50]).mean()
+    assert agree > 0.5
+
+
+def test_failed_gate_runs_the_else_branch_and_registers_nothing(first_run):
+    root, _, uri = first_run
+    proc = kdflow("run", *FAST, *LENIENT, "--min-compression", "1000", "--tracking-uri", uri,
+                  "--model-name", "digits", "--output", str(root / "strict"), cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((root / "strict" / "summary.json").read_text())
+    assert summary["passed"] is False
+    assert summary["gates"]["compression"]["passed"] is False
+    assert summary["registered"] is None
+    assert "not registered" in proc.stdout
+    assert len(registry_versions(uri, "digits")) == 1  # still only the first run's version
+
+
+def test_bad_data_stops_before_any_teacher_trains(tmp_path):
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    frame = pd.DataFrame(digits.data[:300], columns=[f"px{i}" for i in range(64)])
+    frame["label"] = digits.target[:300]
+    frame.loc[5, "px3"] = float("inf")
+    frame.loc[9, "px7"] = float("nan")
+    frame.to_csv(tmp_path / "bad.csv", index=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = kdflow("run", "--data", "bad.csv", *FAST, "--tracking-uri", uri, "--output",
+                  str(tmp_path / "out"), cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "validate-data failed" in proc.stderr
+    assert "px3" in proc.stderr and "px7" in proc.stderr
+    assert "nothing was registered" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not list((tmp_path / "out" / "pipeline").glob("*/*/train-teacher"))
+    assert not (tmp_path / "out" / "summary.json").exists()
