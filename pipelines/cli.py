@@ -279,6 +279,14 @@ def cmd_run(ns: argparse.Namespace) -> int:
 # -------------------------------------------------------------------------------- compile
 
 
+def _cluster(ns: argparse.Namespace) -> Any:
+    from pipelines.distillation.cluster import ClusterSettings
+
+    if ns.gpus < 0:
+        raise ConfigError(f"--gpus: must be >= 0, got {ns.gpus}", option="--gpus")
+    return ClusterSettings(gpus=ns.gpus)
+
+
 def cmd_compile(ns: argparse.Namespace) -> int:
     from kfp import compiler
 
@@ -286,8 +294,8 @@ def cmd_compile(ns: argparse.Namespace) -> int:
 
     output = Path(ns.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build_pipeline(ns.image), str(output))
-    print(f"kdflow: wrote {output} (image {ns.image})")
+    compiler.Compiler().compile(build_pipeline(ns.image, _cluster(ns)), str(output))
+    print(f"kdflow: wrote {output} (image {ns.image}, {ns.gpus} GPU(s) per training step)")
     return EXIT_OK
 
 
@@ -325,7 +333,7 @@ def _package(ns: argparse.Namespace, tmp: Path) -> Path:
     from pipelines.distillation.pipeline import build_pipeline
 
     path = tmp / "distillation.yaml"
-    compiler.Compiler().compile(build_pipeline(ns.image), str(path))
+    compiler.Compiler().compile(build_pipeline(ns.image, _cluster(ns)), str(path))
     return path
 
 
@@ -417,6 +425,8 @@ def _add_package_options(parser: argparse.ArgumentParser, default_image: str) ->
     parser.add_argument(
         "--image", default=default_image, help="Component image, when compiling now."
     )
+    parser.add_argument("--gpus", type=int, default=1,
+                        help="GPUs per teacher/distill pod, when compiling now (0: CPU only).")
 
 
 # ----------------------------------------------------------------------------------- main
@@ -447,6 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument(
         "--image", default=DEFAULT_IMAGE, help="Component image the steps run in on the cluster."
     )
+    comp.add_argument("--gpus", type=int, default=1,
+                      help="GPUs per teacher-training and distill pod (0: a CPU-only cluster).")
     comp.set_defaults(func=cmd_compile)
 
     submit = sub.add_parser(

@@ -20,6 +20,7 @@ from kdflow.config import (
     TeacherConfig,
     field_docs,
 )
+from pipelines.distillation.cluster import ClusterSettings, configure
 
 PIPELINE_NAME = "kdflow-distillation"
 DEFAULT_IMAGE = "ghcr.io/kdflow/kdflow:0.1.0"
@@ -94,7 +95,9 @@ def _docstring() -> str:
     return "\n".join(lines)
 
 
-def build_pipeline(image: str = DEFAULT_IMAGE):
+def build_pipeline(image: str = DEFAULT_IMAGE, cluster: ClusterSettings | None = None):
+    """The pipeline on `image`; `cluster` sets pods' resources, GPUs, Secrets and retries."""
+    cluster = cluster or ClusterSettings()
     validate_op = validate.make(image)
     teacher_op = train_teacher.make(image)
     distill_op = distill.make(image)
@@ -144,6 +147,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
             val_fraction=val_fraction,
             seed=seed,
         ).set_display_name("validate data")
+        configure(checked, "validate", cluster)
         with dsl.ParallelFor(teachers, name="teachers") as spec:
             teacher = teacher_op(
                 dataset=checked.outputs["dataset"],
@@ -154,6 +158,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
                 seed=seed,
                 tracking_uri=tracking_uri,
             ).set_display_name("train teacher")
+            configure(teacher, "teacher", cluster)
         distilled = distill_op(
             dataset=checked.outputs["dataset"],
             teachers=dsl.Collected(teacher.outputs["model"]),
@@ -169,6 +174,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
             # Ray Train resumes a run of the same name: a KFP retry continues, a new run starts.
             run_name=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         ).set_display_name("distill (Ray Train)")
+        configure(distilled, "distill", cluster)
         evaluated = evaluate_op(
             dataset=checked.outputs["dataset"],
             teachers=dsl.Collected(teacher.outputs["model"]),
@@ -184,6 +190,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
             model_name=model_name,
         ).set_display_name("evaluate and gate")
         evaluated.set_caching_options(False)  # the champion it compares with can change
+        configure(evaluated, "evaluate", cluster)
         with dsl.If(evaluated.outputs["passed"] == True, name="gates-passed"):  # noqa: E712
             registered = register_op(
                 student_model=distilled.outputs["student_model"],
@@ -195,10 +202,12 @@ def build_pipeline(image: str = DEFAULT_IMAGE):
                 kd_settings=distilled.outputs["settings"],
             ).set_display_name("register in MLflow")
             registered.set_caching_options(False)
+            configure(registered, "register", cluster)
         with dsl.Else(name="gates-failed"):
             skipped = skip_op(summary=evaluated.outputs["summary"]).set_display_name(
                 "not registered"
             )
+            configure(skipped, "skip", cluster)
         return dsl.OneOf(registered.output, skipped.output)
 
     distillation.__doc__ = _docstring()

@@ -13,16 +13,24 @@ from pipelines.distillation.pipeline import DEFAULT_IMAGE, PARAMETERS, build_pip
 CHECKED_IN = Path(__file__).parents[2] / "pipelines" / "distillation.yaml"
 
 
+def load(path: Path) -> dict:
+    """The pipeline spec and, when present, its kfp-kubernetes platform spec, as one dict."""
+    merged: dict = {}
+    for document in yaml.safe_load_all(path.read_text()):
+        merged.update(document)
+    return merged
+
+
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory) -> dict:
     path = tmp_path_factory.mktemp("compiled") / "distillation.yaml"
     compiler.Compiler().compile(build_pipeline(), str(path))
-    return yaml.safe_load(path.read_text())
+    return load(path)
 
 
 def test_checked_in_yaml_is_current(compiled):
     assert CHECKED_IN.exists(), "run `make compile` and commit pipelines/distillation.yaml"
-    assert yaml.safe_load(CHECKED_IN.read_text()) == compiled, (
+    assert load(CHECKED_IN) == compiled, (
         "pipelines/distillation.yaml is stale: run `make compile` and commit it"
     )
 
@@ -60,7 +68,7 @@ def test_registration_runs_only_when_the_gates_passed(compiled):
 def test_component_image_is_a_compile_time_choice(tmp_path):
     path = tmp_path / "p.yaml"
     compiler.Compiler().compile(build_pipeline("registry.example/kdflow:9.9"), str(path))
-    executors = yaml.safe_load(path.read_text())["deploymentSpec"]["executors"]
+    executors = load(path)["deploymentSpec"]["executors"]
     images = {e["container"]["image"] for e in executors.values()}
     assert images == {"registry.example/kdflow:9.9"}
     assert DEFAULT_IMAGE not in path.read_text()
@@ -70,3 +78,51 @@ def test_components_do_not_install_packages_at_run_time(compiled):
     for executor in compiled["deploymentSpec"]["executors"].values():
         command = " ".join(executor["container"]["command"])
         assert "pip install" not in command
+
+
+def _platform(compiled: dict) -> dict:
+    return compiled["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def test_training_steps_get_gpus_on_gpu_nodes_with_shared_memory(compiled):
+    resources = {name: e["container"].get("resources", {})
+                 for name, e in compiled["deploymentSpec"]["executors"].items()}
+    platform = _platform(compiled)
+    for step in ("exec-train-teacher", "exec-distill"):
+        assert resources[step]["accelerator"]["resourceCount"] == "1"
+        assert resources[step]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+        assert platform[step]["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
+        assert platform[step]["tolerations"][0]["key"] == "nvidia.com/gpu"
+        shm = platform[step]["emptyDirMounts"][0]
+        assert (shm["mountPath"], shm["medium"]) == ("/dev/shm", "Memory")
+    assert "accelerator" not in resources["exec-evaluate"]
+
+
+def test_every_step_has_limits_timeout_non_root_and_secrets_by_reference(compiled):
+    platform = _platform(compiled)
+    for name, executor in compiled["deploymentSpec"]["executors"].items():
+        res = executor["container"]["resources"]
+        assert {"cpuLimit", "memoryLimit", "cpuRequest", "memoryRequest"} <= set(res), name
+        assert int(platform[name]["activeDeadlineSeconds"]) > 0, name
+        assert platform[name]["securityContext"]["runAsNonRoot"] is True, name
+        secrets = {s["secretName"] for s in platform[name]["secretAsEnv"]}
+        assert secrets == {"kdflow-s3", "kdflow-mlflow"}, name
+        assert "env" not in executor["container"] or not any(
+            "SECRET" in e["name"] or "PASSWORD" in e["name"]
+            for e in executor["container"]["env"]
+        ), name
+
+
+def test_steps_that_may_hit_a_flaky_node_or_server_retry_with_backoff(compiled):
+    tasks = compiled["root"]["dag"]["tasks"]
+    assert tasks["distill"]["retryPolicy"]["maxRetryCount"] == 2
+    assert tasks["distill"]["retryPolicy"]["backoffFactor"] == 2.0
+
+
+def test_cpu_only_compile_has_no_gpu_settings(tmp_path):
+    from pipelines.distillation.cluster import ClusterSettings
+
+    path = tmp_path / "cpu.yaml"
+    compiler.Compiler().compile(build_pipeline(cluster=ClusterSettings(gpus=0)), str(path))
+    text = path.read_text()
+    assert "nvidia.com/gpu" not in text and "accelerator" not in text
