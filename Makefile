@@ -47,6 +47,21 @@ compile: $(STAMP) ## Write the compiled pipeline YAML (pipelines/distillation.ya
 bench: $(STAMP) ## Run the benchmarks (figures land in benchmarks/results/)
 	$(PY) -m benchmarks.quality
 
+REGISTRY ?=
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+
+.PHONY: image
+image: ## Build and push the component image (REGISTRY=ghcr.io/you required; needs Docker)
+	@test -n "$(REGISTRY)" || { echo "set REGISTRY, e.g. make image REGISTRY=ghcr.io/you"; exit 2; }
+	docker build --platform linux/amd64 -f infra/Dockerfile -t $(REGISTRY)/kdflow:$(VERSION) .
+	docker push $(REGISTRY)/kdflow:$(VERSION)
+
+.PHONY: manifests
+manifests: $(STAMP) ## Render the dev and gpu overlays with the pinned kubectl
+	$(PY) infra/tools/install_kubectl.py >/dev/null
+	$(VENV)/bin/kubectl kustomize manifests/overlays/dev >/dev/null && echo "dev: ok"
+	$(VENV)/bin/kubectl kustomize manifests/overlays/gpu >/dev/null && echo "gpu: ok"
+
 .PHONY: clean
 clean: ## Remove run outputs (keeps .venv)
 	rm -rf outputs .kdflow

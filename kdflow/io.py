@@ -119,18 +119,13 @@ class TableSource:
 
     def take(self, rows: list[int], batch_rows: int = BATCH_ROWS) -> pd.DataFrame:
         """The given rows (every column) indexed by row number, in one streaming pass."""
-        wanted = np.unique(np.asarray(rows, dtype=np.int64))
-        columns: dict[str, pa.ChunkedArray] = {}
+        collector = RowCollector(rows)
         for group in column_groups(self.columns):
-            pieces, offset = [], 0
+            offset = 0
             for batch in self.iter_batches(group, batch_rows):
-                lo, hi = np.searchsorted(wanted, [offset, offset + batch.num_rows])
-                pieces.append(batch.take(pa.array(wanted[lo:hi] - offset)))
+                collector.add(batch, offset)
                 offset += batch.num_rows
-            schema = pa.schema([self.schema.field(name) for name in group])
-            part = pa.Table.from_batches(pieces, schema=schema)
-            columns.update(zip(part.column_names, part.columns, strict=True))
-        return pa.table(columns).to_pandas().set_axis(pd.Index(wanted, name="row"))
+        return collector.frame()
 
     def read_all(self) -> pa.Table:
         """The whole table in memory (for small data; `iter_batches` streams)."""
@@ -158,6 +153,30 @@ class TableSource:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class RowCollector:
+    """Picks given row numbers out of batches streamed column group by column group."""
+
+    def __init__(self, rows: list[int] | np.ndarray) -> None:
+        self.rows = np.unique(np.asarray(rows, dtype=np.int64))
+        self._chunks: dict[str, list[pa.Array]] = {}
+        self._types: dict[str, pa.DataType] = {}
+
+    def add(self, batch: pa.RecordBatch, offset: int) -> None:
+        """Keep the wanted rows of a batch whose first row is row number `offset`."""
+        lo, hi = np.searchsorted(self.rows, [offset, offset + batch.num_rows])
+        picked = batch.take(pa.array(self.rows[lo:hi] - offset))
+        for field, column in zip(batch.schema, picked.columns, strict=True):
+            self._chunks.setdefault(field.name, []).append(column)
+            self._types[field.name] = field.type
+
+    def frame(self) -> pd.DataFrame:
+        """The collected rows as a DataFrame indexed by row number (index name `row`)."""
+        table = pa.table(
+            {name: pa.chunked_array(chunks, self._types[name]) for name, chunks in self._chunks.items()}
+        )
+        return table.to_pandas().set_axis(pd.Index(self.rows, name="row"))
 
 
 def column_groups(columns: list[str], size: int = 16) -> list[list[str]]:

@@ -181,13 +181,17 @@ def run_locally(cfg: RunConfig, verbose: bool) -> tuple[dict[str, Any] | None, _
     warnings.filterwarnings("ignore", message=".*non-Python base image.*")
     warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
-    pipeline = build_pipeline()
+    from pipelines.distillation.cluster import LOCAL
+
+    pipeline = build_pipeline(cluster=LOCAL)
     terminal = sys.stdout
     with (out / "run.log").open("w") as log:
         tee = _Tee(log, terminal, verbose)
         sys.stdout = tee  # type: ignore[assignment]
-        handler = logging.StreamHandler(tee)
-        logging.getLogger().addHandler(handler)
+        # Every log line of the run goes to run.log (and the terminal only with --verbose).
+        root_logger = logging.getLogger()
+        saved = root_logger.handlers[:]
+        root_logger.handlers = [logging.StreamHandler(tee)]
         try:
             task = pipeline(**pipeline_arguments(cfg, tracking_uri))
             summary = json.loads(task.output)
@@ -195,7 +199,7 @@ def run_locally(cfg: RunConfig, verbose: bool) -> tuple[dict[str, Any] | None, _
             summary = None
         finally:
             sys.stdout = terminal
-            logging.getLogger().removeHandler(handler)
+            root_logger.handlers = saved
     return summary, tee, out
 
 

@@ -41,9 +41,13 @@ class ClusterSettings:
     """Node selector that puts GPU steps on GPU nodes (set by NVIDIA's GPU feature discovery)."""
     shm_size: str = "4Gi"
     """Size of the memory-backed /dev/shm of GPU steps (PyTorch data loaders use it)."""
+    retries: bool = True
+    """Retry steps that can fail for reasons outside the data (node loss, server restarts).
+    Off for local runs: kfp.local honours retries, and a local failure is not transient."""
     steps: dict[str, StepResources] = field(
         default_factory=lambda: {
-            "validate": StepResources("1", "2", "2Gi", "8Gi", timeout_s=3600, retries=1),
+            # No retries: a contract that fails once fails again.
+            "validate": StepResources("1", "2", "2Gi", "8Gi", timeout_s=3600),
             "teacher": StepResources("2", "8", "4Gi", "16Gi", timeout_s=6 * 3600, retries=2,
                                      gpu=True),
             "distill": StepResources("2", "8", "8Gi", "32Gi", timeout_s=12 * 3600, retries=2,
@@ -61,7 +65,7 @@ def configure(task: dsl.PipelineTask, step: str, settings: ClusterSettings) -> d
     res = settings.steps[step]
     task.set_cpu_request(res.cpu_request).set_cpu_limit(res.cpu_limit)
     task.set_memory_request(res.memory_request).set_memory_limit(res.memory_limit)
-    if res.retries:
+    if res.retries and settings.retries:
         # Exponential backoff: a flaky node or an MLflow restart gets time to recover.
         task.set_retry(res.retries, backoff_duration="30s", backoff_factor=2.0,
                        backoff_max_duration="3600s")
@@ -78,3 +82,7 @@ def configure(task: dsl.PipelineTask, step: str, settings: ClusterSettings) -> d
         kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm",
                                    medium="Memory", size_limit=settings.shm_size)
     return task
+
+
+LOCAL = ClusterSettings(gpus=0, retries=False)
+"""What `kdflow run` compiles for kfp.local: no GPU requests, no retries."""

@@ -116,7 +116,8 @@ def test_bad_data_stops_before_any_teacher_trains(tmp_path):
     frame.loc[9, "px7"] = float("nan")
     frame.to_csv(tmp_path / "bad.csv", index=False)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    proc = kdflow("run", "--data", "bad.csv", *FAST, "--tracking-uri", uri, "--output",
+    proc = kdflow("run", "--data", "bad.csv", "--input-shape", "1,8,8", *FAST,
+                  "--tracking-uri", uri, "--output",
                   str(tmp_path / "out"), cwd=tmp_path)
     assert proc.returncode == 1
     assert "validate-data failed" in proc.stderr

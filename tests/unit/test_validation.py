@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from sklearn.datasets import load_digits
 
@@ -18,6 +19,7 @@ from kdflow.validation import (
     ValidationSettings,
     validate_dataset,
     validate_frames,
+    write_validated,
 )
 
 FEATURES = ["f0", "f1", "f2"]
@@ -261,6 +263,12 @@ def test_regression_targets_are_not_labels(train: pd.DataFrame) -> None:
     assert "kdflow needs class labels" in finding.message
 
 
+def test_labels_that_are_not_classes_are_refused(train: pd.DataFrame) -> None:
+    train["label"] = [[i % 3] for i in range(len(train))]
+    finding = only(validate_frames(train, None, default_contract()).failures, "label_type")
+    assert finding.message.startswith("the label column has type list<item: int64>")
+
+
 # --------------------------------------------------------------------------- files
 
 
@@ -310,6 +318,21 @@ def test_text_in_a_numeric_csv_column_is_a_failure_not_a_crash(
 def test_unreadable_file_is_a_data_error_not_a_report(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no such file"):
         validate_dataset(str(tmp_path / "absent.parquet"), None, default_contract())
+
+
+def test_write_validated_normalises_dtypes_and_drops_other_columns(
+    tmp_path: Path, train: pd.DataFrame
+) -> None:
+    train["notes"] = "x"
+    train["f1"] = np.arange(len(train))  # integers become float32 too
+    train.to_csv(tmp_path / "train.csv", index=False)
+    contract = DataContract(features={name: FeatureSpec() for name in FEATURES})
+    out = write_validated(str(tmp_path / "train.csv"), tmp_path / "out" / "train.parquet", contract)
+    written = pq.read_table(out)
+    assert written.schema.names == ["label", "f0", "f1", "f2"]
+    assert [str(t) for t in written.schema.types] == ["int64", "float", "float", "float"]
+    assert written.column("f1").to_pylist()[:3] == [0.0, 1.0, 2.0]
+    assert written.num_rows == 90
 
 
 # --------------------------------------------------------------------------- the report
