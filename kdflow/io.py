@@ -174,7 +174,10 @@ class RowCollector:
     def frame(self) -> pd.DataFrame:
         """The collected rows as a DataFrame indexed by row number (index name `row`)."""
         table = pa.table(
-            {name: pa.chunked_array(chunks, self._types[name]) for name, chunks in self._chunks.items()}
+            {
+                name: pa.chunked_array(chunks, self._types[name])
+                for name, chunks in self._chunks.items()
+            }
         )
         return table.to_pandas().set_axis(pd.Index(self.rows, name="row"))
 

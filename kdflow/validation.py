@@ -41,7 +41,7 @@ import pyarrow as pa
 
 from kdflow.contract import DataContract, class_sort_key
 from kdflow.errors import ConfigError, DataValidationError
-from kdflow.io import BATCH_ROWS, TableSource, column_groups, open_table
+from kdflow.io import BATCH_ROWS, RowCollector, TableSource, column_groups, open_table
 
 log = logging.getLogger(__name__)
 
@@ -469,31 +469,28 @@ def _scan(
             text[name] = TextStats(str(arrow_type))
     feature_hash = np.zeros(n, dtype=np.uint64)
     label_hash = np.zeros(n, dtype=np.uint64)
-    chosen = _sample_rows(n, settings)
+    sample = RowCollector(_sample_rows(n, settings))
     order = ([label_column] if has_label else []) + present + extra
-    sampled: dict[str, pa.ChunkedArray] = {}
     with np.errstate(over="ignore", invalid="ignore"):
         for group in column_groups(order):
-            pieces, offset = [], 0
+            offset = 0
             for batch in source.iter_batches(group, settings.batch_rows):
+                sample.add(batch, offset)
                 rows = slice(offset, offset + batch.num_rows)
-                lo, hi = np.searchsorted(chosen, [rows.start, rows.stop])
-                pieces.append(batch.take(pa.array(chosen[lo:hi] - offset)))
                 for name, array in zip(batch.schema.names, batch.columns, strict=True):
                     if name == label_column and label is not None:
                         label_hash[rows] = _scan_label(label, array, offset, k)
-                    elif name in numeric:
+                        continue
+                    if name in numeric:
                         spec = (contract.features or {}).get(name)
                         values = _scan_numeric(numeric[name], array, offset, k, spec)
-                        feature_hash[rows] = feature_hash[rows] * _MIX + pd.util.hash_array(values)
                     elif name in text:
                         values = _scan_text(text[name], array, offset, k)
-                        feature_hash[rows] = feature_hash[rows] * _MIX + pd.util.hash_array(values)
+                    else:
+                        continue  # an extra column: sampled, not hashed
+                    feature_hash[rows] = feature_hash[rows] * _MIX + pd.util.hash_array(values)
                 offset += batch.num_rows
-            part = pa.Table.from_batches(pieces, schema=pa.schema([schema.field(c) for c in group]))
-            sampled.update(zip(part.column_names, part.columns, strict=True))
         row_hash = feature_hash * _MIX + label_hash
-    sample = _to_pandas(pa.table(sampled), chosen)
     scan = SplitScan(
         split=split,
         name=source.name,
@@ -509,7 +506,7 @@ def _scan(
         text=text,
         feature_hash=feature_hash,
         row_hash=row_hash,
-        sample=sample,
+        sample=sample.frame(),
     )
     scan.duplicate_rows, scan.duplicate_examples = _duplicates(row_hash, k)
     return scan
@@ -629,12 +626,6 @@ def _duplicates(row_hash: np.ndarray, k: int) -> tuple[int, list[dict[str, int]]
     repeats = np.flatnonzero(earlier != np.arange(row_hash.size))
     examples = [{"row": int(r), "same_as_row": int(earlier[r])} for r in repeats[:k]]
     return int(repeats.size), examples
-
-
-def _to_pandas(table: pa.Table, rows: np.ndarray) -> pd.DataFrame:
-    frame = table.to_pandas()
-    frame.index = pd.Index(rows, name="row")
-    return frame
 
 
 def _native(value: Any) -> Any:

@@ -265,12 +265,14 @@ def cmd_run(ns: argparse.Namespace) -> int:
     started = time.monotonic()
     summary, tee, out = run_locally(cfg, ns.verbose)
     if summary is None:
-        failed = ", ".join(tee.failed) or "a step"
+        failed = ", ".join(dict.fromkeys(tee.failed)) or "a step"
         reason = tee.errors[-1][1] if tee.errors else f"see {out / 'run.log'}"
         print(f"kdflow: error: {failed} failed: {reason}", file=sys.stderr)
-        for report in sorted((out / "pipeline").glob("*/validate-data/report")):
-            if tee.errors and tee.errors[-1][0] == "DataValidationError":
-                print(report.read_text(), file=sys.stderr)
+        if tee.errors and tee.errors[-1][0] == "DataValidationError":
+            for report in sorted((out / "pipeline").glob("*/validate-data/report"))[-1:]:
+                # The failures, not the warnings: the full report stays in the file.
+                print(report.read_text().split("\n## Warnings")[0].rstrip(), file=sys.stderr)
+                print(f"\nfull report: {report}", file=sys.stderr)
         print("kdflow: nothing was registered", file=sys.stderr)
         return EXIT_FAILED
     summary["config"] = cfg.to_dict()
