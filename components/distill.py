@@ -16,6 +16,11 @@ def distill(
     batch_size: int,
     workers: int,
     max_failures: int,
+    ensemble: str,
+    teacher_mode: str,
+    top_k: int,
+    storage_path: str,
+    ray_address: str,
     seed: int,
     run_name: str,
     student_model: dsl.Output[dsl.Model],
@@ -39,6 +44,12 @@ def distill(
         student_batch_size=batch_size,
         workers=workers,
         max_failures=max_failures,
+        ensemble=ensemble,
+        teacher_mode=teacher_mode,
+        top_k=top_k,
+        # "" is how a pipeline leaves an optional parameter unset.
+        storage_path=storage_path or None,
+        ray_address=ray_address or None,
     )
     work = Path(student_model.path).parent / "work"
     result = distill(
@@ -54,6 +65,13 @@ def distill(
     for role, artifact in (("student", student_model), ("baseline", baseline_model)):
         artifact.metadata.update({"spec": student, "params": result[role]["params"]})
         metrics.log_metric(f"{role}_val_accuracy", result[role]["val_accuracy"])
+    for i, teacher in enumerate(result["teachers"]):
+        metrics.log_metric(f"teacher{i}_weight", teacher["weight"])
+        metrics.log_metric(f"teacher{i}_agreement", teacher["agreement"])
+    metrics.log_metric("ensemble_val_accuracy", result["ensemble"]["val_accuracy"])
+    metrics.log_metric("teacher_cache_hits", sum(t["cache_hit"] for t in result["teachers"]))
+    metrics.log_metric("teacher_seconds", result["seconds"]["teachers"])
+    metrics.log_metric("training_seconds", result["seconds"]["training"])
     outputs = namedtuple("Outputs", ["settings"])
     return outputs(json.dumps(asdict(cfg), sort_keys=True))
 

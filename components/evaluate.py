@@ -1,4 +1,4 @@
-"""evaluate: test-split metrics of every model, and the gates that decide registration."""
+"""evaluate: test-split metrics of every model, the ONNX export, and the registration gates."""
 
 from typing import List, NamedTuple
 
@@ -16,16 +16,20 @@ def evaluate(
     min_compression: float,
     min_speedup: float,
     max_regression: float,
+    max_ece: float,
     tracking_uri: str,
     model_name: str,
     metrics: dsl.Output[dsl.Metrics],
+    confusion: dsl.Output[dsl.ClassificationMetrics],
     report: dsl.Output[dsl.Markdown],
+    onnx_model: dsl.Output[dsl.Model],
 ) -> NamedTuple("Outputs", passed=bool, summary=str):
     import json
     from collections import namedtuple
     from pathlib import Path
 
     from kdflow.config import GateConfig
+    from kdflow.registry import summary_metrics
     from kdflow.steps import evaluate
 
     gates = GateConfig(
@@ -34,6 +38,7 @@ def evaluate(
         min_compression=min_compression,
         min_speedup=min_speedup,
         max_regression=max_regression,
+        max_ece=max_ece,
     )
     summary = evaluate(
         Path(dataset.path),
@@ -45,11 +50,14 @@ def evaluate(
         model_name,
         json.loads(dataset_info),
         Path(report.path),
+        teacher_sources=[str(t.metadata.get("spec", "")) for t in teachers],
+        onnx_dir=Path(onnx_model.path),
     )
-    for role in ("student", "baseline", "ensemble"):
-        metrics.log_metric(f"{role}_accuracy", summary[role]["accuracy"])
-    metrics.log_metric("student_params", summary["student"]["params"])
-    metrics.log_metric("student_latency_ms", summary["student"]["latency_ms"])
+    for name, value in summary_metrics(summary).items():
+        metrics.log_metric(name, value)
+    matrix = summary["student"]["confusion_matrix"]
+    confusion.log_confusion_matrix(list(summary["student"]["per_class_accuracy"]), matrix)
+    onnx_model.metadata.update({"format": "onnx", "file": "model.onnx"})
     outputs = namedtuple("Outputs", ["passed", "summary"])
     return outputs(summary["passed"], json.dumps(summary))
 

@@ -5,6 +5,7 @@ from kfp import dsl
 
 def register(
     student_model: dsl.Input[dsl.Model],
+    onnx_model: dsl.Input[dsl.Model],
     summary: str,
     tracking_uri: str,
     model_name: str,
@@ -25,6 +26,7 @@ def register(
         promotion,
         run_id,
         json.loads(kd_settings),
+        onnx_path=Path(onnx_model.path) / "model.onnx",
     )
     return json.dumps(result)
 

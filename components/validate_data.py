@@ -17,6 +17,7 @@ def validate_data(
     seed: int,
     dataset: dsl.Output[dsl.Dataset],
     report: dsl.Output[dsl.Markdown],
+    data_docs: dsl.Output[dsl.HTML],
 ) -> NamedTuple("Outputs", info=str):
     import json
     from collections import namedtuple
@@ -35,7 +36,14 @@ def validate_data(
         test_fraction=test_fraction,
         val_fraction=val_fraction,
     )
-    info = validate_data(cfg, seed, Path(dataset.path), Path(report.path))
+    docs = Path(data_docs.path).parent / "gx-data-docs"
+    try:
+        info = validate_data(cfg, seed, Path(dataset.path), Path(report.path), docs)
+    finally:
+        # The GX Data Docs page, for the Kubeflow UI, also when the data failed.
+        index = docs / "index.html"
+        Path(data_docs.path).write_text(index.read_text() if index.exists() else
+                                        "<p>No Data Docs: the data could not be read.</p>")
     dataset.metadata.update({"sha256": info["sha256"], "rows": info["rows"]})
     outputs = namedtuple("Outputs", ["info"])
     return outputs(json.dumps(info))

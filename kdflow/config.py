@@ -93,11 +93,11 @@ class TeacherConfig:
 
 @dataclass
 class DistillConfig:
-    student: str = "mlp:hidden=16"
+    student: str = "mlp:hidden=12"
     """Student model spec from the zoo; it should be several times smaller than the teachers."""
     temperature: float = 2.0
     """Softmax temperature T of the soft targets (Hinton et al. 2015); > 0."""
-    alpha: float = 0.2
+    alpha: float = 0.0
     """Weight of the hard-label cross-entropy; 1 - alpha weighs the T²-scaled KL term."""
     student_epochs: int = 80
     """Epochs the student (and the no-distillation baseline) train for."""
@@ -109,6 +109,20 @@ class DistillConfig:
     """Ray Train workers (data-parallel); each takes a GPU when CUDA is available."""
     max_failures: int = 2
     """Worker failures Ray Train recovers from by resuming the last checkpoint."""
+    ensemble: str = "mean_probs"
+    """How teachers combine: `mean_probs` (mean of softened probabilities), `weighted_probs`
+    (weighted by each teacher's validation accuracy) or `mean_logits`."""
+    teacher_mode: str = "offline"
+    """`offline` caches each teacher's logits once and reuses them; `online` runs the teachers
+    on every batch (needed when batches are augmented)."""
+    top_k: int = 0
+    """Keep only each teacher's k largest logits (0: all): a smaller cache, an approximation."""
+    storage_path: str | None = None
+    """Folder or s3://bucket/prefix for checkpoints and the teacher cache, shared by runs (a
+    retried run resumes, caches are reused). Default: the step's own folder, not shared."""
+    ray_address: str | None = None
+    """Ray dashboard of a running cluster (http://HOST:8265): submit the distillation there
+    as a Ray job. Default: an in-process Ray."""
 
     def __post_init__(self) -> None:
         _require(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
@@ -118,6 +132,43 @@ class DistillConfig:
         _require(self.student_batch_size >= 1, "student_batch_size", "must be at least 1")
         _require(self.workers >= 1, "workers", f"must be at least 1, got {self.workers}")
         _require(self.max_failures >= 0, "max_failures", "must be >= 0")
+        modes = ("mean_probs", "weighted_probs", "mean_logits")
+        _require(
+            self.ensemble in modes,
+            "ensemble",
+            f"must be one of {', '.join(modes)}, got {self.ensemble!r}",
+        )
+        _require(
+            self.teacher_mode in ("offline", "online"),
+            "teacher_mode",
+            f"must be `offline` or `online`, got {self.teacher_mode!r}",
+        )
+        _require(self.top_k >= 0, "top_k", f"must be >= 0 (0 keeps every logit), got {self.top_k}")
+        _require(
+            not (self.top_k and self.ensemble == "mean_logits"),
+            "top_k",
+            "cannot be used with --ensemble mean_logits (it averages every logit); "
+            "use mean_probs or weighted_probs",
+        )
+        if self.storage_path:
+            scheme = self.storage_path.split("://", 1)[0] if "://" in self.storage_path else ""
+            _require(
+                scheme in ("", "file", "s3"),
+                "storage_path",
+                f"must be a folder or s3://bucket/prefix, got {self.storage_path!r}",
+            )
+        if self.ray_address:
+            _require(
+                self.ray_address.startswith(("http://", "https://")),
+                "ray_address",
+                f"must be the Ray dashboard's http://HOST:8265, got {self.ray_address!r}",
+            )
+            _require(
+                bool(self.storage_path),
+                "storage_path",
+                "--ray-address needs a --storage-path the cluster can reach "
+                "(s3://bucket/prefix, or a folder every node mounts)",
+            )
 
 
 @dataclass
@@ -132,12 +183,15 @@ class GateConfig:
     """Fastest teacher's CPU latency (batch 1, p50) over the student's must be at least this."""
     max_regression: float = 0.01
     """Student accuracy may be at most this far below the current champion's."""
+    max_ece: float = 0.1
+    """Calibration ceiling: the student's expected calibration error (15 bins) must be <= this."""
 
     def __post_init__(self) -> None:
         _require(0.0 <= self.min_retention <= 1.5, "min_retention", "must be in [0, 1.5]")
         _require(self.min_compression >= 0, "min_compression", "must be >= 0")
         _require(self.min_speedup >= 0, "min_speedup", "must be >= 0")
         _require(0.0 <= self.max_regression <= 1.0, "max_regression", "must be in [0, 1]")
+        _require(0.0 <= self.max_ece <= 1.0, "max_ece", f"must be in [0, 1], got {self.max_ece}")
 
 
 @dataclass

@@ -1,26 +1,39 @@
 """Distil a teacher ensemble into a student with Ray Train, next to a no-distillation baseline.
 
-Teacher logits are computed once over the training split and cached (offline KD); the
-student's epochs then cost about what plain training costs. Training runs in Ray Train
-(`TorchTrainer`): data-parallel over `workers`, a checkpoint every epoch (weights, optimizer,
-scheduler) as safetensors + JSON, and `FailureConfig(max_failures)` so a
-failed worker resumes from the last checkpoint. Runs are named after the pipeline run, so a
-retried pipeline run resumes too.
+Offline KD (the default): each teacher's logits over the training split are computed once,
+in parallel Ray tasks (a GPU each where the cluster has GPUs), and cached as float16
+(optionally top-k) under the storage path, keyed by the data and the teacher's weights
+(`kdflow.teacher_cache`); later runs reuse them. Online KD (`teacher_mode="online"`) runs
+the teachers on every batch instead, which augmentation needs. Both modes round the
+teachers' logits to float16 (and top-k) the same way, so on the same data they train the
+same student.
+
+Training runs in Ray Train V2 (`TorchTrainer`): data-parallel over `workers`, each worker
+reading only its contiguous shard of the rows and of the cache, a checkpoint every epoch
+(weights, optimizer, scheduler, epoch, RNG) as safetensors + JSON, and
+`FailureConfig(max_failures)` so a failed worker resumes from the last checkpoint. Runs are
+named after the pipeline run, so a retried pipeline run resumes too. Checkpoints and caches
+go to a folder or S3 (`kdflow.storage`). With `ray_address` set, `kdflow.ray_job` submits
+the same code as a Ray job to a running cluster.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import math
 import os
+import random
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
+from kdflow import storage, teacher_cache
 from kdflow.artifacts import (
     flatten_optimizer_state,
     load_model,
@@ -30,13 +43,18 @@ from kdflow.artifacts import (
     unflatten_optimizer_state,
 )
 from kdflow.config import DistillConfig
-from kdflow.data import read_meta, read_split
-from kdflow.errors import KdflowError
-from kdflow.losses import soft_targets
-from kdflow.models import build_classifier, count_params, parse_spec
-from kdflow.training import accuracy, make_loader, predict_logits, seed_everything, train_epoch
+from kdflow.data import DatasetMeta, Split
+from kdflow.errors import DataError, KdflowError
+from kdflow.losses import densify, entropy, kd_objective, soft_targets, sparse_soft_targets
+from kdflow.models import Classifier, build_classifier, count_params, parse_spec
+from kdflow.training import accuracy, predict_logits, seed_everything
 
 log = logging.getLogger(__name__)
+
+STREAM_ROWS = 65_536
+"""Rows per batch when teachers stream over the training split to fill the cache."""
+BLOCK_BATCHES = 64
+"""Batches the training loop gathers at once (64 × 64 rows × 64 float32 features: 1 MB)."""
 
 
 @dataclass
@@ -47,129 +65,539 @@ class StudentResult:
     history: list[dict[str, float]]
 
 
-def teacher_logits(
-    dataset_dir: Path, teacher_dirs: list[Path], cache_dir: Path
-) -> list[np.ndarray]:
-    """Each teacher's logits over the training split, cached as float16.
+# ------------------------------------------------------------------------------- data
 
-    The cache key is the dataset hash and the teacher's weights hash, so a later run on the
-    same data with the same teachers reuses it.
+
+def load_meta(dataset_uri: str) -> DatasetMeta:
+    uri = storage.join(dataset_uri, "meta.json")
+    if not storage.exists(uri):
+        raise DataError(f"{dataset_uri}: not a prepared kdflow dataset (no meta.json)")
+    return DatasetMeta(**storage.read_json(uri))
+
+
+def _features(table: Any, columns: list[str]) -> np.ndarray:
+    if table.num_rows == 0:
+        return np.zeros((0, len(columns)), np.float32)
+    return np.stack(
+        [table.column(c).to_numpy(zero_copy_only=False) for c in columns], axis=1
+    ).astype(np.float32, copy=False)
+
+
+def load_rows(
+    dataset_uri: str, split: str, meta: DatasetMeta, start: int = 0, stop: int | None = None
+) -> Split:
+    """Rows [start, stop) of a split, reading only the Parquet row groups that hold them."""
+    table = storage.read_parquet_rows(
+        storage.join(dataset_uri, f"{split}.parquet"),
+        start,
+        stop,
+        columns=[*meta.feature_columns, "label"],
+    )
+    y = table.column("label").to_numpy(zero_copy_only=False).astype(np.int64)
+    return Split(x=_features(table, meta.feature_columns), y=y)
+
+
+def feature_stats(dataset_uri: str, meta: DatasetMeta) -> tuple[list[float], list[float]]:
+    """Mean and (unbiased) standard deviation of each feature over the whole training split.
+
+    Streamed in float64, so every worker normalises with the same statistics whatever its
+    shard, and memory stays at one batch of rows.
     """
-    meta = read_meta(dataset_dir)
-    train = read_split(dataset_dir, "train")
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    out = []
-    for folder in teacher_dirs:
+    total = np.zeros(meta.n_features)
+    squares = np.zeros(meta.n_features)
+    n = 0
+    with storage.parquet_file(storage.join(dataset_uri, "train.parquet")) as pf:
+        for batch in pf.iter_batches(STREAM_ROWS, columns=meta.feature_columns):
+            x = _features(batch, meta.feature_columns).astype(np.float64)
+            total += x.sum(0)
+            squares += (x * x).sum(0)
+            n += len(x)
+    mean = total / max(n, 1)
+    var = (squares - n * mean * mean) / max(n - 1, 1)
+    return mean.tolist(), np.sqrt(np.maximum(var, 0.0)).tolist()
+
+
+def shard_bounds(rows: int, rank: int, world: int) -> tuple[int, int]:
+    """Rank `rank`'s contiguous rows [start, stop); shard sizes differ by at most one.
+
+    Contiguous shards let each worker read one byte range of the Parquet file and of the
+    cache; the prepared train split is already shuffled, so a shard is a random sample.
+    """
+    return rows * rank // world, rows * (rank + 1) // world
+
+
+def epoch_order(shard_rows: int, per_rank: int, seed: int) -> torch.Tensor:
+    """This epoch's order of a shard's rows, padded by wrapping to `per_rank` rows so every
+    rank takes the same number of steps (DDP all-reduces once per step).
+
+    It depends only on (seed, epoch) through `seed`: a resumed run sees the batches an
+    undisturbed one would, and every role sees the same batches.
+    """
+    order = torch.randperm(shard_rows, generator=torch.Generator().manual_seed(seed))
+    if per_rank > shard_rows:
+        order = torch.cat([order, order[: per_rank - shard_rows]])
+    return order
+
+
+# ------------------------------------------------------------------------- soft targets
+
+
+def teacher_parts(logits: torch.Tensor, top_k: int) -> dict[str, torch.Tensor]:
+    """A teacher's logits as the cache stores them: float16, in full or its top-k."""
+    z = logits.half()
+    if not top_k:
+        return {"train": z}
+    values, indices = z.float().topk(top_k, dim=-1)
+    dtype = torch.int16 if logits.shape[-1] <= torch.iinfo(torch.int16).max else torch.int32
+    return {"train_values": values.half(), "train_indices": indices.to(dtype)}
+
+
+@dataclass
+class Targets:
+    """Ensemble soft targets of some rows: dense N × C, or sparse (probabilities, classes).
+
+    `entropy` holds each row's H(p_T): the loop trains on the cross-entropy H(p_T, q) and
+    subtracts it to report the KL.
+    """
+
+    n_classes: int
+    dense: torch.Tensor | None = None
+    probs: torch.Tensor | None = None
+    classes: torch.Tensor | None = None
+    entropy: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.entropy is None and self.dense is not None:
+            self.entropy = entropy(self.dense)
+        elif self.entropy is None:
+            assert self.probs is not None
+            n = len(self.probs)
+            blocks = [
+                entropy(self.rows(torch.arange(i, min(i + STREAM_ROWS, n))))
+                for i in range(0, n, STREAM_ROWS)
+            ]
+            self.entropy = torch.cat(blocks) if blocks else torch.zeros(0)
+
+    def rows(self, index: torch.Tensor | None = None) -> torch.Tensor:
+        """Dense float32 targets of the rows `index` (all rows when None)."""
+        if self.dense is not None:
+            return self.dense if index is None else self.dense[index]
+        assert self.probs is not None and self.classes is not None
+        probs = self.probs if index is None else self.probs[index]
+        classes = self.classes if index is None else self.classes[index]
+        return densify(probs, classes, self.n_classes)
+
+    @property
+    def nbytes(self) -> int:
+        parts = (self.dense, self.probs, self.classes, self.entropy)
+        return sum(t.numel() * t.element_size() for t in parts if t is not None)
+
+
+def ensemble_targets(
+    parts: list[dict[str, torch.Tensor]],
+    n_classes: int,
+    temperature: float,
+    mode: str,
+    weights: list[float],
+) -> Targets:
+    """The ensemble's soft targets from each teacher's (cached or fresh) float16 logits."""
+    if "train" in parts[0]:
+        logits = [p["train"] for p in parts]
+        return Targets(n_classes, dense=soft_targets(logits, temperature, mode, weights))
+    probs, classes = sparse_soft_targets(
+        [p["train_values"] for p in parts],
+        [p["train_indices"] for p in parts],
+        temperature,
+        mode,
+        weights,
+    )
+    return Targets(n_classes, probs=probs, classes=classes.to(parts[0]["train_indices"].dtype))
+
+
+# ----------------------------------------------------------------------------- teachers
+
+
+def _load_teacher(uri: str, meta: DatasetMeta) -> tuple[Classifier, dict[str, Any]]:
+    with storage.local_dir(uri) as folder:
         model, spec = load_model(folder)
-        if spec["n_features"] != meta.n_features or spec["n_classes"] != meta.n_classes:
-            raise KdflowError(
-                f"teacher {folder} expects {spec['n_features']} features and "
-                f"{spec['n_classes']} classes; the data has {meta.n_features} and "
-                f"{meta.n_classes}"
+    if spec["n_features"] != meta.n_features or spec["n_classes"] != meta.n_classes:
+        raise KdflowError(
+            f"teacher {uri} expects {spec['n_features']} features and {spec['n_classes']} "
+            f"classes; the data has {meta.n_features} and {meta.n_classes}"
+        )
+    return model, spec
+
+
+def _teacher_task(
+    dataset_uri: str,
+    teacher_uri: str,
+    meta_values: dict[str, Any],
+    cache_uri: str | None,
+    entry_meta: dict[str, Any],
+) -> dict[str, Any]:
+    """One teacher's validation logits and, for the cache, its logits over the train split.
+
+    Runs as a Ray task (a GPU when the cluster has them); the train split streams through
+    in batches of STREAM_ROWS, so memory is the cache entry plus one batch.
+    """
+    started = time.monotonic()
+    meta = DatasetMeta(**meta_values)
+    model, _ = _load_teacher(teacher_uri, meta)
+    model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    val = load_rows(dataset_uri, "val", meta)
+    val_logits = predict_logits(model, val.x).half().numpy()
+    if cache_uri:
+        top_k = int(entry_meta["top_k"])
+        rows = int(entry_meta["rows"])
+        arrays: dict[str, np.ndarray] = {}
+        done = 0
+        with storage.parquet_file(storage.join(dataset_uri, "train.parquet")) as pf:
+            for batch in pf.iter_batches(STREAM_ROWS, columns=meta.feature_columns):
+                x = _features(batch, meta.feature_columns)
+                parts = teacher_parts(predict_logits(model, x), top_k)
+                for name, t in parts.items():
+                    if name not in arrays:
+                        arrays[name] = np.empty((rows, t.shape[1]), t.numpy().dtype)
+                    arrays[name][done : done + len(x)] = t.numpy()
+                done += len(x)
+        if done != rows:
+            raise DataError(f"{dataset_uri}: train.parquet has {done} rows, meta.json says {rows}")
+        teacher_cache.write_entry(cache_uri, arrays, val_logits, entry_meta)
+    return {"val_logits": val_logits, "seconds": time.monotonic() - started}
+
+
+@dataclass
+class TeacherOutputs:
+    uri: str
+    spec: dict[str, Any]
+    val_logits: np.ndarray
+    cache: str | None
+    cache_hit: bool
+    seconds: float
+
+
+def _ray_get(refs: list[Any]) -> list[Any]:
+    """ray.get, re-raising a task's KdflowError as itself rather than wrapped."""
+    import ray
+    from ray.exceptions import RayTaskError
+
+    try:
+        return ray.get(refs)
+    except RayTaskError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, KdflowError):
+            raise type(cause)(str(cause)) from exc
+        raise
+
+
+def teacher_outputs(
+    dataset_uri: str,
+    teacher_uris: list[str],
+    meta: DatasetMeta,
+    cfg: DistillConfig,
+    storage_root: str,
+    top_k: int,
+) -> list[TeacherOutputs]:
+    """Each teacher's validation logits; offline, also its cache entry, filled if missing.
+
+    Cached teachers cost one read of their validation logits; the others run in parallel,
+    one Ray task each. Online mode writes no cache but reads validation logits from one.
+    """
+    import ray
+
+    offline = cfg.teacher_mode == "offline"
+    key = teacher_cache.dataset_key(dataset_uri)
+    gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+    task = ray.remote(_teacher_task)
+    outputs: dict[int, TeacherOutputs] = {}
+    pending: dict[int, tuple[str, dict[str, Any], str, Any]] = {}
+    for i, uri in enumerate(teacher_uris):
+        spec = _teacher_spec(uri)
+        entry_meta = {
+            "dataset_key": key,
+            "teacher_sha256": spec["weights_sha256"],
+            "top_k": top_k,
+            "rows": int(meta.rows["train"]),
+            "classes": meta.n_classes,
+        }
+        cache = teacher_cache.entry_uri(storage_root, key, spec["weights_sha256"], top_k)
+        entry = teacher_cache.CacheEntry.open(cache)
+        if entry is not None and entry.matches(entry_meta):
+            log.info("teacher %d (%s): cached outputs %s", i, parse_spec(spec["model"]), cache)
+            outputs[i] = TeacherOutputs(
+                uri, spec, entry.rows("val"), cache if offline else None, True, 0.0
             )
-        key = hashlib.sha256(f"{meta.sha256}:{spec['weights_sha256']}".encode()).hexdigest()
-        path = cache_dir / f"logits-{key[:24]}.npy"
-        if path.exists():
-            log.info("teacher %s: cached logits %s", spec["model"], path)
-        else:
-            logits = predict_logits(model, train.x).numpy().astype(np.float16)
-            np.save(path, logits)
-        out.append(np.load(path).astype(np.float32))
-    return out
+            continue
+        ref = task.options(num_cpus=1, num_gpus=gpus, name=f"kdflow-teacher-{i}").remote(
+            dataset_uri, uri, asdict(meta), cache if offline else None, entry_meta
+        )
+        pending[i] = (uri, spec, cache, ref)
+    done = _ray_get([p[3] for p in pending.values()])
+    for (i, (uri, spec, cache, _)), out in zip(pending.items(), done, strict=True):
+        outputs[i] = TeacherOutputs(
+            uri, spec, out["val_logits"], cache if offline else None, False, out["seconds"]
+        )
+    return [outputs[i] for i in range(len(teacher_uris))]
 
 
-def _build_role(cfg: dict[str, Any], meta: Any, x: torch.Tensor) -> dict[str, Any]:
+def _teacher_spec(uri: str) -> dict[str, Any]:
+    from kdflow.errors import ModelFormatError
+
+    spec_uri = storage.join(uri, "spec.json")
+    if not storage.exists(spec_uri):
+        raise ModelFormatError(f"{uri}: no spec.json; a kdflow model is a folder with "
+                               "model.safetensors and spec.json")
+    spec: dict[str, Any] = storage.read_json(spec_uri)
+    if "weights_sha256" not in spec or "model" not in spec:
+        raise ModelFormatError(f"{spec_uri}: missing keys model / weights_sha256")
+    return spec
+
+
+def ensemble_report(
+    teachers: list[TeacherOutputs], val_y: np.ndarray, cfg: DistillConfig
+) -> dict[str, Any]:
+    """Each teacher's validation accuracy, ensemble weight, and agreement with the ensemble.
+
+    Weights are the validation accuracies (normalised) for `weighted_probs`, uniform
+    otherwise. Agreement is the share of validation rows where a teacher's top class is
+    the ensemble's.
+    """
+    logits = [torch.from_numpy(t.val_logits.astype(np.float32)) for t in teachers]
+    accs = [float((z.argmax(-1).numpy() == val_y).mean()) if len(val_y) else 0.0 for z in logits]
+    if cfg.ensemble == "weighted_probs" and sum(accs) > 0:
+        weights = [a / sum(accs) for a in accs]
+    else:
+        weights = [1.0 / len(teachers)] * len(teachers)
+    ensemble = soft_targets(logits, cfg.temperature, cfg.ensemble, weights).argmax(-1)
+    agreement = [float((z.argmax(-1) == ensemble).float().mean()) for z in logits]
+    return {
+        "mode": cfg.ensemble,
+        "weights": weights,
+        "teacher_val_accuracy": accs,
+        "agreement": agreement,
+        "val_accuracy": float((ensemble.numpy() == val_y).mean()) if len(val_y) else 0.0,
+    }
+
+
+# ------------------------------------------------------------------------ worker loop
+
+
+def _build_role(cfg: dict[str, Any], meta: DatasetMeta) -> dict[str, Any]:
     model = build_classifier(
         parse_spec(cfg["student"]), meta.input_shape, meta.n_classes, meta.n_features
     )
-    model.set_normalisation(x.mean(0), x.std(0))
+    model.set_normalisation(torch.tensor(cfg["mean"]), torch.tensor(cfg["std"]))
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg["epochs"])
-    return {
-        "model": model,
-        "optimizer": optimizer,
-        "scheduler": scheduler,
-        "best_acc": -1.0,
-    }
+    return {"model": model, "optimizer": optimizer, "scheduler": scheduler, "best_acc": -1.0}
+
+
+def _shard_targets(cfg: dict[str, Any], start: int, stop: int, n_classes: int) -> Targets:
+    """This shard's ensemble soft targets from the cache: one ranged read per teacher."""
+    parts = []
+    for uri in cfg["caches"]:
+        entry = teacher_cache.CacheEntry.open(uri)
+        if entry is None:
+            raise KdflowError(f"teacher cache {uri} disappeared during the run")
+        parts.append({k: torch.from_numpy(v) for k, v in entry.train_rows(start, stop).items()})
+    return ensemble_targets(parts, n_classes, cfg["temperature"], cfg["ensemble"], cfg["weights"])
+
+
+def _batches(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    order: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    targets: Targets | None = None,
+    teachers: list[Classifier] | None = None,
+    ensemble: dict[str, Any] | None = None,
+    entropy_sink: list[torch.Tensor] | None = None,
+) -> Any:
+    """(x, y) or (x, y, soft targets) batches in `order`.
+
+    Rows are gathered BLOCK_BATCHES batches at a time and then sliced: one large gather
+    costs about what one small one does, and a slice is a view. On GPU each block goes
+    through pinned memory in one copy. Online mode runs the teachers on each batch under
+    no_grad; their logits go through the float16 (and top-k) rounding the cache applies,
+    so both modes see the same targets. `entropy_sink` collects Σ H(p_T) of the rows.
+    """
+    pin = device.type == "cuda"
+    for start in range(0, len(order), batch_size * BLOCK_BATCHES):
+        idx = order[start : start + batch_size * BLOCK_BATCHES]
+        block = [x[idx], y[idx]]
+        if targets is not None:
+            block.append(targets.rows(idx))
+            if entropy_sink is not None and targets.entropy is not None:
+                entropy_sink.append(targets.entropy[idx].sum())
+        if pin:
+            block = [t.pin_memory().to(device, non_blocking=True) for t in block]
+        for i in range(0, len(idx), batch_size):
+            batch = [t[i : i + batch_size] for t in block]
+            if teachers is not None:
+                assert ensemble is not None
+                with torch.no_grad():
+                    parts = [
+                        teacher_parts(t(batch[0]).float(), ensemble["top_k"]) for t in teachers
+                    ]
+                    soft = ensemble_targets(
+                        parts,
+                        ensemble["n_classes"],
+                        ensemble["temperature"],
+                        ensemble["ensemble"],
+                        ensemble["weights"],
+                    )
+                batch.append(soft.rows())
+                if entropy_sink is not None and soft.entropy is not None:
+                    entropy_sink.append(soft.entropy.sum())
+            yield batch
+
+
+def _epoch(
+    model: nn.Module,
+    batches: Any,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    temperature: float,
+    alpha: float,
+) -> tuple[float, float, float, int]:
+    """One pass; the row means of (loss, hard part, soft cross-entropy) and the rows seen.
+
+    The loss is `kd_objective` (KD's gradient without the constant teacher entropy).
+    Losses stay on the device until the end of the epoch: a `.item()` per step would
+    stall a GPU on every batch.
+    """
+    model.train()
+    losses: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]] = ([], [], [])
+    sizes: list[int] = []
+    cuda = device.type == "cuda"
+    for batch in batches:
+        if cuda:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                logits = model(batch[0]).float()
+        else:
+            logits = model(batch[0])
+        soft = batch[2] if len(batch) > 2 else None
+        loss, hard, soft_ce = kd_objective(logits, batch[1], soft, temperature, alpha)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses[0].append(loss.detach())
+        losses[1].append(hard)
+        losses[2].append(soft_ce)
+        sizes.append(len(batch[1]))
+    if not sizes:
+        return 0.0, 0.0, 0.0, 0
+    weights = torch.tensor(sizes, dtype=torch.float32, device=losses[0][0].device)
+    means = [float((torch.stack(v).float() * weights).sum() / weights.sum()) for v in losses]
+    return means[0], means[1], means[2], sum(sizes)
 
 
 def _train_worker(cfg: dict[str, Any]) -> None:
     """Ray Train per-worker loop; every rank runs it, rank 0 writes the checkpoints.
 
     It trains each role side by side, from the same initial weights and on the same
-    batches: `student` on the KD loss against the cached soft targets, `baseline` on the
-    hard labels alone. The comparison then isolates what distillation adds.
+    batches: `student` on the KD loss against the ensemble's soft targets, `baseline` on
+    the hard labels alone. The comparison then isolates what distillation adds.
     """
     import ray.train
     import ray.train.torch
-    from torch.utils.data import DistributedSampler
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    meta = read_meta(cfg["dataset_dir"])
-    train, val = read_split(cfg["dataset_dir"], "train"), read_split(cfg["dataset_dir"], "val")
-    soft = np.load(cfg["soft_path"]) if cfg["soft_path"] else None
-    x = torch.from_numpy(train.x)
+    meta = DatasetMeta(**cfg["meta"])
+    rows = int(meta.rows["train"])
+    start, stop = shard_bounds(rows, rank, world)
+    train = load_rows(cfg["dataset"], "train", meta, start, stop)
+    val = load_rows(cfg["dataset"], "val", meta) if rank == 0 else None
+    device = ray.train.torch.get_device()
+    online = cfg["teacher_mode"] == "online" and "student" in cfg["roles"]
+    targets = (
+        _shard_targets(cfg, start, stop, meta.n_classes)
+        if cfg["teacher_mode"] == "offline" and "student" in cfg["roles"]
+        else None
+    )
+    teachers = (
+        [_load_teacher(u, meta)[0].to(device).eval() for u in cfg["teachers"]] if online else None
+    )
+    ensemble = {k: cfg[k] for k in ("top_k", "temperature", "ensemble", "weights")} | {
+        "n_classes": meta.n_classes
+    }
+    x, y = torch.from_numpy(train.x), torch.from_numpy(train.y)
     roles: dict[str, dict[str, Any]] = {}
     for role in cfg["roles"]:
         # Same seed for every role and rank: identical initial weights (DDP broadcasts
         # rank 0's anyway), so baseline and student differ only by the loss.
         seed_everything(cfg["seed"])
-        roles[role] = _build_role(cfg, meta, x)
-    start, history = 1, []
+        roles[role] = _build_role(cfg, meta)
+    first_epoch, history = 1, []
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
-        # Load before prepare_model: the DDP wrapper would prefix every key with "module.".
         with checkpoint.as_directory() as folder:
             tensors, state = load_tensors(Path(folder))
+        # Weights before prepare_model (the DDP wrapper would prefix every key with
+        # "module."), optimizer state after it (Adam's moments follow the parameters' device).
         for role, r in roles.items():
             r["model"].load_state_dict(_strip(tensors, f"{role}.model."))
+        first_epoch, history = state["epoch"] + 1, state["history"]
+        log.info("rank %d resumes at epoch %d", rank, first_epoch)
+
+    for r in roles.values():
+        r["model"] = ray.train.torch.prepare_model(r["model"])
+        r["plain"] = getattr(r["model"], "module", r["model"])
+    if checkpoint:
+        for role, r in roles.items():
             r["optimizer"].load_state_dict(
                 unflatten_optimizer_state(_strip(tensors, f"{role}."), state[role]["optimizer"])
             )
             r["scheduler"].load_state_dict(state[role]["scheduler"])
             r["best_acc"] = state[role]["best_val_accuracy"]
-        start, history = state["epoch"] + 1, state["history"]
-        log.info("rank %d resumes at epoch %d", rank, start)
-
-    device = ray.train.torch.get_device()
-    for r in roles.values():
-        r["model"] = ray.train.torch.prepare_model(r["model"])
-        r["plain"] = getattr(r["model"], "module", r["model"])
+        _set_rng_state(_strip(tensors, "rng."), state["rng"])
     batch_size = max(1, cfg["batch_size"] // world)
-    for epoch in range(start, cfg["epochs"] + 1):
-        # Each role sees the same batches, and a resumed run the same order as an
-        # undisturbed one: the order depends only on (seed, epoch).
-        order_seed = cfg["seed"] * 100_003 + epoch
+    per_rank = math.ceil(rows / world)
+    for epoch in range(first_epoch, cfg["epochs"] + 1):
+        order = epoch_order(len(x), per_rank, cfg["seed"] * 100_003 + epoch)
         stats: dict[str, Any] = {"epoch": epoch}
         for role, r in roles.items():
-            loader = ray.train.torch.prepare_data_loader(
-                make_loader(
-                    train, batch_size, order_seed, soft=soft, pin_memory=device.type == "cuda"
-                )
-            )
-            if isinstance(getattr(loader, "sampler", None), DistributedSampler):
-                loader.sampler.set_epoch(order_seed)
-            loss, hard, soft_part = train_epoch(
-                r["model"],
-                loader,
-                r["optimizer"],
+            kd = role == "student"
+            entropies: list[torch.Tensor] = []
+            batches = _batches(
+                x,
+                y,
+                order,
+                batch_size,
                 device,
-                cfg["temperature"],
-                cfg["alpha"] if role == "student" else 1.0,
-                use_soft=role == "student",
+                targets=targets if kd else None,
+                teachers=teachers if kd else None,
+                ensemble=ensemble,
+                entropy_sink=entropies,
             )
+            alpha = cfg["alpha"] if kd else 1.0
+            started = time.perf_counter()
+            loss, hard, soft_ce, seen = _epoch(
+                r["model"], batches, r["optimizer"], device, cfg["temperature"], alpha
+            )
+            seconds = time.perf_counter() - started
             r["scheduler"].step()
-            val_acc = accuracy(r["plain"], val)
-            r["best_acc"] = max(r["best_acc"], val_acc)
+            # Report what kd_loss reports: the KL, and the loss with the teachers' entropy.
+            mean_entropy = float(torch.stack(entropies).sum()) / seen if entropies else 0.0
+            soft_part = soft_ce - mean_entropy if alpha < 1.0 else 0.0
+            loss -= (1.0 - alpha) * cfg["temperature"] ** 2 * mean_entropy
             stats |= {
                 f"{role}/loss": loss,
                 f"{role}/hard_loss": hard,
                 f"{role}/soft_loss": soft_part,
-                f"{role}/val_accuracy": val_acc,
-                f"{role}/best_val_accuracy": r["best_acc"],
+                f"{role}/seconds": seconds,
+                f"{role}/rows_per_s": seen * world / seconds,
             }
+            if val is not None:
+                val_acc = accuracy(r["plain"], val)
+                r["best_acc"] = max(r["best_acc"], val_acc)
+                stats |= {
+                    f"{role}/val_accuracy": val_acc,
+                    f"{role}/best_val_accuracy": r["best_acc"],
+                }
         history.append(stats)
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
@@ -178,20 +606,66 @@ def _train_worker(cfg: dict[str, Any]) -> None:
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(stats, checkpoint=ckpt)
         if cfg.get("fail_at_epoch") == epoch and not checkpoint:
-            # Fault-injection hook for the resume tests: die once, after this epoch's checkpoint.
-            os._exit(1)
+            _die_once_checkpointed(cfg["run_dir"], epoch)
+
+
+def _die_once_checkpointed(run_dir: str, epoch: int, timeout_s: float = 60.0) -> None:
+    """Fault injection for the resume tests: kill this worker process once the controller
+    has recorded this epoch's checkpoint (it collects reports on its health-check tick, so
+    dying right after `report` could lose the checkpoint and retrain the epoch)."""
+    snapshot = storage.join(run_dir, "checkpoint_manager_snapshot.json")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if storage.exists(snapshot):
+            latest = storage.read_json(snapshot).get("latest_checkpoint_result") or {}
+            if latest.get("metrics", {}).get("epoch") == epoch:
+                break
+        time.sleep(0.1)
+    os._exit(1)
 
 
 def _strip(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
+def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """torch, CUDA, numpy and Python RNG states, as tensors plus JSON.
+
+    Every rank seeds identically and draws the same amounts, so rank 0's state is every
+    rank's; dropout is the only consumer in the loop (batch order has its own generator).
+    """
+    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    tensors = {
+        "torch": torch.get_rng_state(),
+        "numpy": torch.from_numpy(np.asarray(keys).astype(np.int64)),
+    }
+    if torch.cuda.is_available():
+        tensors["cuda"] = torch.cuda.get_rng_state()
+    version, internal, python_gauss = random.getstate()
+    meta = {
+        "numpy": [kind, int(pos), int(has_gauss), float(gauss)],
+        "python": [version, list(internal), python_gauss],
+    }
+    return tensors, meta
+
+
+def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["torch"])
+    if "cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["cuda"])
+    kind, pos, has_gauss, gauss = meta["numpy"]
+    np.random.set_state((kind, tensors["numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, python_gauss = meta["python"]
+    random.setstate((version, tuple(internal), python_gauss))
+
+
 def _save_checkpoint(
     folder: Path, roles: dict[str, dict[str, Any]], epoch: int, history: list[dict[str, Any]]
 ) -> None:
-    """Weights, optimizer and scheduler of every role, as safetensors + JSON."""
-    tensors: dict[str, torch.Tensor] = {}
-    state: dict[str, Any] = {"epoch": epoch, "history": history}
+    """Weights, optimizer, scheduler of every role, epoch and RNG, as safetensors + JSON."""
+    rng_tensors, rng_meta = _rng_state()
+    tensors: dict[str, torch.Tensor] = {f"rng.{k}": v for k, v in rng_tensors.items()}
+    state: dict[str, Any] = {"epoch": epoch, "history": history, "rng": rng_meta}
     for role, r in roles.items():
         opt_tensors, opt_meta = flatten_optimizer_state(r["optimizer"].state_dict())
         tensors |= {f"{role}.model.{k}": v for k, v in r["plain"].state_dict().items()}
@@ -202,6 +676,9 @@ def _save_checkpoint(
             "best_val_accuracy": r["best_acc"],
         }
     save_tensors(tensors, state, folder)
+
+
+# ------------------------------------------------------------------------------ driver
 
 
 def ensure_ray(num_cpus: int | None = None) -> None:
@@ -228,40 +705,50 @@ def ensure_ray(num_cpus: int | None = None) -> None:
 
 
 def train_students(
-    dataset_dir: Path,
+    dataset_uri: str,
     cfg: DistillConfig,
-    soft_path: Path,
-    out_dirs: dict[str, Path],
-    storage_path: Path | str,
+    loop: dict[str, Any],
+    outputs: dict[str, str],
+    storage_root: str,
     run_name: str,
     seed: int,
     fail_at_epoch: int | None = None,
 ) -> dict[str, StudentResult]:
-    """One Ray Train run that trains the distilled student and the baseline side by side."""
+    """One Ray Train run that trains the distilled student and the baseline side by side.
+
+    `loop` carries what the workers need besides the config: the dataset's meta, the cache
+    entries (offline) or teacher folders (online), the ensemble weights, the feature
+    statistics. `outputs` maps each role to the folder (or s3:// prefix) it is saved to.
+    """
+    import ray
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    use_gpu = torch.cuda.is_available()
-    ensure_ray(num_cpus=max(cfg.workers, os.cpu_count() or 1))
+    use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    storage_path, filesystem = storage.ray_storage(storage.join(storage_root, "ray"))
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={
-            "dataset_dir": str(dataset_dir),
-            "soft_path": str(soft_path),
-            "roles": list(out_dirs),
+            **loop,
+            "dataset": dataset_uri,
+            "roles": list(outputs),
             "student": cfg.student,
             "lr": cfg.student_lr,
             "epochs": cfg.student_epochs,
             "batch_size": cfg.student_batch_size,
             "temperature": cfg.temperature,
             "alpha": cfg.alpha,
+            "ensemble": cfg.ensemble,
+            "teacher_mode": cfg.teacher_mode,
             "seed": seed,
             "fail_at_epoch": fail_at_epoch,
+            "run_dir": storage.join(storage_root, "ray", run_name),
         },
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu),
         run_config=ray.train.RunConfig(
             name=run_name,
-            storage_path=str(storage_path),
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
@@ -274,16 +761,16 @@ def train_students(
         raise KdflowError(f"Ray Train run {run_name} finished without a checkpoint")
     with result.checkpoint.as_directory() as folder:
         tensors, state = load_tensors(Path(folder))
-    meta = read_meta(dataset_dir)
+    meta = DatasetMeta(**loop["meta"])
     results = {}
-    for role, out_dir in out_dirs.items():
+    for role, out in outputs.items():
         model = build_classifier(
             parse_spec(cfg.student), meta.input_shape, meta.n_classes, meta.n_features
         )
         # The last epoch, not the best validation epoch: the validation split is small
         # (~130 rows on digits) and picking on it adds noise that hides what KD buys.
         model.load_state_dict(_strip(tensors, f"{role}.model."))
-        save_model(model, out_dir, meta.classes, meta.feature_columns, {"role": role})
+        _save_output(model, out, meta, role)
         results[role] = StudentResult(
             val_accuracy=float(state["history"][-1][f"{role}/val_accuracy"]),
             params=count_params(model),
@@ -297,6 +784,93 @@ def train_students(
     return results
 
 
+def _save_output(model: Classifier, uri: str, meta: DatasetMeta, role: str) -> None:
+    if not storage.is_remote(uri):
+        save_model(model, uri, meta.classes, meta.feature_columns, {"role": role})
+        return
+    with tempfile.TemporaryDirectory(prefix="kdflow-model-") as tmp:
+        save_model(model, Path(tmp), meta.classes, meta.feature_columns, {"role": role})
+        storage.upload_dir(Path(tmp), uri)
+
+
+def run_distillation(
+    dataset_uri: str,
+    teacher_uris: list[str],
+    cfg: DistillConfig,
+    outputs: dict[str, str],
+    storage_root: str,
+    run_name: str,
+    seed: int,
+    fail_at_epoch: int | None = None,
+) -> dict[str, Any]:
+    """Teacher outputs (cached or not), then the Ray Train run; inputs and outputs are URIs.
+
+    The same function runs in-process (local mode) and as the entry point of a Ray job on
+    a cluster (`kdflow.ray_job`). Returns each role's result, the teachers' cache use, the
+    ensemble's weights and agreement, and where the time went.
+    """
+    started = time.monotonic()
+    ensure_ray(num_cpus=max(cfg.workers, os.cpu_count() or 1))
+    ray_started = time.monotonic()
+    meta = load_meta(dataset_uri)
+    rows = int(meta.rows["train"])
+    if rows < cfg.workers:
+        raise KdflowError(f"--workers {cfg.workers}: more workers than training rows ({rows})")
+    top_k = cfg.top_k if 0 < cfg.top_k < meta.n_classes else 0
+    if cfg.top_k and not top_k:
+        log.info("--top-k %d >= %d classes: caching full logits", cfg.top_k, meta.n_classes)
+    teachers = teacher_outputs(dataset_uri, teacher_uris, meta, cfg, storage_root, top_k)
+    teachers_done = time.monotonic()
+    val_y = load_rows(dataset_uri, "val", meta).y
+    report = ensemble_report(teachers, val_y, cfg)
+    for i, t in enumerate(teachers):
+        log.info(
+            "teacher %d %s: val accuracy %.4f, weight %.3f, agreement with the ensemble %.4f%s",
+            i,
+            parse_spec(t.spec["model"]),
+            report["teacher_val_accuracy"][i],
+            report["weights"][i],
+            report["agreement"][i],
+            " (cached)" if t.cache_hit else "",
+        )
+    mean, std = feature_stats(dataset_uri, meta)
+    loop = {
+        "meta": asdict(meta),
+        "caches": [t.cache for t in teachers],
+        "teachers": [t.uri for t in teachers],
+        "weights": report["weights"],
+        "top_k": top_k,
+        "mean": mean,
+        "std": std,
+    }
+    results = train_students(
+        dataset_uri, cfg, loop, outputs, storage_root, run_name, seed, fail_at_epoch
+    )
+    finished = time.monotonic()
+    return {
+        **{role: asdict(r) for role, r in results.items()},
+        "teachers": [
+            {
+                "spec": str(parse_spec(t.spec["model"])),
+                "val_accuracy": report["teacher_val_accuracy"][i],
+                "weight": report["weights"][i],
+                "agreement": report["agreement"][i],
+                "cache": t.cache,
+                "cache_hit": t.cache_hit,
+                "seconds": t.seconds,
+            }
+            for i, t in enumerate(teachers)
+        ],
+        "ensemble": {"mode": report["mode"], "val_accuracy": report["val_accuracy"]},
+        "seconds": {
+            "ray_start": ray_started - started,
+            "teachers": teachers_done - ray_started,
+            "training": finished - teachers_done,
+            "total": finished - started,
+        },
+    }
+
+
 def distill(
     dataset_dir: Path,
     teacher_dirs: list[Path],
@@ -306,20 +880,28 @@ def distill(
     work_dir: Path,
     run_name: str,
     seed: int,
+    fail_at_epoch: int | None = None,
 ) -> dict[str, Any]:
-    """Cache the teachers' soft targets, then train the distilled student and the baseline."""
-    logits = teacher_logits(dataset_dir, teacher_dirs, work_dir / "cache")
-    probs = soft_targets([torch.from_numpy(z) for z in logits], cfg.temperature)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    soft_path = work_dir / f"soft-targets-{run_name}.npy"
-    np.save(soft_path, probs.numpy().astype(np.float32))
-    results = train_students(
-        dataset_dir,
+    """The distill step: in-process Ray, or a Ray job on `cfg.ray_address`.
+
+    Checkpoints and the teacher cache go to `cfg.storage_path`, or to `work_dir` when it is
+    not set (then nothing is shared between runs).
+    """
+    outputs = {"student": str(student_dir), "baseline": str(baseline_dir)}
+    if cfg.ray_address:
+        from kdflow.ray_job import submit_distillation
+
+        return submit_distillation(
+            str(dataset_dir), [str(t) for t in teacher_dirs], cfg, outputs, run_name, seed,
+            fail_at_epoch=fail_at_epoch,
+        )
+    return run_distillation(
+        str(dataset_dir),
+        [str(t) for t in teacher_dirs],
         cfg,
-        soft_path,
-        {"student": student_dir, "baseline": baseline_dir},
-        work_dir / "ray",
+        outputs,
+        cfg.storage_path or str(work_dir),
         run_name,
         seed,
+        fail_at_epoch,
     )
-    return {role: asdict(r) for role, r in results.items()}

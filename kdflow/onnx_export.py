@@ -31,6 +31,7 @@ OPSET = 18
 # float32 through a different kernel library: logits agree to ~1e-6 on the zoo's models.
 # The tolerance is loose enough for deep CNNs and tight enough to catch a wrong graph.
 ATOL, RTOL = 1e-4, 1e-3
+NOISY_LOGGERS = ("torch.onnx", "onnxscript", "onnx_ir")
 
 
 @dataclass
@@ -57,9 +58,12 @@ def export_onnx(model: nn.Module, n_features: int, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(2, n_features)
     batch = torch.export.Dim("batch", min=1)
-    quiet = logging.getLogger("torch.onnx")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)  # "torchvision is not installed" notices, once per process
+    # The exporter logs every optimisation pass at INFO, and "torchvision is not installed"
+    # as a warning: quiet them for the export only.
+    quiet = {name: logging.getLogger(name) for name in NOISY_LOGGERS}
+    levels = {name: logger.level for name, logger in quiet.items()}
+    for logger in quiet.values():
+        logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(None):
             warnings.simplefilter("ignore")
@@ -77,7 +81,8 @@ def export_onnx(model: nn.Module, n_features: int, path: Path) -> Path:
     except Exception as exc:  # the exporter raises many types; all mean "cannot export"
         raise ModelFormatError(f"cannot export the model to ONNX: {exc}") from exc
     finally:
-        quiet.setLevel(level)
+        for name, logger in quiet.items():
+            logger.setLevel(levels[name])
     if program is None:
         raise ModelFormatError("torch.onnx.export returned no program")
     program.save(str(path), external_data=False)

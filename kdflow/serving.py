@@ -23,7 +23,11 @@ class StudentModel(PythonModel):
 
         self.model, self.spec = load_model(context.artifacts["student"])
 
-    def predict(self, context: Any, model_input: Any, params: Any = None) -> pd.DataFrame:
+    # MLflow reads this type hint: a DataFrame hint means "no schema from the hint" (the
+    # logged signature describes the input), where `Any` or no hint would draw a warning.
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: Any = None
+    ) -> pd.DataFrame:
         if isinstance(model_input, pd.DataFrame):
             features = self.spec["feature_names"]
             missing = [c for c in features if c not in model_input.columns]
@@ -32,6 +36,8 @@ class StudentModel(PythonModel):
             x = model_input[features].to_numpy(np.float32)
         else:
             x = np.asarray(model_input, dtype=np.float32)
+        # A frame's array can be read-only; torch wants memory it may write.
+        x = np.require(x, np.float32, ["C", "W"])
         with torch.inference_mode():
             probs = torch.softmax(self.model(torch.from_numpy(x)), -1).numpy()
         names = np.asarray(self.spec["class_names"])

@@ -10,8 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from kdflow import __version__
-from kdflow.config import DataConfig, DistillConfig, GateConfig, TeacherConfig
+from kdflow.config import BUILTIN_PREFIX, DataConfig, DistillConfig, GateConfig, TeacherConfig
 from kdflow.errors import DataValidationError, KdflowError
 
 log = logging.getLogger(__name__)
@@ -38,36 +37,34 @@ def validate_data(
         split_frame,
         write_prepared,
     )
-    from kdflow.validation import validate_frames
+    from kdflow.validation import validate_dataset, validate_frames
 
     input_shape = cfg.input_shape or default_input_shape(cfg.data)
-    frame = load_frame(cfg.data, cfg.label_column)
-    if cfg.test_data:
-        train, test = frame, load_frame(cfg.test_data, cfg.label_column)
-    else:
-        train, test = None, None
     contract = (
         DataContract.from_yaml(cfg.contract)
         if cfg.contract
         else default_contract(cfg.label_column, input_shape=input_shape)
     )
-    if train is None:
-        # Validate the whole file before splitting: the label column must exist to stratify.
+    if cfg.data.startswith(BUILTIN_PREFIX):
+        frame = load_frame(cfg.data, cfg.label_column)
         report = validate_frames(frame, None, contract, docs_dir)
-        if report.passed:
-            train, test = split_frame(frame, cfg.label_column, cfg.test_fraction, seed)
-            report = validate_frames(train, test, contract, docs_dir)
     else:
-        report = validate_frames(train, test, contract, docs_dir)
+        # Files are validated by streaming them (bounded memory) before anything loads them.
+        report = validate_dataset(cfg.data, cfg.test_data, contract, docs_dir)
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(report.to_markdown())
     if not report.passed:
         if cfg.validation == "fail":
-            raise DataValidationError(report.summary_line())
+            report.raise_for_failures()
         log.warning(
             "data validation failed, continuing (--validation warn): %s", report.summary_line()
         )
-    assert train is not None and test is not None
+    if not cfg.data.startswith(BUILTIN_PREFIX):
+        frame = load_frame(cfg.data, cfg.label_column)
+    if cfg.test_data:
+        train, test = frame, load_frame(cfg.test_data, cfg.label_column)
+    else:
+        train, test = split_frame(frame, cfg.label_column, cfg.test_fraction, seed)
     if cfg.val_fraction > 0:
         train, val = split_frame(train, cfg.label_column, cfg.val_fraction, seed)
     else:
@@ -186,19 +183,41 @@ def evaluate(
     model_name: str,
     dataset_info: dict[str, Any],
     report_path: Path,
+    teacher_sources: list[str] | None = None,
+    onnx_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Test-split metrics for every model, the gates, and the run summary (not yet registered)."""
-    from kdflow.artifacts import load_model
+    """Test-split metrics for every model, the gates, and the run summary (not yet registered).
+
+    `teacher_sources` are the teachers' specs as given (an MLflow URI for an imported
+    teacher, recorded with the version it resolves to); `onnx_dir` receives the student's
+    ONNX export (`model.onnx`), checked against PyTorch on the whole test split.
+    """
+    import torch
+
+    from kdflow.artifacts import WEIGHTS, load_model
     from kdflow.data import read_meta, read_split
     from kdflow.evaluation import (
-        accuracy_of_logits,
-        cpu_latency_ms,
+        cpu_timings,
         decide_gates,
-        ensemble_accuracy,
+        ensemble_probabilities,
+        flops_per_sample,
         logits_on,
+        quality_metrics,
         report_markdown,
+        torch_runner,
     )
-    from kdflow.models import ModelSpec, count_params
+    from kdflow.models import MLFLOW_URI_PREFIX, count_params
+    from kdflow.onnx_export import (
+        INPUT_NAME,
+        ONNX_FILE,
+        OUTPUT_NAME,
+        check_parity,
+        export_onnx,
+        onnx_session,
+        require_parity,
+        run_onnx,
+    )
+    from kdflow.registry import champion_version, resolve_model_uri, resolve_tracking_uri
 
     meta = read_meta(dataset_dir)
     test = read_split(dataset_dir, "test")
@@ -206,13 +225,26 @@ def evaluate(
     student, student_spec = load_model(student_dir)
     baseline, baseline_spec = load_model(baseline_dir)
     teacher_z = [logits_on(m, test) for m, _ in teachers]
-    latency = cpu_latency_ms(
-        {f"t{i}": m for i, (m, _) in enumerate(teachers)}
-        | {"student": student, "baseline": baseline},
-        meta.n_features,
-    )
+    ensemble = ensemble_probabilities(teacher_z)
+    ensemble_pred = ensemble.argmax(-1).numpy()
+    student_z = logits_on(student, test)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = export_onnx(student, meta.n_features, (onnx_dir or Path(tmp)) / ONNX_FILE)
+        session = onnx_session(onnx_path)
+        parity = check_parity(student_z.numpy(), run_onnx(session, test.x))
+        require_parity(parity, "the student's ONNX export")
+        runners = {f"t{i}": torch_runner(m) for i, (m, _) in enumerate(teachers)} | {
+            "student": torch_runner(student),
+            "baseline": torch_runner(baseline),
+            "onnx": lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: x}),
+        }
+        timings = cpu_timings(runners, meta.n_features)
+        onnx_bytes = onnx_path.stat().st_size
 
     def describe(spec: dict[str, Any]) -> str:
+        from kdflow.models import ModelSpec
+
         source = spec.get("source")
         return (
             str(source)
@@ -224,30 +256,68 @@ def evaluate(
             )
         )
 
-    summary: dict[str, Any] = {
-        "dataset": dataset_info,
-        "teachers": [
-            {
-                "spec": describe(spec),
-                "accuracy": accuracy_of_logits(z, test.y),
-                "params": count_params(m),
-                "latency_ms": latency[f"t{i}"],
-            }
-            for i, ((m, spec), z) in enumerate(zip(teachers, teacher_z, strict=True))
-        ],
-        "ensemble": {"accuracy": ensemble_accuracy(teacher_z, test.y)},
-    }
-    for name, model, spec in (
-        ("baseline", baseline, baseline_spec),
-        ("student", student, student_spec),
-    ):
-        summary[name] = {
-            "spec": describe(spec),
-            "accuracy": accuracy_of_logits(logits_on(model, test), test.y),
+    def entry(name: str, spec: str, model: Any, folder: Path, probs: Any) -> dict[str, Any]:
+        quality = quality_metrics(probs, test.y, meta.classes, ensemble_pred)
+        timing = timings[name]
+        return {
+            "spec": spec,
+            "accuracy": quality["accuracy"],
             "params": count_params(model),
-            "latency_ms": latency[name],
+            "latency_ms": timing.latency_ms,
+            "latency_p95_ms": timing.latency_p95_ms,
+            "throughput_per_s": timing.throughput_per_s,
+            "macro_f1": quality["macro_f1"],
+            "ece": quality["ece"],
+            "nll": quality["nll"],
+            "agreement": quality["agreement"],
+            "file_bytes": (folder / WEIGHTS).stat().st_size,
+            "flops": flops_per_sample(model, meta.n_features),
+            **(
+                {k: quality[k] for k in ("per_class_accuracy", "confusion_matrix")}
+                if name == "student"
+                else {}
+            ),
         }
-    summary["champion"] = champion_on_test(tracking_uri, model_name, meta, test)
+
+    uri = resolve_tracking_uri(tracking_uri)
+    sources = list(teacher_sources or [])
+    summary: dict[str, Any] = {"dataset": dataset_info, "teachers": []}
+    for i, ((model, spec), z, folder) in enumerate(
+        zip(teachers, teacher_z, teacher_dirs, strict=True)
+    ):
+        given = sources[i] if i < len(sources) and sources[i] else describe(spec)
+        teacher = entry(f"t{i}", given, model, folder, torch.softmax(z, -1))
+        if given.startswith(MLFLOW_URI_PREFIX):
+            teacher["registry"] = resolve_model_uri(uri, given)
+        summary["teachers"].append(teacher)
+    ensemble_quality = quality_metrics(ensemble, test.y, meta.classes)
+    summary["ensemble"] = {k: ensemble_quality[k] for k in ("accuracy", "macro_f1", "ece", "nll")}
+    summary["baseline"] = entry(
+        "baseline",
+        describe(baseline_spec),
+        baseline,
+        baseline_dir,
+        torch.softmax(logits_on(baseline, test), -1),
+    )
+    summary["student"] = entry(
+        "student", describe(student_spec), student, student_dir, torch.softmax(student_z, -1)
+    )
+    onnx_timing = timings["onnx"]
+    summary["student"]["onnx"] = {
+        "latency_ms": onnx_timing.latency_ms,
+        "latency_p95_ms": onnx_timing.latency_p95_ms,
+        "throughput_per_s": onnx_timing.throughput_per_s,
+        "file_bytes": onnx_bytes,
+        "speedup_vs_pytorch": (
+            timings["student"].latency_ms / onnx_timing.latency_ms
+            if onnx_timing.latency_ms > 0
+            else None
+        ),
+        "parity": parity.to_dict(),
+    }
+    seen = champion_version(uri, model_name)
+    summary["champion_seen"] = None if seen is None else int(seen.version)
+    summary["champion"] = champion_on_test(tracking_uri, model_name, meta, test, seen=seen)
     gates = decide_gates(
         gates_cfg,
         student=summary["student"],
@@ -267,27 +337,39 @@ def evaluate(
 
 
 def champion_on_test(
-    tracking_uri: str | None, model_name: str, meta: Any, test: Any
+    tracking_uri: str | None, model_name: str, meta: Any, test: Any, seen: Any = None
 ) -> dict[str, Any] | None:
-    """The current champion's accuracy on this test split, or None when there is none."""
+    """The current champion's metrics on this test split, or None when there is none.
+
+    `seen` is the champion's ModelVersion when the caller has read it already; the version
+    is downloaded by number, so the numbers belong to exactly that version.
+    """
+    import torch
+
     from kdflow.artifacts import load_model
-    from kdflow.evaluation import accuracy_of_logits, logits_on
-    from kdflow.registry import champion_version, download_model, resolve_tracking_uri
+    from kdflow.evaluation import logits_on, quality_metrics
+    from kdflow.registry import DATASET_TAG, champion_version, download_model, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
-    version = champion_version(uri, model_name)
+    version = seen if seen is not None else champion_version(uri, model_name)
     if version is None:
         return None
     with tempfile.TemporaryDirectory() as tmp:
-        model, spec = load_model(download_model(uri, f"models:/{model_name}@champion", Path(tmp)))
+        model, spec = load_model(
+            download_model(uri, f"models:/{model_name}/{version.version}", Path(tmp))
+        )
     if spec["feature_names"] != meta.feature_columns or spec["class_names"] != meta.classes:
         log.warning(
             "champion v%s was trained on other features or classes: not compared", version.version
         )
         return None
+    quality = quality_metrics(torch.softmax(logits_on(model, test), -1), test.y, meta.classes)
     return {
         "version": int(version.version),
-        "accuracy": accuracy_of_logits(logits_on(model, test), test.y),
+        "accuracy": quality["accuracy"],
+        "macro_f1": quality["macro_f1"],
+        "ece": quality["ece"],
+        "dataset_sha256": (version.tags or {}).get(DATASET_TAG),
     }
 
 
@@ -299,28 +381,73 @@ def register(
     promotion: str,
     run_id: str,
     kd_settings: dict[str, Any],
+    onnx_path: Path | None = None,
+    policy: Any = None,
 ) -> dict[str, Any]:
-    """Register the student (only called when every gate passed) and return the summary."""
-    from kdflow.registry import register_student, resolve_tracking_uri
+    """Register the student (only called when every gate passed) and return the summary.
+
+    `onnx_path` is the evaluate step's ONNX export; without it the student is exported
+    again here. `policy` is a `kdflow.registry.RetryPolicy` (default: its defaults).
+    """
+    from kdflow.registry import code_version, register_student, resolve_tracking_uri
 
     if not summary.get("passed"):
         raise KdflowError("refusing to register: a gate failed (see the evaluation report)")
+    teachers = [
+        {"spec": t["spec"], **{k: v for k, v in t.get("registry", {}).items() if k != "uri"}}
+        for t in summary["teachers"]
+    ]
     tags = {
         "kdflow.run_id": run_id,
         "kdflow.dataset_sha256": summary["dataset"]["sha256"],
         "kdflow.validation_passed": str(summary["dataset"].get("passed", True)).lower(),
-        "kdflow.teachers": json.dumps([t["spec"] for t in summary["teachers"]]),
+        "kdflow.teachers": json.dumps(teachers),
         "kdflow.student": summary["student"]["spec"],
         "kdflow.kd": json.dumps(kd_settings, sort_keys=True),
-        "kdflow.version": __version__,
+        "kdflow.version": code_version(),
+        "kdflow.evaluated_against_champion": str(summary.get("champion_seen") or "none"),
     }
     summary = dict(summary)
-    summary["registered"] = register_student(
-        student_dir,
-        summary,
-        resolve_tracking_uri(tracking_uri),
-        model_name,
-        promote=promotion == "auto",
-        tags=tags,
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        if onnx_path is None:
+            onnx_path = _export_checked(student_dir, Path(tmp))
+        summary["registered"] = register_student(
+            student_dir,
+            summary,
+            resolve_tracking_uri(tracking_uri),
+            model_name,
+            promote=promotion == "auto",
+            tags=tags,
+            onnx_path=onnx_path,
+            policy=policy,
+        )
     return summary
+
+
+def _export_checked(student_dir: Path, folder: Path) -> Path:
+    """Export the student to ONNX and check it on rows drawn around the training mean."""
+    import numpy as np
+    import torch
+
+    from kdflow.artifacts import load_model
+    from kdflow.onnx_export import (
+        ONNX_FILE,
+        check_parity,
+        export_onnx,
+        onnx_session,
+        require_parity,
+        run_onnx,
+    )
+
+    model, spec = load_model(student_dir)
+    path = export_onnx(model, int(spec["n_features"]), folder / ONNX_FILE)
+    state = model.state_dict()
+    rng = np.random.default_rng(0)
+    x = (
+        rng.standard_normal((256, int(spec["n_features"]))) * state["std"].numpy()
+        + state["mean"].numpy()
+    ).astype(np.float32)
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(x)).numpy()
+    require_parity(check_parity(expected, run_onnx(onnx_session(path), x)))
+    return path

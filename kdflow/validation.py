@@ -29,7 +29,6 @@ import json
 import logging
 import math
 import os
-import shutil
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -417,7 +416,6 @@ class SplitScan:
         return {
             "rows": self.rows,
             "columns": len(self.columns),
-            "gx_rows": None,
             "label": None
             if self.label is None
             else {
@@ -752,14 +750,12 @@ def _run_gx(
 
 
 def _point_data_docs(context: Any, docs_dir: Path) -> None:
-    """Make the ephemeral context's `local_site` write into docs_dir (emptied first)."""
-    if docs_dir.exists():
-        shutil.rmtree(docs_dir)
-    docs_dir.mkdir(parents=True)
+    """Make the ephemeral context's `local_site` write into docs_dir."""
+    docs_dir.mkdir(parents=True, exist_ok=True)
     site = dict(context.list_data_docs_sites()["local_site"])
     site["store_backend"] = {
         "class_name": "TupleFilesystemStoreBackend",
-        "base_directory": str(docs_dir),
+        "base_directory": str(docs_dir.resolve()),
     }
     site["show_how_to_buttons"] = False
     context.update_data_docs_site("local_site", site)

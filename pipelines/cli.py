@@ -435,6 +435,20 @@ def _add_package_options(parser: argparse.ArgumentParser, default_image: str) ->
                         help="GPUs per teacher/distill pod, when compiling now (0: CPU only).")
 
 
+# ------------------------------------------------------------------------------- contract
+
+
+def cmd_contract_profile(ns: argparse.Namespace) -> int:
+    from kdflow.config import parse_input_shape
+    from kdflow.contract import profile_dataset
+
+    shape = parse_input_shape(ns.input_shape) if ns.input_shape else None
+    contract = profile_dataset(ns.data, label_column=ns.label_column, input_shape=shape)
+    contract.to_yaml(Path(ns.output), header=f"profiled from {ns.data} by kdflow contract profile")
+    print(f"kdflow: wrote {ns.output}: hold later runs to it with --contract {ns.output}")
+    return EXIT_OK
+
+
 # ----------------------------------------------------------------------------------- main
 
 
@@ -497,6 +511,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_options(schedule, local=False)
     schedule.set_defaults(func=cmd_schedule)
+
+    contract = sub.add_parser("contract", help="Data contracts: profile one from trusted data.")
+    contract_sub = contract.add_subparsers(dest="contract_command", required=True,
+                                           parser_class=KdflowParser)
+    profile = contract_sub.add_parser("profile", help="Write a contract profiled from DATA.")
+    profile.add_argument("data", help="Trusted reference data (Parquet or CSV).")
+    profile.add_argument("--output", "-o", default="contract.yaml")
+    profile.add_argument("--label-column", default="label")
+    profile.add_argument("--input-shape", help="Sample shape, e.g. 1,28,28.")
+    profile.set_defaults(func=cmd_contract_profile)
 
     runs = sub.add_parser("runs", help="List runs and recurring runs on a cluster.")
     _add_remote_options(runs)

@@ -52,6 +52,11 @@ PARAMETERS: dict[str, type] = {
             "student_batch_size",
             "workers",
             "max_failures",
+            "ensemble",
+            "teacher_mode",
+            "top_k",
+            "storage_path",
+            "ray_address",
         )
     },
     **{
@@ -62,6 +67,7 @@ PARAMETERS: dict[str, type] = {
             "min_compression",
             "min_speedup",
             "max_regression",
+            "max_ece",
         )
     },
     **{name: RegistryConfig for name in ("tracking_uri", "model_name", "promotion")},
@@ -126,11 +132,17 @@ def build_pipeline(image: str = DEFAULT_IMAGE, cluster: ClusterSettings | None =
         student_batch_size: int = default("student_batch_size"),
         workers: int = default("workers"),
         max_failures: int = default("max_failures"),
+        ensemble: str = default("ensemble"),
+        teacher_mode: str = default("teacher_mode"),
+        top_k: int = default("top_k"),
+        storage_path: str = default("storage_path"),
+        ray_address: str = default("ray_address"),
         min_retention: float = default("min_retention"),
         min_gain_over_baseline: float = default("min_gain_over_baseline"),
         min_compression: float = default("min_compression"),
         min_speedup: float = default("min_speedup"),
         max_regression: float = default("max_regression"),
+        max_ece: float = default("max_ece"),
         tracking_uri: str = default("tracking_uri"),
         model_name: str = default("model_name"),
         promotion: str = default("promotion"),
@@ -170,6 +182,11 @@ def build_pipeline(image: str = DEFAULT_IMAGE, cluster: ClusterSettings | None =
             batch_size=student_batch_size,
             workers=workers,
             max_failures=max_failures,
+            ensemble=ensemble,
+            teacher_mode=teacher_mode,
+            top_k=top_k,
+            storage_path=storage_path,
+            ray_address=ray_address,
             seed=seed,
             # Ray Train resumes a run of the same name: a KFP retry continues, a new run starts.
             run_name=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
@@ -186,6 +203,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE, cluster: ClusterSettings | None =
             min_compression=min_compression,
             min_speedup=min_speedup,
             max_regression=max_regression,
+            max_ece=max_ece,
             tracking_uri=tracking_uri,
             model_name=model_name,
         ).set_display_name("evaluate and gate")
@@ -194,6 +212,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE, cluster: ClusterSettings | None =
         with dsl.If(evaluated.outputs["passed"] == True, name="gates-passed"):  # noqa: E712
             registered = register_op(
                 student_model=distilled.outputs["student_model"],
+                onnx_model=evaluated.outputs["onnx_model"],
                 summary=evaluated.outputs["summary"],
                 tracking_uri=tracking_uri,
                 model_name=model_name,

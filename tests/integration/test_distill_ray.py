@@ -1,12 +1,15 @@
-"""Distillation in a real local Ray cluster with Ray Train."""
+"""Distillation in a real local Ray cluster with Ray Train: the teacher cache, offline and
+online KD, a killed worker resuming from its checkpoint, data-parallel workers."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
 from kdflow.artifacts import load_model
 from kdflow.config import DistillConfig
@@ -16,92 +19,134 @@ from kdflow.evaluation import accuracy_of_logits, logits_on
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def soft_path(digits_dataset: Path, small_teachers: list[Path], tmp_path_factory) -> Path:
-    import torch
-
-    from kdflow.distill import teacher_logits
-    from kdflow.losses import soft_targets
-
-    work = tmp_path_factory.mktemp("work")
-    logits = teacher_logits(digits_dataset, small_teachers, work / "cache")
-    path = work / "soft.npy"
-    np.save(path, soft_targets([torch.from_numpy(z) for z in logits], 4.0).numpy())
-    return path
-
-
 def _test_accuracy(folder: Path, dataset: Path) -> float:
     model, _ = load_model(folder)
     test = read_split(dataset, "test")
     return accuracy_of_logits(logits_on(model, test), test.y)
 
 
-def test_distill_writes_student_and_baseline_trained_side_by_side(
-    digits_dataset, small_teachers, tmp_path, ray_tmp
-):
+def _weights(folder: Path) -> dict[str, np.ndarray]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def offline_run(digits_dataset, small_teachers, tmp_path_factory, ray_tmp):
+    """An undisturbed offline run: the reference the other runs are compared with."""
     from kdflow.distill import distill
 
-    cfg = DistillConfig(student_epochs=3)
+    root = tmp_path_factory.mktemp("offline")
+    cfg = DistillConfig(student_epochs=3, max_failures=1)
     result = distill(
+        digits_dataset,
+        small_teachers,
+        cfg,
+        root / "student",
+        root / "baseline",
+        root / "work",
+        "offline",
+        seed=0,
+    )
+    return root, cfg, result
+
+
+def test_distill_writes_student_and_baseline_trained_side_by_side(offline_run, digits_dataset):
+    root, _, result = offline_run
+    for role in ("student", "baseline"):
+        assert result[role]["epochs"] == 3
+        assert len(result[role]["history"]) == 3
+        spec = json.loads((root / role / "spec.json").read_text())
+        assert spec["role"] == role
+        assert _test_accuracy(root / role, digits_dataset) > 0.5  # 10 classes: chance 0.1
+    soft = [h["soft_loss"] for h in result["student"]["history"]]
+    assert all(s > 0 for s in soft), "the student trains on the soft targets"
+    assert all(h["soft_loss"] == 0 for h in result["baseline"]["history"])
+
+
+def test_teacher_outputs_are_cached_in_float16_with_weights_and_agreement_logged(
+    offline_run, small_teachers
+):
+    _, _, result = offline_run
+    teachers = result["teachers"]
+    assert [t["cache_hit"] for t in teachers] == [False, False]
+    assert [t["weight"] for t in teachers] == [0.5, 0.5]  # mean_probs: uniform
+    assert all(0.5 < t["agreement"] <= 1.0 for t in teachers)
+    for t in teachers:
+        cached = load_file(t["cache"])
+        assert cached["train"].dtype == np.float16
+        assert Path(t["cache"]).parent.parent.name == "teacher-cache"
+
+
+def test_killed_worker_resumes_from_checkpoint_and_matches_undisturbed_run(
+    offline_run, digits_dataset, small_teachers, tmp_path
+):
+    """A worker process dies after epoch 2; Ray Train restarts it from the epoch-2
+    checkpoint and the run ends where an undisturbed run ends. It also reuses the cache."""
+    from kdflow.distill import distill
+
+    root, cfg, _ = offline_run
+    resumed = distill(
         digits_dataset,
         small_teachers,
         cfg,
         tmp_path / "student",
         tmp_path / "baseline",
-        tmp_path / "work",
-        "side-by-side",
+        root / "work",
+        "killed",
+        seed=0,
+        fail_at_epoch=2,
+    )
+    assert [t["cache_hit"] for t in resumed["teachers"]] == [True, True]
+    assert resumed["student"]["epochs"] == 3
+    assert [h["epoch"] for h in resumed["student"]["history"]] == [1, 2, 3]
+    # Deterministic batches, restored optimizer and RNG state: the same weights.
+    for role in ("student", "baseline"):
+        a, b = _weights(root / role), _weights(tmp_path / role)
+        for key in a:
+            np.testing.assert_allclose(b[key], a[key], rtol=0, atol=1e-6)
+    assert _test_accuracy(tmp_path / "student", digits_dataset) == _test_accuracy(
+        root / "student", digits_dataset
+    )
+
+
+def test_online_mode_trains_the_same_student_as_offline_on_unaugmented_data(
+    offline_run, digits_dataset, small_teachers, tmp_path
+):
+    from kdflow.distill import distill
+
+    root, cfg, offline = offline_run
+    online = distill(
+        digits_dataset,
+        small_teachers,
+        replace(cfg, teacher_mode="online"),
+        tmp_path / "student",
+        tmp_path / "baseline",
+        root / "work",
+        "online",
         seed=0,
     )
-    assert set(result) == {"student", "baseline"}
-    for role in ("student", "baseline"):
-        assert result[role]["epochs"] == 3
-        assert len(result[role]["history"]) == 3
-        spec = json.loads((tmp_path / role / "spec.json").read_text())
-        assert spec["role"] == role
-        assert _test_accuracy(tmp_path / role, digits_dataset) > 0.5  # 10 classes: chance 0.1
-    soft = [h["soft_loss"] for h in result["student"]["history"]]
-    assert all(s > 0 for s in soft), "the student trains on the soft targets"
-    assert all(h["soft_loss"] == 0 for h in result["baseline"]["history"])
-    # Cached teacher logits are float16 and reused by a second run on the same data.
-    cached = sorted((tmp_path / "work" / "cache").glob("logits-*.npy"))
-    assert len(cached) == len(small_teachers)
-    assert np.load(cached[0]).dtype == np.float16
+    assert all(t["cache"] is None for t in online["teachers"])
+    a, b = _weights(root / "student"), _weights(tmp_path / "student")
+    for key in a:
+        np.testing.assert_allclose(b[key], a[key], rtol=0, atol=1e-5)
+    assert online["student"]["val_accuracy"] == offline["student"]["val_accuracy"]
 
 
-def test_killed_worker_resumes_from_checkpoint_and_matches_undisturbed_run(
-    digits_dataset, soft_path, tmp_path, ray_tmp
+def test_failure_beyond_max_failures_is_a_clear_error(
+    offline_run, digits_dataset, small_teachers, tmp_path
 ):
-    """A worker process dies after epoch 2; Ray Train restarts it from the epoch-2
-    checkpoint and the run ends where an undisturbed run ends."""
-    from kdflow.distill import train_students
-
-    cfg = DistillConfig(student_epochs=4, max_failures=1)
-    outs = {"student": tmp_path / "a" / "student"}
-    train_students(digits_dataset, cfg, soft_path, outs, tmp_path / "ray", "undisturbed", seed=0)
-    outs_b = {"student": tmp_path / "b" / "student"}
-    resumed = train_students(
-        digits_dataset, cfg, soft_path, outs_b, tmp_path / "ray", "killed", seed=0, fail_at_epoch=2
-    )
-    assert resumed["student"].epochs == 4
-    assert [h["epoch"] for h in resumed["student"].history] == [1, 2, 3, 4]
-    # Deterministic batches and restored optimizer state: the same weights, not just close.
-    a = _test_accuracy(outs["student"], digits_dataset)
-    b = _test_accuracy(outs_b["student"], digits_dataset)
-    assert b == pytest.approx(a, abs=0.01)
-
-
-def test_failure_beyond_max_failures_is_a_clear_error(digits_dataset, soft_path, tmp_path, ray_tmp):
-    from kdflow.distill import train_students
+    from kdflow.distill import distill
     from kdflow.errors import KdflowError
 
-    cfg = DistillConfig(student_epochs=3, max_failures=0)
+    root, _, _ = offline_run
+    cfg = DistillConfig(student_epochs=2, max_failures=0)
     with pytest.raises(KdflowError, match="Ray Train run no-retries failed"):
-        train_students(
+        distill(
             digits_dataset,
+            small_teachers,
             cfg,
-            soft_path,
-            {"student": tmp_path / "s"},
-            tmp_path / "ray",
+            tmp_path / "s",
+            tmp_path / "b",
+            root / "work",
             "no-retries",
             seed=0,
             fail_at_epoch=1,
@@ -109,18 +154,20 @@ def test_failure_beyond_max_failures_is_a_clear_error(digits_dataset, soft_path,
     assert not (tmp_path / "s").exists()
 
 
-def test_two_workers_train_data_parallel(digits_dataset, soft_path, tmp_path, ray_tmp):
-    from kdflow.distill import train_students
+def test_two_workers_train_data_parallel(offline_run, digits_dataset, small_teachers, tmp_path):
+    from kdflow.distill import distill
 
+    root, _, _ = offline_run
     cfg = DistillConfig(student_epochs=2, workers=2)
-    result = train_students(
+    result = distill(
         digits_dataset,
+        small_teachers,
         cfg,
-        soft_path,
-        {"student": tmp_path / "s"},
-        tmp_path / "ray",
+        tmp_path / "s",
+        tmp_path / "b",
+        root / "work",
         "two-workers",
         seed=0,
     )
-    assert result["student"].epochs == 2
+    assert result["student"]["epochs"] == 2
     assert _test_accuracy(tmp_path / "s", digits_dataset) > 0.3

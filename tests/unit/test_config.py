@@ -24,7 +24,7 @@ from kdflow.errors import ConfigError
 def test_every_default_constructs():
     cfg = RunConfig()
     assert cfg.distill == DistillConfig()
-    assert cfg.to_dict()["distill"]["temperature"] == 4.0
+    assert cfg.to_dict()["distill"]["temperature"] == DistillConfig.temperature
 
 
 def test_option_name_is_the_cli_spelling():

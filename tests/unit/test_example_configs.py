@@ -25,7 +25,7 @@ def test_example_config_loads_and_names_its_command(path):
 def test_digits_example_is_the_default_run():
     from kdflow.config import RunConfig
 
-    cfg = load_config(Path(__file__).parents[2] / "configs" / "digits_3cnn_to_mlp16_kd_cpu.yaml")
+    cfg = load_config(Path(__file__).parents[2] / "configs" / "digits_3cnn_to_mlp12_kd_cpu.yaml")
     default = RunConfig()
     assert cfg.teachers == default.teachers
     assert cfg.distill == default.distill

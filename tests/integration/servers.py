@@ -1,0 +1,216 @@
+"""Real servers for integration tests: moto's S3, PostgreSQL databases, `mlflow server`.
+
+Each binds 127.0.0.1 on a free port, is waited for until healthy, and is stopped by its
+process id (the MLflow server runs in its own process group, so its workers go with it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+PG_HOST, PG_PORT = "127.0.0.1", 5432
+MLFLOW_START_TIMEOUT_S = 120.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# ------------------------------------------------------------------------------- S3 (moto)
+
+
+@dataclass
+class S3:
+    endpoint: str
+    bucket: str
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, **_boto_credentials())
+
+    def keys(self, prefix: str = "") -> list[str]:
+        pages = self.client().get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=prefix
+        )
+        return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+
+
+def _boto_credentials() -> dict[str, str]:
+    return {
+        "aws_access_key_id": S3_ENV["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": S3_ENV["AWS_SECRET_ACCESS_KEY"],
+        "region_name": S3_ENV["AWS_DEFAULT_REGION"],
+    }
+
+
+@contextmanager
+def moto_s3(bucket: str = "mlflow") -> Iterator[S3]:
+    """moto's standalone S3 server in a thread of this process, with one bucket."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per S3 request
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        s3 = S3(f"http://127.0.0.1:{port}", bucket)
+        s3.client().create_bucket(Bucket=bucket)
+        yield s3
+    finally:
+        server.stop()
+
+
+# ------------------------------------------------------------------------------ PostgreSQL
+
+
+def postgres_reachable() -> str | None:
+    """None when PostgreSQL answers at 127.0.0.1:5432 as `postgres`, else the reason."""
+    try:
+        import psycopg2
+    except ImportError:
+        return "psycopg2 is not installed"
+    try:
+        psycopg2.connect(
+            host=PG_HOST, port=PG_PORT, user="postgres", dbname="postgres", connect_timeout=3
+        ).close()
+    except psycopg2.OperationalError as exc:
+        return (
+            f"PostgreSQL is not reachable at {PG_HOST}:{PG_PORT} as user postgres "
+            f"({' '.join(str(exc).split())}); `.ci/run` starts Debian's cluster"
+        )
+    return None
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A fresh database for this test session; yields its SQLAlchemy URI, drops it after."""
+    import psycopg2
+
+    name = f"kdflow_test_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(host=PG_HOST, port=PG_PORT, user="postgres", dbname="postgres")
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+        yield f"postgresql+psycopg2://postgres@{PG_HOST}:{PG_PORT}/{name}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (name,),
+            )
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.close()
+
+
+# ---------------------------------------------------------------------------- MLflow server
+
+
+@dataclass
+class MlflowServer:
+    """`mlflow server` with artifacts proxied to S3; start, kill, restart, stop by pid."""
+
+    backend_uri: str
+    s3: S3
+    log_dir: Path
+    port: int = field(default_factory=free_port)
+    workers: int = 1
+    process: subprocess.Popen | None = None
+    starts: int = 0
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> MlflowServer:
+        """Launch and wait until healthy (about 15 s on an idle machine)."""
+        self.launch()
+        self.wait_healthy()
+        return self
+
+    def launch(self) -> MlflowServer:
+        """Start the process without waiting: launch several, then wait for each."""
+        env = {**os.environ, **S3_ENV, "MLFLOW_S3_ENDPOINT_URL": self.s3.endpoint}
+        env.pop("MLFLOW_TRACKING_URI", None)
+        self.starts += 1
+        log = (self.log_dir / f"mlflow-server-{self.port}-{self.starts}.log").open("w")
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-m", "mlflow", "server",
+                "--backend-store-uri", self.backend_uri,
+                "--artifacts-destination", f"s3://{self.s3.bucket}/mlartifacts",
+                "--serve-artifacts",
+                "--host", "127.0.0.1",
+                "--port", str(self.port),
+                "--workers", str(self.workers),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: its workers die with it
+        )
+        log.close()
+        return self
+
+    def wait_healthy(self) -> None:
+        deadline = time.monotonic() + MLFLOW_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mlflow server exited early:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"mlflow server not healthy after {MLFLOW_START_TIMEOUT_S:.0f} s")
+
+    def log_tail(self, lines: int = 40) -> str:
+        logs = sorted(self.log_dir.glob(f"mlflow-server-{self.port}-*.log"))
+        return "\n".join(logs[-1].read_text().splitlines()[-lines:]) if logs else ""
+
+    def kill(self) -> None:
+        """SIGKILL the server and its workers at once: an outage, not a shutdown."""
+        self._signal(signal.SIGKILL)
+
+    def stop(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self.process is None or self.process.poll() is not None:
+            self.process = None
+            return
+        try:
+            os.killpg(self.process.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            self.process.wait(timeout=5)  # nothing to flush: every request has committed
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=20)
+        self.process = None

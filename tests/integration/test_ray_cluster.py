@@ -1,0 +1,197 @@
+"""Cluster mode against a real Ray cluster: a head and a second node on 127.0.0.1.
+
+The distill step stages its inputs to shared storage, submits a Ray job to the head's
+dashboard and follows it. Each node has one CPU, so two Ray Train workers means one per
+node. The cluster runs with token authentication (Ray's default for new clusters) from
+this test's own token, and is stopped by process group, never with `ray stop`, which would
+stop every Ray on the machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+STARTUP_S = 180  # the dashboard takes ~60 s to answer on a busy 2-core machine
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _node_ports() -> list[str]:
+    agent, agent_grpc, metrics, runtime_env, manager, objects = _free_ports(6)
+    return [
+        f"--dashboard-agent-listen-port={agent}",
+        f"--dashboard-agent-grpc-port={agent_grpc}",
+        f"--metrics-export-port={metrics}",
+        f"--runtime-env-agent-port={runtime_env}",
+        f"--node-manager-port={manager}",
+        f"--object-manager-port={objects}",
+    ]
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """Stop a `ray start --block` and everything it started (its own process group)."""
+    for sig, wait_s in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
+            continue
+    # `ray start` has exited; kill whatever of its group is left (raylet, workers).
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _wait_for_nodes(address: str, count: int, processes: list[subprocess.Popen], log: Path):
+    from ray.job_submission import JobSubmissionClient
+    from ray.util.state import list_nodes
+
+    deadline = time.monotonic() + STARTUP_S
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in processes):
+            pytest.fail(f"a Ray node exited during startup:\n{log.read_text()[-3000:]}")
+        try:
+            JobSubmissionClient(address)
+            alive = [n for n in list_nodes(address=address) if n.state == "ALIVE"]
+            if len(alive) >= count:
+                return
+        except Exception:  # the dashboard is not up yet
+            pass
+        time.sleep(2)
+    pytest.fail(f"{count} Ray nodes not up after {STARTUP_S} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[str]:
+    """`ray start --head` plus one `ray start --address=...` node; yields the dashboard URL."""
+    temp = Path(tempfile.mkdtemp(prefix="rayc-", dir="/tmp"))  # short: socket path limit
+    log = temp / "nodes.log"
+    gcs, dashboard, client = _free_ports(3)
+    ray = str(Path(sys.executable).parent / "ray")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_AUTH_MODE", "token")
+        env.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+        env.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        # The job's entry point is `python -m kdflow.ray_job`: this environment's python.
+        env.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+        env.delenv("RAY_ADDRESS", raising=False)
+        common = ["--block", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+                  "--disable-usage-stats"]
+        processes: list[subprocess.Popen] = []
+        with log.open("w") as out:
+            try:
+                processes.append(subprocess.Popen(
+                    [ray, "start", "--head", *common, f"--port={gcs}",
+                     "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                     f"--dashboard-port={dashboard}", f"--ray-client-server-port={client}",
+                     f"--temp-dir={temp}", *_node_ports()],
+                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                ))
+                address = f"http://127.0.0.1:{dashboard}"
+                _wait_for_nodes(address, 1, processes, log)
+                processes.append(subprocess.Popen(
+                    [ray, "start", *common, f"--address=127.0.0.1:{gcs}", *_node_ports()],
+                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                ))
+                _wait_for_nodes(address, 2, processes, log)
+                yield address
+            finally:
+                for process in reversed(processes):
+                    _stop(process)
+                shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_distill_runs_as_a_ray_job_on_a_two_node_cluster(
+    ray_cluster, digits_dataset, small_teachers, tmp_path, caplog
+):
+    from ray.job_submission import JobSubmissionClient
+
+    from kdflow.config import DistillConfig
+    from kdflow.distill import distill
+
+    cfg = DistillConfig(
+        student_epochs=2, workers=2, ray_address=ray_cluster, storage_path=str(tmp_path / "nfs")
+    )
+    with caplog.at_level(logging.INFO, logger="kdflow.ray_job"):
+        result = distill(
+            digits_dataset,
+            small_teachers,
+            cfg,
+            tmp_path / "student",
+            tmp_path / "baseline",
+            tmp_path / "work",
+            "cluster-run",
+            seed=0,
+        )
+    assert result["student"]["epochs"] == 2
+    for role in ("student", "baseline"):
+        assert (tmp_path / role / "model.safetensors").is_file()
+    streamed = [r.getMessage() for r in caplog.records if r.name == "kdflow.ray_job"]
+    assert any("distillation finished" in line for line in streamed), "the job's log streams"
+    jobs = JobSubmissionClient(ray_cluster).list_jobs()
+    runs = [j for j in jobs if (j.metadata or {}).get("kdflow_run") == "cluster-run"]
+    assert [str(j.status.value) for j in runs] == ["SUCCEEDED"]
+    # The job read its inputs from, and wrote its checkpoints to, the shared storage.
+    assert (tmp_path / "nfs" / "jobs" / "cluster-run" / "inputs" / "dataset").is_dir()
+    assert list((tmp_path / "nfs" / "ray" / "cluster-run").glob("checkpoint_*"))
+
+
+def test_failed_job_fails_the_step_with_the_job_id_and_its_last_log_lines(
+    ray_cluster, digits_dataset, small_teachers, tmp_path
+):
+    from kdflow.config import DistillConfig
+    from kdflow.distill import distill
+    from kdflow.errors import KdflowError
+
+    tampered = tmp_path / "tampered-teacher"
+    shutil.copytree(small_teachers[0], tampered)
+    weights = bytearray((tampered / "model.safetensors").read_bytes())
+    weights[-1] ^= 0xFF
+    (tampered / "model.safetensors").write_bytes(bytes(weights))
+    cfg = DistillConfig(
+        student_epochs=1, ray_address=ray_cluster, storage_path=str(tmp_path / "nfs")
+    )
+    with pytest.raises(KdflowError) as info:
+        distill(
+            digits_dataset,
+            [tampered],
+            cfg,
+            tmp_path / "student",
+            tmp_path / "baseline",
+            tmp_path / "work",
+            "cluster-fail",
+            seed=0,
+        )
+    message = str(info.value)
+    assert re.match(rf"Ray job kdflow-cluster-fail-\w+ on {ray_cluster} failed", message)
+    assert "modified after saving" in message.split("last log lines:", 1)[1]
+    assert not (tmp_path / "student").exists()

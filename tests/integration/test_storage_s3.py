@@ -1,0 +1,106 @@
+"""Checkpoints and the teacher cache on S3: moto's standalone S3 server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tests.integration.servers import S3, S3_ENV, moto_s3
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def s3(ray_tmp) -> Iterator[S3]:
+    """An S3 endpoint with one bucket; credentials and endpoint only in the environment.
+
+    Ray workers inherit the environment of the Ray instance that starts them: restart the
+    in-process Ray so they see this endpoint, and stop it again afterwards.
+    """
+    import ray
+
+    ray.shutdown()
+    with moto_s3("kdflow-test") as server, pytest.MonkeyPatch.context() as env:
+        for name, value in S3_ENV.items():
+            env.setenv(name, value)
+        env.setenv("AWS_ENDPOINT_URL", server.endpoint)
+        try:
+            yield server
+        finally:
+            ray.shutdown()
+
+
+def _keys(s3: S3, prefix: str) -> list[str]:
+    # pyarrow writes "folder/" marker objects too; list only the files.
+    pages = s3.client().get_paginator("list_objects_v2").paginate(Bucket=s3.bucket, Prefix=prefix)
+    return [o["Key"] for page in pages for o in page.get("Contents", []) if o["Size"] > 0]
+
+
+def test_storage_round_trips_on_s3_and_names_what_is_missing(s3, tmp_path):
+    from kdflow import storage
+
+    root = f"s3://{s3.bucket}"
+    uri = f"{root}/unit/a.json"
+    storage.write_json(uri, {"a": 1})
+    assert storage.read_json(uri) == {"a": 1}
+    assert storage.read_range(uri, 0, 4) == b'{\n  '
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "f.txt").write_text("x")
+    storage.upload_dir(tmp_path / "src", f"{root}/unit/dir")
+    assert storage.list_files(f"{root}/unit") == ["a.json", "dir/f.txt"]
+    storage.download_dir(f"{root}/unit/dir", tmp_path / "back")
+    assert (tmp_path / "back" / "f.txt").read_text() == "x"
+    assert not [k for k in _keys(s3, "unit/") if ".tmp-" in k], "no temporary objects left"
+    with pytest.raises(storage.StorageError, match=f"{root}/unit/missing.json: no such file"):
+        storage.read_json(f"{root}/unit/missing.json")
+
+
+def test_distill_on_s3_resumes_from_s3_checkpoints_and_reuses_the_s3_cache(
+    s3, digits_dataset, small_teachers, tmp_path
+):
+    """Checkpoints and top-k cache entries land in the bucket; a worker killed after epoch 1
+    resumes from the S3 checkpoint; a later run finds every teacher in the S3 cache."""
+    from kdflow import storage, teacher_cache
+    from kdflow.config import DistillConfig
+    from kdflow.distill import distill, load_meta, teacher_outputs
+
+    root = f"s3://{s3.bucket}"
+    cfg = DistillConfig(
+        student_epochs=2,
+        max_failures=1,
+        storage_path=f"{root}/kd",
+        top_k=3,
+        ensemble="weighted_probs",
+    )
+    result = distill(
+        digits_dataset,
+        small_teachers,
+        cfg,
+        tmp_path / "student",
+        tmp_path / "baseline",
+        tmp_path / "unused",
+        "on-s3",
+        seed=0,
+        fail_at_epoch=1,
+    )
+    assert [h["epoch"] for h in result["student"]["history"]] == [1, 2]
+    assert (tmp_path / "student" / "model.safetensors").is_file()
+    assert not (tmp_path / "unused").exists(), "nothing goes to the local work folder"
+    weights = [t["weight"] for t in result["teachers"]]
+    assert weights[0] != weights[1] and sum(weights) == pytest.approx(1.0)
+    keys = _keys(s3, "kd/")
+    cached = [k for k in keys if k.startswith("kd/teacher-cache/")]
+    assert len(cached) == 2 and all(k.endswith("-top3.safetensors") for k in cached)
+    checkpoints = [k for k in keys if k.startswith("kd/ray/on-s3/checkpoint_")]
+    assert any(k.endswith("state.safetensors") for k in checkpoints)
+
+    meta = load_meta(str(digits_dataset))
+    full = teacher_cache.entry_bytes(meta.rows["train"], meta.n_classes)
+    assert all(storage.size(f"{root}/{k}") < full for k in cached), "top-3 of 10 is smaller"
+    again = teacher_outputs(
+        str(digits_dataset), [str(t) for t in small_teachers], meta, cfg, f"{root}/kd", 3
+    )
+    assert [t.cache_hit for t in again] == [True, True]
+    assert os.environ["AWS_ENDPOINT_URL"] == s3.endpoint

@@ -1,0 +1,94 @@
+"""The student's ONNX export: same predictions as PyTorch, dynamic batch, refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kdflow.errors import ModelFormatError
+from kdflow.models import build_classifier
+from kdflow.onnx_export import (
+    check_parity,
+    export_onnx,
+    onnx_session,
+    require_parity,
+    run_onnx,
+)
+
+
+def normalised(model):
+    torch.manual_seed(0)
+    model.set_normalisation(torch.rand(64) * 8, torch.rand(64) * 4)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def mlp_export(tmp_path_factory):
+    torch.manual_seed(0)
+    model = normalised(build_classifier("mlp:hidden=16", [1, 8, 8], 10, 64))
+    path = export_onnx(model, 64, tmp_path_factory.mktemp("onnx") / "model.onnx")
+    return model, path
+
+
+@pytest.mark.parametrize("rows", [1, 7, 300])
+def test_onnx_student_gives_pytorchs_predictions_at_any_batch_size(mlp_export, rows):
+    model, path = mlp_export
+    x = np.random.default_rng(rows).uniform(0, 16, (rows, 64)).astype(np.float32)
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(x)).numpy()
+    parity = check_parity(expected, run_onnx(onnx_session(path), x))
+    assert parity.predictions_match and parity.logits_close
+    assert parity.rows == rows and parity.max_abs_diff < 1e-4
+
+
+def test_onnx_graph_takes_named_features_with_a_dynamic_batch_axis(mlp_export):
+    _, path = mlp_export
+    session = onnx_session(path)
+    (features,) = session.get_inputs()
+    (logits,) = session.get_outputs()
+    assert (features.name, features.shape, features.type) == (
+        "features", ["batch", 64], "tensor(float)"
+    )
+    assert (logits.name, logits.shape) == ("logits", ["batch", 10])
+
+
+def test_onnx_export_of_a_cnn_keeps_the_reshape_inside_the_graph(tmp_path):
+    torch.manual_seed(1)
+    model = normalised(build_classifier("cnn:channels=4-8,hidden=16", [1, 8, 8], 3, 64))
+    path = export_onnx(model, 64, tmp_path / "cnn.onnx")
+    x = np.random.default_rng(0).uniform(0, 16, (32, 64)).astype(np.float32)
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(x)).numpy()
+    require_parity(check_parity(expected, run_onnx(onnx_session(path), x)))
+
+
+def test_parity_check_counts_rows_whose_prediction_differs():
+    torch_logits = np.array([[2.0, 1.0], [0.0, 1.0], [3.0, 0.0]], np.float32)
+    onnx_logits = np.array([[2.0, 1.0], [1.0, 0.0], [3.0, 0.0]], np.float32)
+    parity = check_parity(torch_logits, onnx_logits)
+    assert (parity.predictions_match, parity.mismatched_rows, parity.max_abs_diff) == (
+        False, 1, 1.0
+    )
+    with pytest.raises(ModelFormatError, match=r"1 of 3 predictions differ, max \|logit "
+                                               r"difference\| 1.00e\+00"):
+        require_parity(parity)
+
+
+def test_parity_check_refuses_logits_beyond_tolerance_even_when_argmax_agrees():
+    parity = check_parity(np.array([[5.0, 0.0]]), np.array([[5.01, 0.0]]))
+    assert parity.predictions_match and not parity.logits_close
+    with pytest.raises(ModelFormatError, match="0 of 1 predictions differ"):
+        require_parity(parity)
+
+
+def test_parity_check_refuses_a_different_output_shape():
+    with pytest.raises(ModelFormatError, match=r"shape \(2, 3\), PyTorch \(2, 2\)"):
+        check_parity(np.zeros((2, 2)), np.zeros((2, 3)))
+
+
+def test_onnx_runtime_refuses_a_file_that_is_not_onnx(tmp_path):
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"\x80\x04not a protobuf")
+    with pytest.raises(ModelFormatError, match="ONNX Runtime cannot load it"):
+        onnx_session(bad)
