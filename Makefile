@@ -33,6 +33,10 @@ test: $(STAMP) ## Lint, then run the whole test suite
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest $(ARGS)
 
+.PHONY: test-cluster
+test-cluster: $(STAMP) ## Ray cluster mode against a real 2-node Ray cluster (own pytest process)
+	$(VENV)/bin/python -m pytest tests/integration/test_ray_cluster.py $(ARGS)
+
 .PHONY: lint
 lint: $(STAMP) ## ruff and mypy
 	$(VENV)/bin/ruff check .

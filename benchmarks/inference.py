@@ -13,6 +13,7 @@ The table goes to stdout and to benchmarks/results/inference.md.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import tempfile
 from pathlib import Path
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=1000, help="Batch-1 timings per model.")
     parser.add_argument("--batch-repeats", type=int, default=50, help="Batch-256 timings.")
     ns = parser.parse_args(argv)
+    load = os.getloadavg()[0]
 
     specs = {"student": DistillConfig().student} | {
         f"teacher {i}": spec for i, spec in enumerate(TeacherConfig().teachers)
@@ -70,7 +72,8 @@ def main(argv: list[str] | None = None) -> None:
         "# Inference: PyTorch vs ONNX Runtime",
         "",
         f"`python -m benchmarks.inference --repeats {ns.repeats} --batch-repeats "
-        f"{ns.batch_repeats}` on {platform.processor() or platform.machine()}, "
+        f"{ns.batch_repeats}` on {platform.processor() or platform.machine()} "
+        f"({os.cpu_count()} CPUs, load average {load:.1f} at the start), "
         f"torch {torch.__version__}, onnxruntime {_ort_version()}; one thread, models timed "
         "round-robin. Ratios are PyTorch time over ONNX Runtime time (> 1: ONNX Runtime is "
         "faster).",

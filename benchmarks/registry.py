@@ -14,6 +14,7 @@ the rest. The table goes to stdout and to benchmarks/results/registry.md.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import tempfile
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3, help="Registrations after the first.")
     ns = parser.parse_args(argv)
+    load = os.getloadavg()[0]
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         root = Path(tmp)
@@ -108,7 +110,8 @@ def main(argv: list[str] | None = None) -> None:
         "# Registry: time per operation",
         "",
         f"`python -m benchmarks.registry --repeat {ns.repeat}` on "
-        f"{platform.processor() or platform.machine()} ({platform.python_version()}); "
+        f"{platform.processor() or platform.machine()} ({platform.python_version()}, "
+        f"{os.cpu_count()} CPUs, load average {load:.1f} at the start); "
         "artifacts of the servers in moto's S3. Seconds; `register` is the median of "
         f"{ns.repeat} registrations (pyfunc + ONNX, alias moves included) after the first.",
         "",

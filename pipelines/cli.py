@@ -19,6 +19,7 @@ from typing import Any, TextIO
 
 from kdflow.config import SECTIONS, RunConfig, build_config, field_docs, load_config, option_name
 from kdflow.errors import ConfigError, KdflowError
+from pipelines.cli_models import add_model_commands
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -526,6 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_remote_options(runs)
     runs.add_argument("--limit", type=int, default=20, help="How many to list.")
     runs.set_defaults(func=cmd_runs)
+
+    add_model_commands(sub)
     return parser
 
 

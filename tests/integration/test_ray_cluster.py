@@ -27,6 +27,16 @@ import pytest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _own_process() -> None:
+    """An in-process Ray started by earlier tests in the same pytest process breaks the
+    separate cluster's startup; `make test-cluster` runs this file in a process of its own."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        pytest.skip("an in-process Ray runs in this pytest process: run `make test-cluster`")
+
+
 STARTUP_S = 180  # the dashboard takes ~60 s to answer on a busy 2-core machine
 
 
