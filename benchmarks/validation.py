@@ -8,8 +8,10 @@ process's own `ru_maxrss`:
 
 - read: `pyarrow.parquet.read_table` of the whole file (the floor);
 - scan: `kdflow.validation.scan_uri`, the exact streaming pass alone;
+- gx: importing GX Core alone (a fixed cost, whatever the data);
 - validate: `kdflow.validation.validate_dataset` with the default contract (scan, GX Core
-  suite on the sample, findings), GX import included and also shown on its own.
+  suite on the sample, findings), GX import included: it runs in a thread while the scan
+  reads the file.
 
 The table goes to stdout and to benchmarks/results/validation.md.
 """
@@ -32,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 RESULTS = Path(__file__).parent / "results" / "validation.md"
-KINDS = ("read", "scan", "validate")
+KINDS = ("read", "scan", "gx", "validate")
 
 
 def child(kind: str, path: str) -> dict[str, float]:
@@ -48,15 +50,16 @@ def child(kind: str, path: str) -> dict[str, float]:
 
         start, cpu_start = time.perf_counter(), _cpu_seconds()
         scan_uri(path, "label")
+    elif kind == "gx":
+        os.environ["GX_ANALYTICS_ENABLED"] = "false"
+        start, cpu_start = time.perf_counter(), _cpu_seconds()
+        import great_expectations.expectations  # noqa: F401
     else:
         from kdflow.contract import default_contract
         from kdflow.validation import validate_dataset
 
-        start, cpu_start = time.perf_counter(), _cpu_seconds()
         os.environ["GX_ANALYTICS_ENABLED"] = "false"
-        import great_expectations  # noqa: F401 - timed: part of the cost of validating
-
-        extra["gx_import_s"] = time.perf_counter() - start
+        start, cpu_start = time.perf_counter(), _cpu_seconds()
         report = validate_dataset(path, None, default_contract("label"))
         extra["gx_rows"] = report.statistics["train"]["gx_rows"]
     seconds = time.perf_counter() - start
@@ -97,18 +100,24 @@ def measure(kind: str, path: Path) -> dict[str, float]:
 
 
 def run(rows_list: list[int], features: int, repeat: int, workdir: Path) -> list[dict[str, float]]:
-    """Each kind `repeat` times; the fastest run counts (the host is shared: noise only adds)."""
+    """Each kind `repeat` times, the kinds taking turns (so load that drifts hits them alike)
+    after one untimed read that puts the file in the page cache; the fastest run counts (the
+    host is shared: noise only adds)."""
     results = []
     for rows in rows_list:
         path = workdir / f"data_{rows}.parquet"
         write_dataset(path, rows, features)
+        measure("read", path)  # warm the page cache: every kind then reads from memory
         row = {"rows": rows, "file_mb": path.stat().st_size / 2**20}
+        runs: dict[str, list[dict[str, float]]] = {kind: [] for kind in KINDS}
+        for _ in range(repeat):
+            for kind in KINDS:
+                runs[kind].append(measure(kind, path))
         for kind in KINDS:
-            runs = [measure(kind, path) for _ in range(repeat)]
-            best = min(runs, key=lambda r: r["seconds"])
+            best = min(runs[kind], key=lambda r: r["seconds"])
             print(
                 f"  {rows:>9,} rows {kind:<8} "
-                + " ".join(f"{r['seconds']:6.2f} s {r['peak_mb']:5.0f} MB" for r in runs),
+                + " ".join(f"{r['seconds']:6.2f} s {r['peak_mb']:5.0f} MB" for r in runs[kind]),
                 file=sys.stderr,
             )
             row |= {f"{kind}_{k}": v for k, v in best.items()}
@@ -133,7 +142,7 @@ def markdown(results: list[dict[str, float]], command: str, features: int) -> st
         "validator mostly one); peak = its ru_maxrss.",
         "",
         "| rows | file MB | read s (CPU s) | read peak MB | scan s (CPU s) | scan peak MB "
-        "| validate s (CPU s) | of which GX import s | validate peak MB | GX rows "
+        "| GX import s | validate s (CPU s) | validate peak MB | GX rows "
         "| time ÷ read | CPU ÷ read | peak ÷ read |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -142,8 +151,8 @@ def markdown(results: list[dict[str, float]], command: str, features: int) -> st
             f"| {r['rows']:,} | {r['file_mb']:.0f} "
             f"| {r['read_seconds']:.2f} ({r['read_cpu_s']:.2f}) | {r['read_peak_mb']:.0f} "
             f"| {r['scan_seconds']:.2f} ({r['scan_cpu_s']:.2f}) | {r['scan_peak_mb']:.0f} "
+            f"| {r['gx_seconds']:.2f} "
             f"| {r['validate_seconds']:.2f} ({r['validate_cpu_s']:.2f}) "
-            f"| {r['validate_gx_import_s']:.2f} "
             f"| {r['validate_peak_mb']:.0f} | {r['validate_gx_rows']:,} "
             f"| {r['validate_seconds'] / r['read_seconds']:.1f}× "
             f"| {r['validate_cpu_s'] / r['read_cpu_s']:.1f}× "
@@ -156,16 +165,21 @@ def markdown(results: list[dict[str, float]], command: str, features: int) -> st
 def summary(big: dict[str, float], features: int) -> str:
     """The figures of the largest size in words: what scales with the data, what does not."""
     read, scan, total = big["read_seconds"], big["scan_seconds"], big["validate_seconds"]
-    suite = total - scan - big["validate_gx_import_s"]
+    gx_import = big["gx_seconds"]
+    fixed = total - scan
     return (
         f"At {big['rows']:,} rows × {features} features validation costs {total / read:.1f}× the "
         f"bare read in wall time ({big['validate_cpu_s'] / big['read_cpu_s']:.1f}× in CPU time) "
         f"and {big['validate_peak_mb'] / big['read_peak_mb']:.2f}× in peak memory. The exact "
         f"streaming scan, the part that grows with the data, costs {scan / read:.1f}× the read "
-        "(16 columns at a time: it never holds the table). The rest is GX Core and does not grow "
-        f"with the rows: importing it ({big['validate_gx_import_s']:.1f} s) and running the suite "
-        f"on the {big['validate_gx_rows']:,}-row sample (≈ {suite:.1f} s: about 10 ms per "
-        "expectation, 4 expectations per feature)."
+        "(16 columns at a time: it never holds the table). The rest, "
+        f"{fixed:.1f} s, is GX Core and does not grow with the rows: importing it "
+        f"({gx_import:.1f} s alone, partly hidden behind the scan, which imports it in a thread) "
+        f"and running the suite on the {big['validate_gx_rows']:,}-row sample (about 10 ms per "
+        "expectation, 4 expectations per feature). So the goal of 3× the read holds once "
+        f"the read takes {fixed / (3 - scan / read):.1f} s or more: "
+        f"about {fixed / (3 - scan / read) / read * big['rows'] / 1e6:.1f} M rows of "
+        f"{features} features here."
     )
 
 

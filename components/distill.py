@@ -21,11 +21,20 @@ def distill(
     top_k: int,
     storage_path: str,
     ray_address: str,
+    teacher_weights: List[float],
+    multi_teacher: str,
+    feature_weight: float,
+    feature_layers: List[str],
+    attention_weight: float,
+    hint_teacher: int,
+    generations: int,
     seed: int,
     run_name: str,
+    tracking_uri: str,
     student_model: dsl.Output[dsl.Model],
     baseline_model: dsl.Output[dsl.Model],
     metrics: dsl.Output[dsl.Metrics],
+    curves: dsl.Output[dsl.HTML],
 ) -> NamedTuple("Outputs", settings=str):
     import json
     from collections import namedtuple
@@ -33,6 +42,7 @@ def distill(
     from pathlib import Path
 
     from kdflow.config import DistillConfig
+    from kdflow.report import distill_page
     from kdflow.steps import distill
 
     cfg = DistillConfig(
@@ -50,6 +60,13 @@ def distill(
         # "" is how a pipeline leaves an optional parameter unset.
         storage_path=storage_path or None,
         ray_address=ray_address or None,
+        teacher_weights=[float(w) for w in teacher_weights],
+        multi_teacher=multi_teacher,
+        feature_weight=feature_weight,
+        feature_layers=list(feature_layers),
+        attention_weight=attention_weight,
+        hint_teacher=hint_teacher,
+        generations=generations,
     )
     work = Path(student_model.path).parent / "work"
     result = distill(
@@ -61,9 +78,13 @@ def distill(
         Path(baseline_model.path),
         work,
         run_name,
+        # The per-epoch curves go to the pipeline run's MLflow run (named by run_name).
+        tracking_uri=tracking_uri or None,
+        record_as=run_name,
     )
     for role, artifact in (("student", student_model), ("baseline", baseline_model)):
-        artifact.metadata.update({"spec": student, "params": result[role]["params"]})
+        artifact.metadata.update({"spec": student, "params": result[role]["params"],
+                                  "history": result[role]["history"]})
         metrics.log_metric(f"{role}_val_accuracy", result[role]["val_accuracy"])
     for i, teacher in enumerate(result["teachers"]):
         metrics.log_metric(f"teacher{i}_weight", teacher["weight"])
@@ -72,6 +93,11 @@ def distill(
     metrics.log_metric("teacher_cache_hits", sum(t["cache_hit"] for t in result["teachers"]))
     metrics.log_metric("teacher_seconds", result["seconds"]["teachers"])
     metrics.log_metric("training_seconds", result["seconds"]["training"])
+    for generation in result["generations"][1:]:
+        metrics.log_metric(
+            f"generation{generation['generation']}_val_accuracy", generation["val_accuracy"]
+        )
+    Path(curves.path).write_text(distill_page(result))
     outputs = namedtuple("Outputs", ["settings"])
     return outputs(json.dumps(asdict(cfg), sort_keys=True))
 

@@ -23,6 +23,7 @@ def evaluate(
     confusion: dsl.Output[dsl.ClassificationMetrics],
     report: dsl.Output[dsl.Markdown],
     onnx_model: dsl.Output[dsl.Model],
+    plots: dsl.Output[dsl.HTML],
 ) -> NamedTuple("Outputs", passed=bool, summary=str):
     import json
     from collections import namedtuple
@@ -30,6 +31,7 @@ def evaluate(
 
     from kdflow.config import GateConfig
     from kdflow.registry import summary_metrics
+    from kdflow.report import summary_page
     from kdflow.steps import evaluate
 
     gates = GateConfig(
@@ -52,7 +54,13 @@ def evaluate(
         Path(report.path),
         teacher_sources=[str(t.metadata.get("spec", "")) for t in teachers],
         onnx_dir=Path(onnx_model.path),
+        histories={
+            "teachers": [list(t.metadata.get("history") or []) for t in teachers],
+            "student": list(student_model.metadata.get("history") or []),
+            "baseline": list(baseline_model.metadata.get("history") or []),
+        },
     )
+    Path(plots.path).write_text(summary_page(summary))
     for name, value in summary_metrics(summary).items():
         metrics.log_metric(name, value)
     matrix = summary["student"]["confusion_matrix"]

@@ -12,10 +12,13 @@ def register(
     promotion: str,
     run_id: str,
     kd_settings: str,
+    report: dsl.Output[dsl.Markdown],
+    metrics: dsl.Output[dsl.Metrics],
 ) -> str:
     import json
     from pathlib import Path
 
+    from kdflow.report import registration_markdown
     from kdflow.steps import register
 
     result = register(
@@ -28,6 +31,9 @@ def register(
         json.loads(kd_settings),
         onnx_path=Path(onnx_model.path) / "model.onnx",
     )
+    Path(report.path).write_text(registration_markdown(result))
+    metrics.log_metric("version", result["registered"]["version"])
+    metrics.log_metric("promoted_to_champion", float(result["registered"]["promoted"]))
     return json.dumps(result)
 
 

@@ -3,12 +3,22 @@
 from kfp import dsl
 
 
-def skip_registration(summary: str) -> str:
+def skip_registration(
+    summary: str,
+    report: dsl.Output[dsl.Markdown],
+    metrics: dsl.Output[dsl.Metrics],
+) -> str:
     import json
     import logging
+    from pathlib import Path
 
-    failed = [name for name, g in json.loads(summary)["gates"].items() if not g["passed"]]
+    from kdflow.report import skipped_markdown
+
+    gates = json.loads(summary)["gates"]
+    failed = [name for name, g in gates.items() if not g["passed"]]
     logging.getLogger("kdflow").warning("not registered: gate(s) failed: %s", ", ".join(failed))
+    Path(report.path).write_text(skipped_markdown(json.loads(summary)))
+    metrics.log_metric("gates_failed", len(failed))
     return summary
 
 

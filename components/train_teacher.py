@@ -13,10 +13,12 @@ def train_teacher(
     tracking_uri: str,
     model: dsl.Output[dsl.Model],
     metrics: dsl.Output[dsl.Metrics],
+    curves: dsl.Output[dsl.HTML],
 ):
     from pathlib import Path
 
     from kdflow.config import TeacherConfig
+    from kdflow.report import teacher_page
     from kdflow.steps import train_teacher
 
     cfg = TeacherConfig(
@@ -25,7 +27,11 @@ def train_teacher(
     result = train_teacher(
         Path(dataset.path), spec, cfg, seed, Path(model.path), tracking_uri or None
     )
-    model.metadata.update({"spec": spec, "params": result["params"]})
+    # The history rides on the model to the evaluate step, which draws every curve.
+    model.metadata.update(
+        {"spec": spec, "params": result["params"], "history": result["history"]}
+    )
+    Path(curves.path).write_text(teacher_page(result))
     metrics.log_metric("val_accuracy", result["val_accuracy"])
     metrics.log_metric("params", result["params"])
 

@@ -15,15 +15,20 @@ def validate_data(
     test_fraction: float,
     val_fraction: float,
     seed: int,
+    tracking_uri: str,
+    run_id: str,
     dataset: dsl.Output[dsl.Dataset],
     report: dsl.Output[dsl.Markdown],
     data_docs: dsl.Output[dsl.HTML],
-) -> NamedTuple("Outputs", info=str):
+    profile: dsl.Output[dsl.HTML],
+    metrics: dsl.Output[dsl.Metrics],
+) -> NamedTuple("Outputs", info=str, passed=bool):
     import json
     from collections import namedtuple
     from pathlib import Path
 
     from kdflow.config import DataConfig, parse_input_shape
+    from kdflow.report import profile_page
     from kdflow.steps import validate_data
 
     cfg = DataConfig(
@@ -38,15 +43,23 @@ def validate_data(
     )
     docs = Path(data_docs.path).parent / "gx-data-docs"
     try:
-        info = validate_data(cfg, seed, Path(dataset.path), Path(report.path), docs)
+        info = validate_data(cfg, seed, Path(dataset.path), Path(report.path), docs,
+                             tracking_uri=tracking_uri or None, run_id=run_id)
     finally:
         # The GX Data Docs page, for the Kubeflow UI, also when the data failed.
         index = docs / "index.html"
         Path(data_docs.path).write_text(index.read_text() if index.exists() else
                                         "<p>No Data Docs: the data could not be read.</p>")
     dataset.metadata.update({"sha256": info["sha256"], "rows": info["rows"]})
-    outputs = namedtuple("Outputs", ["info"])
-    return outputs(json.dumps(info))
+    Path(profile.path).write_text(profile_page(info))
+    for name in ("rows", "features"):
+        metrics.log_metric(name, info[name])
+    metrics.log_metric("classes", len(info["classes"]))
+    for kind in ("failures", "warnings"):
+        metrics.log_metric(f"validation_{kind}", len(info["validation"][kind]))
+    # `passed` is False only when --validation warn let failed data through.
+    outputs = namedtuple("Outputs", ["info", "passed"])
+    return outputs(json.dumps(info), bool(info["passed"]))
 
 
 def make(image: str):

@@ -99,7 +99,7 @@ class DistillConfig:
     """Softmax temperature T of the soft targets (Hinton et al. 2015); > 0."""
     alpha: float = 0.0
     """Weight of the hard-label cross-entropy; 1 - alpha weighs the T²-scaled KL term."""
-    student_epochs: int = 80
+    student_epochs: int = 120
     """Epochs the student (and the no-distillation baseline) train for."""
     student_lr: float = 3e-3
     """Adam learning rate for the student and the baseline."""
@@ -123,6 +123,30 @@ class DistillConfig:
     ray_address: str | None = None
     """Ray dashboard of a running cluster (http://HOST:8265): submit the distillation there
     as a Ray job. Default: an in-process Ray."""
+    teacher_weights: list[float] = field(default_factory=list)
+    """Per-teacher ensemble weights, in --teachers order, with --ensemble weighted_probs
+    (default: each teacher's validation accuracy)."""
+    multi_teacher: str = "average"
+    """`average` distils from the teachers' averaged distribution; `separate` sums one
+    weighted KL per teacher (You et al. 2017): the same gradient over probabilities, a loss
+    larger by the teachers' disagreement."""
+    feature_weight: float = 0.0
+    """Weight of the FitNets hint loss (Romero et al. 2015): the student matches a teacher's
+    intermediate features through a learned projection. 0 turns it off; needs --teacher-mode
+    online."""
+    feature_layers: list[str] = field(default_factory=list)
+    """TEACHER_LAYER=STUDENT_LAYER pairs for --feature-weight, by module name (net.3,
+    blocks.1); `penultimate` is the input of the classifier head. Default:
+    penultimate=penultimate."""
+    attention_weight: float = 0.0
+    """Weight of attention-map distillation (MiniLM, Wang et al. 2020) between transformer
+    teacher and student, layers mapped uniformly, heads averaged when counts differ. 0 turns
+    it off; needs --teacher-mode online."""
+    hint_teacher: int = 0
+    """Which teacher (0-based, in --teachers order) gives the features and attention maps."""
+    generations: int = 1
+    """Born-again rounds (Furlanello et al. 2018): generation k, distilled, teaches
+    generation k+1 of the same architecture; the last one is the student. 1: off."""
 
     def __post_init__(self) -> None:
         _require(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
@@ -150,6 +174,60 @@ class DistillConfig:
             "cannot be used with --ensemble mean_logits (it averages every logit); "
             "use mean_probs or weighted_probs",
         )
+        _require(
+            self.multi_teacher in ("average", "separate"),
+            "multi_teacher",
+            f"must be `average` or `separate`, got {self.multi_teacher!r}",
+        )
+        _require(
+            not (self.multi_teacher == "separate" and self.ensemble == "mean_logits"),
+            "multi_teacher",
+            "`separate` sums per-teacher KLs of probabilities; use --ensemble mean_probs "
+            "or weighted_probs",
+        )
+        if self.teacher_weights:
+            _require(
+                self.ensemble == "weighted_probs",
+                "teacher_weights",
+                f"needs --ensemble weighted_probs, got {self.ensemble!r}",
+            )
+            _require(
+                all(w >= 0 for w in self.teacher_weights) and sum(self.teacher_weights) > 0,
+                "teacher_weights",
+                f"must be >= 0 and not all 0, got {self.teacher_weights}",
+            )
+        for name in ("feature_weight", "attention_weight"):
+            weight = getattr(self, name)
+            _require(weight >= 0, name, f"must be >= 0 (0 turns it off), got {weight}")
+            _require(
+                not weight or self.teacher_mode == "online",
+                name,
+                "needs --teacher-mode online: the teachers' intermediate features and "
+                "attention maps are not in the logits cache",
+            )
+        _require(
+            not self.feature_layers or self.feature_weight > 0,
+            "feature_layers",
+            "has no effect without --feature-weight > 0",
+        )
+        for pair in self.feature_layers:
+            teacher, sep, student = pair.partition("=")
+            _require(
+                bool(sep and teacher.strip() and student.strip()),
+                "feature_layers",
+                f"write TEACHER_LAYER=STUDENT_LAYER (e.g. net.3=net.1), got {pair!r}",
+            )
+        if self.attention_weight:
+            from kdflow.models import parse_spec
+
+            arch = parse_spec(self.student).arch
+            _require(
+                arch == "transformer",
+                "attention_weight",
+                f"attention distillation needs a transformer student, got {self.student!r}",
+            )
+        _require(self.hint_teacher >= 0, "hint_teacher", f"must be >= 0, got {self.hint_teacher}")
+        _require(self.generations >= 1, "generations", f"must be >= 1, got {self.generations}")
         if self.storage_path:
             scheme = self.storage_path.split("://", 1)[0] if "://" in self.storage_path else ""
             _require(

@@ -10,8 +10,6 @@ field is its documentation (`field_docs` reads it for YAML comments and `--help`
 
 from __future__ import annotations
 
-import ast
-import inspect
 import math
 import textwrap
 import types
@@ -22,6 +20,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
+from kdflow.config import field_docs
 from kdflow.errors import ConfigError, DataError
 
 if typing.TYPE_CHECKING:
@@ -291,23 +290,6 @@ def contract_from_scan(scan: Any, input_shape: list[int] | None = None) -> DataC
         on_constant_feature="warn" if scan.constant_features() else "fail",
         input_shape=input_shape,
     )
-
-
-def field_docs(cls: type) -> dict[str, str]:
-    """The string literal under each dataclass field, by field name (litgpt-style docs)."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs: dict[str, str] = {}
-    for node, after in zip(body, body[1:], strict=False):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(after, ast.Expr)
-            and isinstance(after.value, ast.Constant)
-            and isinstance(after.value.value, str)
-        ):
-            docs[node.target.id] = " ".join(after.value.value.split())
-    return docs
 
 
 def _typed_values(cls: type, data: Any, source: str, prefix: str = "") -> dict[str, Any]:

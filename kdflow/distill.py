@@ -25,7 +25,7 @@ import os
 import random
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdflow import storage, teacher_cache
+from kdflow import hints, storage, teacher_cache
 from kdflow.artifacts import (
     flatten_optimizer_state,
     load_model,
@@ -44,8 +44,16 @@ from kdflow.artifacts import (
 )
 from kdflow.config import DistillConfig
 from kdflow.data import DatasetMeta, Split
-from kdflow.errors import DataError, KdflowError
-from kdflow.losses import densify, entropy, kd_objective, soft_targets, sparse_soft_targets
+from kdflow.errors import ConfigError, DataError, KdflowError
+from kdflow.losses import (
+    attention_loss,
+    densify,
+    entropy,
+    hint_loss,
+    kd_objective,
+    soft_targets,
+    sparse_soft_targets,
+)
 from kdflow.models import Classifier, build_classifier, count_params, parse_spec
 from kdflow.training import accuracy, predict_logits, seed_everything
 
@@ -199,19 +207,38 @@ def ensemble_targets(
     temperature: float,
     mode: str,
     weights: list[float],
+    separate: bool = False,
 ) -> Targets:
-    """The ensemble's soft targets from each teacher's (cached or fresh) float16 logits."""
+    """The ensemble's soft targets from each teacher's (cached or fresh) float16 logits.
+
+    `separate` (multi_teacher="separate") keeps the same targets but sets each row's
+    `entropy` to Σ_k w_k H(p_k): the loop then reports Σ_k w_k KL(p_k ‖ q), the per-teacher
+    loss, whose gradient is that of KL(p̄ ‖ q) (`kdflow.losses.separate_kd_loss`).
+    """
     if "train" in parts[0]:
         logits = [p["train"] for p in parts]
-        return Targets(n_classes, dense=soft_targets(logits, temperature, mode, weights))
-    probs, classes = sparse_soft_targets(
-        [p["train_values"] for p in parts],
-        [p["train_indices"] for p in parts],
-        temperature,
-        mode,
-        weights,
-    )
-    return Targets(n_classes, probs=probs, classes=classes.to(parts[0]["train_indices"].dtype))
+        targets = Targets(n_classes, dense=soft_targets(logits, temperature, mode, weights))
+    else:
+        probs, classes = sparse_soft_targets(
+            [p["train_values"] for p in parts],
+            [p["train_indices"] for p in parts],
+            temperature,
+            mode,
+            weights,
+        )
+        targets = Targets(
+            n_classes, probs=probs, classes=classes.to(parts[0]["train_indices"].dtype)
+        )
+    if separate and len(parts) > 1:
+        w = torch.tensor(weights if mode == "weighted_probs" else [1.0] * len(parts))
+        each = [
+            ensemble_targets([p], n_classes, temperature, "mean_probs", [1.0]).entropy
+            for p in parts
+        ]
+        targets.entropy = torch.einsum(
+            "k,kn->n", w / w.sum(), torch.stack([e for e in each if e is not None])
+        )
+    return targets
 
 
 # ----------------------------------------------------------------------------- teachers
@@ -358,13 +385,15 @@ def ensemble_report(
 ) -> dict[str, Any]:
     """Each teacher's validation accuracy, ensemble weight, and agreement with the ensemble.
 
-    Weights are the validation accuracies (normalised) for `weighted_probs`, uniform
-    otherwise. Agreement is the share of validation rows where a teacher's top class is
-    the ensemble's.
+    Weights are `teacher_weights` when given, else the validation accuracies (normalised)
+    for `weighted_probs`, uniform otherwise. Agreement is the share of validation rows
+    where a teacher's top class is the ensemble's.
     """
     logits = [torch.from_numpy(t.val_logits.astype(np.float32)) for t in teachers]
     accs = [float((z.argmax(-1).numpy() == val_y).mean()) if len(val_y) else 0.0 for z in logits]
-    if cfg.ensemble == "weighted_probs" and sum(accs) > 0:
+    if cfg.teacher_weights:
+        weights = [w / sum(cfg.teacher_weights) for w in cfg.teacher_weights]
+    elif cfg.ensemble == "weighted_probs" and sum(accs) > 0:
         weights = [a / sum(accs) for a in accs]
     else:
         weights = [1.0 / len(teachers)] * len(teachers)
@@ -382,14 +411,26 @@ def ensemble_report(
 # ------------------------------------------------------------------------ worker loop
 
 
-def _build_role(cfg: dict[str, Any], meta: DatasetMeta) -> dict[str, Any]:
-    model = build_classifier(
+def _build_role(
+    cfg: dict[str, Any], meta: DatasetMeta, plan: hints.Plan | None = None
+) -> dict[str, Any]:
+    """A role's model, optimizer and schedule. With a hint `plan` the trained module is a
+    `HintedStudent`: its projections share the optimizer, `classifier` is what is saved."""
+    classifier = build_classifier(
         parse_spec(cfg["student"]), meta.input_shape, meta.n_classes, meta.n_features
     )
-    model.set_normalisation(torch.tensor(cfg["mean"]), torch.tensor(cfg["std"]))
+    classifier.set_normalisation(torch.tensor(cfg["mean"]), torch.tensor(cfg["std"]))
+    model: nn.Module = classifier if plan is None else hints.HintedStudent(classifier, plan)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg["epochs"])
-    return {"model": model, "optimizer": optimizer, "scheduler": scheduler, "best_acc": -1.0}
+    return {
+        "model": model,
+        "classifier": classifier,
+        "aux": model.projections if isinstance(model, hints.HintedStudent) else None,
+        "optimizer": optimizer,
+        "scheduler": scheduler,
+        "best_acc": -1.0,
+    }
 
 
 def _shard_targets(cfg: dict[str, Any], start: int, stop: int, n_classes: int) -> Targets:
@@ -400,7 +441,14 @@ def _shard_targets(cfg: dict[str, Any], start: int, stop: int, n_classes: int) -
         if entry is None:
             raise KdflowError(f"teacher cache {uri} disappeared during the run")
         parts.append({k: torch.from_numpy(v) for k, v in entry.train_rows(start, stop).items()})
-    return ensemble_targets(parts, n_classes, cfg["temperature"], cfg["ensemble"], cfg["weights"])
+    return ensemble_targets(
+        parts,
+        n_classes,
+        cfg["temperature"],
+        cfg["ensemble"],
+        cfg["weights"],
+        separate=cfg["multi_teacher"] == "separate",
+    )
 
 
 def _batches(
@@ -413,6 +461,7 @@ def _batches(
     teachers: list[Classifier] | None = None,
     ensemble: dict[str, Any] | None = None,
     entropy_sink: list[torch.Tensor] | None = None,
+    taps: hints.TeacherTaps | None = None,
 ) -> Any:
     """(x, y) or (x, y, soft targets) batches in `order`.
 
@@ -421,6 +470,8 @@ def _batches(
     through pinned memory in one copy. Online mode runs the teachers on each batch under
     no_grad; their logits go through the float16 (and top-k) rounding the cache applies,
     so both modes see the same targets. `entropy_sink` collects Σ H(p_T) of the rows.
+    With `taps` (feature/attention distillation, online only) a fourth item carries the
+    hint teacher's pooled features and attention maps from that same forward pass.
     """
     pin = device.type == "cuda"
     for start in range(0, len(order), batch_size * BLOCK_BATCHES):
@@ -433,7 +484,7 @@ def _batches(
         if pin:
             block = [t.pin_memory().to(device, non_blocking=True) for t in block]
         for i in range(0, len(idx), batch_size):
-            batch = [t[i : i + batch_size] for t in block]
+            batch: list[Any] = [t[i : i + batch_size] for t in block]
             if teachers is not None:
                 assert ensemble is not None
                 with torch.no_grad():
@@ -446,10 +497,13 @@ def _batches(
                         ensemble["temperature"],
                         ensemble["ensemble"],
                         ensemble["weights"],
+                        separate=ensemble.get("multi_teacher") == "separate",
                     )
                 batch.append(soft.rows())
                 if entropy_sink is not None and soft.entropy is not None:
                     entropy_sink.append(soft.entropy.sum())
+                if taps is not None:
+                    batch.append(taps.take())
             yield batch
 
 
@@ -460,25 +514,40 @@ def _epoch(
     device: torch.device,
     temperature: float,
     alpha: float,
-) -> tuple[float, float, float, int]:
-    """One pass; the row means of (loss, hard part, soft cross-entropy) and the rows seen.
+    plan: hints.Plan | None = None,
+) -> tuple[float, float, float, int, dict[str, float]]:
+    """One pass; the row means of (loss, hard part, soft cross-entropy), the rows seen, and
+    the means of the hint losses (`feature_loss`, `attention_loss`) when `plan` has any.
 
-    The loss is `kd_objective` (KD's gradient without the constant teacher entropy).
+    The loss is `kd_objective` (KD's gradient without the constant teacher entropy), plus
+    feature_weight · `hint_loss` and attention_weight · `attention_loss` with a plan.
     Losses stay on the device until the end of the epoch: a `.item()` per step would
     stall a GPU on every batch.
     """
     model.train()
-    losses: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]] = ([], [], [])
+    losses: tuple[list[torch.Tensor], ...] = ([], [], [], [], [])
     sizes: list[int] = []
     cuda = device.type == "cuda"
     for batch in batches:
         if cuda:
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                logits = model(batch[0]).float()
+                out = model(batch[0])
         else:
-            logits = model(batch[0])
+            out = model(batch[0])
+        logits, features, maps = out if isinstance(out, tuple) else (out, [], [])
+        logits = logits.float()
         soft = batch[2] if len(batch) > 2 else None
         loss, hard, soft_ce = kd_objective(logits, batch[1], soft, temperature, alpha)
+        if plan is not None:
+            taps = batch[3]
+            if plan.pairs:
+                feature = hint_loss(features, taps["features"])
+                loss = loss + plan.feature_weight * feature
+                losses[3].append(feature.detach())
+            if plan.attention_map:
+                attention = attention_loss(maps, taps["attention"])
+                loss = loss + plan.attention_weight * attention
+                losses[4].append(attention.detach())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -487,10 +556,18 @@ def _epoch(
         losses[2].append(soft_ce)
         sizes.append(len(batch[1]))
     if not sizes:
-        return 0.0, 0.0, 0.0, 0
+        return 0.0, 0.0, 0.0, 0, {}
     weights = torch.tensor(sizes, dtype=torch.float32, device=losses[0][0].device)
-    means = [float((torch.stack(v).float() * weights).sum() / weights.sum()) for v in losses]
-    return means[0], means[1], means[2], sum(sizes)
+    means = [
+        float((torch.stack(v).float() * weights).sum() / weights.sum()) if v else 0.0
+        for v in losses
+    ]
+    aux = {}
+    if losses[3]:
+        aux["feature_loss"] = means[3]
+    if losses[4]:
+        aux["attention_loss"] = means[4]
+    return means[0], means[1], means[2], sum(sizes), aux
 
 
 def _train_worker(cfg: dict[str, Any]) -> None:
@@ -520,16 +597,28 @@ def _train_worker(cfg: dict[str, Any]) -> None:
     teachers = (
         [_load_teacher(u, meta)[0].to(device).eval() for u in cfg["teachers"]] if online else None
     )
-    ensemble = {k: cfg[k] for k in ("top_k", "temperature", "ensemble", "weights")} | {
-        "n_classes": meta.n_classes
-    }
+    ensemble = {
+        k: cfg[k] for k in ("top_k", "temperature", "ensemble", "weights", "multi_teacher")
+    } | {"n_classes": meta.n_classes}
     x, y = torch.from_numpy(train.x), torch.from_numpy(train.y)
+    settings = hints.Settings(**cfg["hints"])
+    plan: hints.Plan | None = None
+    taps: hints.TeacherTaps | None = None
     roles: dict[str, dict[str, Any]] = {}
     for role in cfg["roles"]:
         # Same seed for every role and rank: identical initial weights (DDP broadcasts
-        # rank 0's anyway), so baseline and student differ only by the loss.
+        # rank 0's anyway), so baseline and student differ only by the loss. The student's
+        # projections are drawn after its weights, so they do not change them.
         seed_everything(cfg["seed"])
-        roles[role] = _build_role(cfg, meta)
+        if role == "student" and settings.active and teachers:
+            student = build_classifier(
+                parse_spec(cfg["student"]), meta.input_shape, meta.n_classes, meta.n_features
+            ).to(device)
+            teacher = teachers[settings.hint_teacher]
+            plan = hints.make_plan(settings, teacher, student)
+            taps = hints.TeacherTaps(teacher, plan)
+            seed_everything(cfg["seed"])
+        roles[role] = _build_role(cfg, meta, plan if role == "student" else None)
     first_epoch, history = 1, []
 
     checkpoint = ray.train.get_checkpoint()
@@ -539,13 +628,17 @@ def _train_worker(cfg: dict[str, Any]) -> None:
         # Weights before prepare_model (the DDP wrapper would prefix every key with
         # "module."), optimizer state after it (Adam's moments follow the parameters' device).
         for role, r in roles.items():
-            r["model"].load_state_dict(_strip(tensors, f"{role}.model."))
+            r["classifier"].load_state_dict(_strip(tensors, f"{role}.model."))
+            if r["aux"] is not None:
+                r["aux"].load_state_dict(_strip(tensors, f"{role}.aux."))
         first_epoch, history = state["epoch"] + 1, state["history"]
         log.info("rank %d resumes at epoch %d", rank, first_epoch)
 
     for r in roles.values():
         r["model"] = ray.train.torch.prepare_model(r["model"])
-        r["plain"] = getattr(r["model"], "module", r["model"])
+        # The classifier alone is validated and saved (a HintedStudent's projections are
+        # checkpointed apart, as `aux`).
+        r["plain"] = r["classifier"]
     if checkpoint:
         for role, r in roles.items():
             r["optimizer"].load_state_dict(
@@ -572,11 +665,18 @@ def _train_worker(cfg: dict[str, Any]) -> None:
                 teachers=teachers if kd else None,
                 ensemble=ensemble,
                 entropy_sink=entropies,
+                taps=taps if kd else None,
             )
             alpha = cfg["alpha"] if kd else 1.0
             started = time.perf_counter()
-            loss, hard, soft_ce, seen = _epoch(
-                r["model"], batches, r["optimizer"], device, cfg["temperature"], alpha
+            loss, hard, soft_ce, seen, aux = _epoch(
+                r["model"],
+                batches,
+                r["optimizer"],
+                device,
+                cfg["temperature"],
+                alpha,
+                plan if kd else None,
             )
             seconds = time.perf_counter() - started
             r["scheduler"].step()
@@ -590,7 +690,7 @@ def _train_worker(cfg: dict[str, Any]) -> None:
                 f"{role}/soft_loss": soft_part,
                 f"{role}/seconds": seconds,
                 f"{role}/rows_per_s": seen * world / seconds,
-            }
+            } | {f"{role}/{k}": v for k, v in aux.items()}
             if val is not None:
                 val_acc = accuracy(r["plain"], val)
                 r["best_acc"] = max(r["best_acc"], val_acc)
@@ -668,7 +768,9 @@ def _save_checkpoint(
     state: dict[str, Any] = {"epoch": epoch, "history": history, "rng": rng_meta}
     for role, r in roles.items():
         opt_tensors, opt_meta = flatten_optimizer_state(r["optimizer"].state_dict())
-        tensors |= {f"{role}.model.{k}": v for k, v in r["plain"].state_dict().items()}
+        tensors |= {f"{role}.model.{k}": v for k, v in r["classifier"].state_dict().items()}
+        if r["aux"] is not None:
+            tensors |= {f"{role}.aux.{k}": v for k, v in r["aux"].state_dict().items()}
         tensors |= {f"{role}.{k}": v for k, v in opt_tensors.items()}
         state[role] = {
             "optimizer": opt_meta,
@@ -740,6 +842,8 @@ def train_students(
             "alpha": cfg.alpha,
             "ensemble": cfg.ensemble,
             "teacher_mode": cfg.teacher_mode,
+            "multi_teacher": cfg.multi_teacher,
+            "hints": asdict(hint_settings(cfg)),
             "seed": seed,
             "fail_at_epoch": fail_at_epoch,
             "run_dir": storage.join(storage_root, "ray", run_name),
@@ -793,7 +897,38 @@ def _save_output(model: Classifier, uri: str, meta: DatasetMeta, role: str) -> N
         storage.upload_dir(Path(tmp), uri)
 
 
-def run_distillation(
+def hint_settings(cfg: DistillConfig) -> hints.Settings:
+    return hints.Settings(
+        cfg.feature_weight, list(cfg.feature_layers), cfg.attention_weight, cfg.hint_teacher
+    )
+
+
+def check_teacher_settings(cfg: DistillConfig, teacher_uris: list[str], meta: DatasetMeta) -> None:
+    """Settings that depend on the teachers, checked on the driver before Ray Train starts:
+    the weight count, the hint teacher, and the hint layers (one dummy forward pass)."""
+    if cfg.teacher_weights and len(cfg.teacher_weights) != len(teacher_uris):
+        raise ConfigError(
+            f"--teacher-weights: {len(cfg.teacher_weights)} weights for "
+            f"{len(teacher_uris)} teachers; give one per teacher, in --teachers order",
+            option="--teacher-weights",
+        )
+    settings = hint_settings(cfg)
+    if not settings.active:
+        return
+    if settings.hint_teacher >= len(teacher_uris):
+        raise ConfigError(
+            f"--hint-teacher: {settings.hint_teacher} but there are {len(teacher_uris)} "
+            "teachers (0-based)",
+            option="--hint-teacher",
+        )
+    teacher, _ = _load_teacher(teacher_uris[settings.hint_teacher], meta)
+    student = build_classifier(
+        parse_spec(cfg.student), meta.input_shape, meta.n_classes, meta.n_features
+    )
+    hints.make_plan(settings, teacher, student)
+
+
+def _distill_once(
     dataset_uri: str,
     teacher_uris: list[str],
     cfg: DistillConfig,
@@ -801,21 +936,11 @@ def run_distillation(
     storage_root: str,
     run_name: str,
     seed: int,
-    fail_at_epoch: int | None = None,
-) -> dict[str, Any]:
-    """Teacher outputs (cached or not), then the Ray Train run; inputs and outputs are URIs.
-
-    The same function runs in-process (local mode) and as the entry point of a Ray job on
-    a cluster (`kdflow.ray_job`). Returns each role's result, the teachers' cache use, the
-    ensemble's weights and agreement, and where the time went.
-    """
+    meta: DatasetMeta,
+    fail_at_epoch: int | None,
+) -> tuple[dict[str, StudentResult], list[TeacherOutputs], dict[str, Any], dict[str, float]]:
+    """Teacher outputs (cached or not), then one Ray Train run of the roles in `outputs`."""
     started = time.monotonic()
-    ensure_ray(num_cpus=max(cfg.workers, os.cpu_count() or 1))
-    ray_started = time.monotonic()
-    meta = load_meta(dataset_uri)
-    rows = int(meta.rows["train"])
-    if rows < cfg.workers:
-        raise KdflowError(f"--workers {cfg.workers}: more workers than training rows ({rows})")
     top_k = cfg.top_k if 0 < cfg.top_k < meta.n_classes else 0
     if cfg.top_k and not top_k:
         log.info("--top-k %d >= %d classes: caching full logits", cfg.top_k, meta.n_classes)
@@ -846,6 +971,86 @@ def run_distillation(
     results = train_students(
         dataset_uri, cfg, loop, outputs, storage_root, run_name, seed, fail_at_epoch
     )
+    seconds = {
+        "teachers": teachers_done - started,
+        "training": time.monotonic() - teachers_done,
+    }
+    return results, teachers, report, seconds
+
+
+def run_distillation(
+    dataset_uri: str,
+    teacher_uris: list[str],
+    cfg: DistillConfig,
+    outputs: dict[str, str],
+    storage_root: str,
+    run_name: str,
+    seed: int,
+    fail_at_epoch: int | None = None,
+) -> dict[str, Any]:
+    """Teacher outputs (cached or not), then the Ray Train run; inputs and outputs are URIs.
+
+    The same function runs in-process (local mode) and as the entry point of a Ray job on
+    a cluster (`kdflow.ray_job`). Returns each role's result, the teachers' cache use, the
+    ensemble's weights and agreement, and where the time went.
+
+    With `generations` > 1 (born-again networks, Furlanello et al. 2018), generation 1 is
+    the distilled student above; each later generation is a fresh student of the same
+    architecture (seed + k − 1) distilled by logits from generation k − 1 alone, through
+    the same loop. The hint losses apply to generation 1 only (they pair layers of the
+    original teacher). The last generation is the student; the baseline trains once.
+    """
+    started = time.monotonic()
+    ensure_ray(num_cpus=max(cfg.workers, os.cpu_count() or 1))
+    ray_started = time.monotonic()
+    meta = load_meta(dataset_uri)
+    rows = int(meta.rows["train"])
+    if rows < cfg.workers:
+        raise KdflowError(f"--workers {cfg.workers}: more workers than training rows ({rows})")
+    check_teacher_settings(cfg, teacher_uris, meta)
+    born_again = storage.join(storage_root, "born-again", run_name)
+    first = dict(outputs)
+    if cfg.generations > 1:
+        first["student"] = storage.join(born_again, "gen-1")
+    results, teachers, report, seconds = _distill_once(
+        dataset_uri, teacher_uris, cfg, first, storage_root, run_name, seed, meta, fail_at_epoch
+    )
+    generations = [
+        {"generation": 1, "val_accuracy": results["student"].val_accuracy, "teacher": "ensemble"}
+    ]
+    later = replace(
+        cfg,
+        teacher_weights=[],
+        multi_teacher="average",
+        ensemble="mean_probs",
+        feature_weight=0.0,
+        feature_layers=[],
+        attention_weight=0.0,
+    )
+    for k in range(2, cfg.generations + 1):
+        previous = first["student"] if k == 2 else storage.join(born_again, f"gen-{k - 1}")
+        out = outputs["student"] if k == cfg.generations else storage.join(born_again, f"gen-{k}")
+        gen_results, _, _, gen_seconds = _distill_once(
+            dataset_uri,
+            [previous],
+            later,
+            {"student": out},
+            storage_root,
+            f"{run_name}-gen{k}",
+            seed + k - 1,
+            meta,
+            None,
+        )
+        results["student"] = gen_results["student"]
+        seconds = {key: seconds[key] + gen_seconds[key] for key in seconds}
+        generations.append(
+            {
+                "generation": k,
+                "val_accuracy": gen_results["student"].val_accuracy,
+                "teacher": f"generation {k - 1}",
+            }
+        )
+        log.info("born-again generation %d: val accuracy %.4f", k, generations[-1]["val_accuracy"])
     finished = time.monotonic()
     return {
         **{role: asdict(r) for role, r in results.items()},
@@ -862,10 +1067,11 @@ def run_distillation(
             for i, t in enumerate(teachers)
         ],
         "ensemble": {"mode": report["mode"], "val_accuracy": report["val_accuracy"]},
+        "generations": generations,
         "seconds": {
             "ray_start": ray_started - started,
-            "teachers": teachers_done - ray_started,
-            "training": finished - teachers_done,
+            "teachers": seconds["teachers"],
+            "training": seconds["training"],
             "total": finished - started,
         },
     }

@@ -104,6 +104,30 @@ def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = ECE
     return float(ece)
 
 
+def reliability_bins(
+    probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS
+) -> list[dict[str, float]]:
+    """The reliability diagram behind the ECE: for each of the same equal-width bins of the
+    top probability, its edges, row count, accuracy and mean confidence (empty bins: None)."""
+    confidence = probs.max(1)
+    correct = probs.argmax(1) == y
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
+    out: list[dict[str, Any]] = []
+    for b in range(bins):
+        mask = which == b
+        out.append(
+            {
+                "lower": float(edges[b]),
+                "upper": float(edges[b + 1]),
+                "count": int(mask.sum()),
+                "accuracy": float(correct[mask].mean()) if mask.any() else None,
+                "confidence": float(confidence[mask].mean()) if mask.any() else None,
+            }
+        )
+    return out
+
+
 def negative_log_likelihood(probs: np.ndarray, y: np.ndarray) -> float:
     """Mean −log p(true class), in nats; probabilities are clamped at 1e-12."""
     return float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).mean())
@@ -137,6 +161,7 @@ def quality_metrics(
             name: float(acc) for name, acc in zip(class_names, per_class, strict=True)
         },
         "confusion_matrix": matrix.tolist(),
+        "reliability": reliability_bins(p, y),
     }
     if reference_pred is not None:
         metrics["agreement"] = float((pred == reference_pred).mean())
@@ -147,14 +172,10 @@ def quality_metrics(
 
 
 def flops_per_sample(model: nn.Module, n_features: int) -> int:
-    """FLOPs of one batch-1 forward pass as torch's FlopCounterMode counts them: matrix
-    multiplications and convolutions, a multiply-add being 2; elementwise ops are free."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """FLOPs of one batch-1 forward pass (`kdflow.models.flops` gives the convention)."""
+    from kdflow.models import flops
 
-    model = model.cpu().eval()
-    with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        model(torch.zeros(1, n_features))
-    return int(counter.get_total_flops())
+    return flops(model.cpu(), [n_features])
 
 
 def torch_runner(model: nn.Module) -> Runner:

@@ -155,3 +155,130 @@ def kd_objective(
 def entropy(probs: torch.Tensor) -> torch.Tensor:
     """Per-row entropy H(p) = −Σ_c p_c log p_c (0 · log 0 = 0)."""
     return -torch.special.xlogy(probs, probs).sum(-1)
+
+
+def separate_kd_loss(
+    student_logits: torch.Tensor,
+    labels: torch.Tensor,
+    teacher_probs: Sequence[torch.Tensor],
+    temperature: float,
+    alpha: float,
+    weights: Sequence[float] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Multi-teacher KD with one KL term per teacher, weighted and summed.
+
+        L = α · CE(y, softmax(s)) + (1 − α) · T² · Σ_k w_k · KL(p_k ‖ softmax(s / T))
+
+    p_k is teacher k's softmax at T, w_k ≥ 0 its weight, normalised to sum to 1 (uniform
+    by default). This is the per-teacher loss of You et al. 2017, "Learning from Multiple
+    Teacher Networks" (KDD), and of Fukuda et al. 2017 (Interspeech); `kd_loss` against
+    `soft_targets(mode="weighted_probs")` is the averaged-distribution alternative.
+
+    Because KL(p ‖ q) = H(p, q) − H(p) and H(·, q) is linear in p,
+        Σ_k w_k KL(p_k ‖ q) = KL(p̄ ‖ q) + [H(p̄) − Σ_k w_k H(p_k)],   p̄ = Σ_k w_k p_k,
+    so the two differ by a term that does not depend on the student: the same gradient, a
+    larger reported loss (by the teachers' disagreement, a generalised Jensen–Shannon
+    divergence). They differ in training only against `mean_logits` targets.
+
+    Returns (total, hard part, Σ_k w_k KL part), the parts unweighted, for logging.
+    """
+    if not teacher_probs:
+        raise ValueError("separate_kd_loss needs at least one teacher")
+    w = torch.tensor(
+        list(weights) if weights is not None else [1.0] * len(teacher_probs),
+        dtype=torch.float32,
+        device=student_logits.device,
+    )
+    if len(w) != len(teacher_probs):
+        raise ValueError(f"{len(w)} weights for {len(teacher_probs)} teachers")
+    w = w / w.sum()
+    hard = F.cross_entropy(student_logits, labels)
+    log_q = F.log_softmax(student_logits / temperature, dim=-1)
+    soft = sum(
+        w[k] * F.kl_div(log_q, p, reduction="batchmean") for k, p in enumerate(teacher_probs)
+    )
+    assert isinstance(soft, torch.Tensor)
+    total = alpha * hard + (1.0 - alpha) * temperature**2 * soft
+    return total, hard.detach(), soft.detach()
+
+
+def hint_loss(
+    student_features: Sequence[torch.Tensor], teacher_features: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """FitNets hint loss, averaged over the (teacher layer, student layer) pairs.
+
+        L_hint = 1/P · Σ_pairs mean_elements (u_T(x) − r(v_S(x)))²
+
+    u_T is the teacher's hint layer, v_S the student's guided layer and r the learned
+    regressor that maps the student's features to the teacher's shape (the caller applies
+    it: `student_features` are r(v_S)). Romero et al. 2015, "FitNets: Hints for Thin Deep
+    Nets" (ICLR), eq. 3 writes ½‖u_T − r(v_S)‖²; the mean over elements instead of the
+    halved sum keeps the weight comparable across layer sizes. The teacher side carries no
+    gradient.
+    """
+    if len(student_features) != len(teacher_features) or not student_features:
+        raise ValueError(
+            f"hint_loss needs matching non-empty pairs, got {len(student_features)} "
+            f"student and {len(teacher_features)} teacher features"
+        )
+    losses = [
+        F.mse_loss(s.float(), t.detach().float())
+        for s, t in zip(student_features, teacher_features, strict=True)
+    ]
+    return torch.stack(losses).mean()
+
+
+def layer_map(student_layers: int, teacher_layers: int) -> list[int]:
+    """Teacher layer (0-based) each student layer learns from: the uniform strategy of
+    TinyBERT (Jiao et al. 2020, §3.3), student layer m ↔ teacher layer g(m) = m · N / M
+    (1-based, M student and N teacher layers), so the last layers always pair."""
+    if student_layers < 1 or teacher_layers < 1:
+        raise ValueError("layer_map needs at least one layer on each side")
+    return [
+        max(0, round((m + 1) * teacher_layers / student_layers) - 1) for m in range(student_layers)
+    ]
+
+
+def merge_heads(maps: torch.Tensor, heads: int) -> torch.Tensor:
+    """B × H × L × L attention maps reduced to `heads` heads by averaging groups of H/heads
+    consecutive heads (an average of attention distributions is one); when `heads` does not
+    divide H, every head is averaged into one."""
+    total = maps.shape[1]
+    if heads == total:
+        return maps
+    if total % heads:
+        return maps.mean(1, keepdim=True)
+    return maps.reshape(maps.shape[0], heads, total // heads, *maps.shape[2:]).mean(2)
+
+
+def attention_loss(
+    student_maps: Sequence[torch.Tensor], teacher_maps: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """Attention-map distillation (MiniLM's attention-distribution transfer), averaged over
+    layer pairs, heads, queries and the batch:
+
+        L_AT = 1/(P·B·H·L) · Σ_pairs Σ_b,h,i KL(A_T[b,h,i,:] ‖ A_S[b,h,i,:])
+
+    A[b,h,i,:] is head h's attention distribution of query token i (a softmax row). Wang et
+    al. 2020, "MiniLM: Deep Self-Attention Distillation for Task-Agnostic Compression of
+    Pre-Trained Transformers" (NeurIPS), eq. 5-6, on the last layer; TinyBERT (Jiao et al.
+    2020) distils every layer through a layer mapping (`layer_map`). When the head counts
+    differ, both sides are first reduced to the smaller count by `merge_heads`. Pairs must
+    attend over the same number of tokens.
+    """
+    if len(student_maps) != len(teacher_maps) or not student_maps:
+        raise ValueError("attention_loss needs matching non-empty pairs of attention maps")
+    losses = []
+    for s, t in zip(student_maps, teacher_maps, strict=True):
+        if s.shape[-1] != t.shape[-1]:
+            raise ValueError(
+                f"student attends over {s.shape[-1]} tokens, teacher over {t.shape[-1]}"
+            )
+        heads = min(s.shape[1], t.shape[1])
+        if s.shape[1] % heads or t.shape[1] % heads:
+            heads = 1
+        s, t = merge_heads(s.float(), heads), merge_heads(t.detach().float(), heads)
+        # Σ_j t log t − t log s per row, 0 · log 0 = 0; clamp: a softmax can underflow to 0.
+        kl = (torch.special.xlogy(t, t) - t * s.clamp_min(1e-12).log()).sum(-1)
+        losses.append(kl.mean())
+    return torch.stack(losses).mean()

@@ -89,3 +89,40 @@ def check_run(cfg: RunConfig) -> None:
                 build_classifier(spec, shape or [n_features], 2, n_features)
             except ConfigError as exc:
                 raise ConfigError(f"{option}: {text}: {exc}", option=option) from exc
+    _check_methods(cfg, shape or ([n_features] if n_features else None), n_features)
+
+
+def _check_methods(cfg: RunConfig, shape: list[int] | None, n_features: int | None) -> None:
+    """Distillation-method settings that depend on the teachers: weight count, hint teacher,
+    and (for a zoo hint teacher, on the real shapes) the hint layers."""
+    from kdflow.hints import Settings, make_plan
+
+    distill, teachers = cfg.distill, cfg.teachers.teachers
+    if distill.teacher_weights and len(distill.teacher_weights) != len(teachers):
+        raise ConfigError(
+            f"--teacher-weights: {len(distill.teacher_weights)} weights for {len(teachers)} "
+            "teachers; give one per teacher, in --teachers order",
+            option="--teacher-weights",
+        )
+    if not (distill.feature_weight or distill.attention_weight):
+        return
+    if distill.hint_teacher >= len(teachers):
+        raise ConfigError(
+            f"--hint-teacher: {distill.hint_teacher} but there are {len(teachers)} teachers "
+            "(0-based)",
+            option="--hint-teacher",
+        )
+    teacher = teachers[distill.hint_teacher]
+    if teacher.startswith(MLFLOW_URI_PREFIX) or shape is None or n_features is None:
+        return  # checked by the distill step once the teacher is at hand
+    settings = Settings(
+        distill.feature_weight,
+        list(distill.feature_layers),
+        distill.attention_weight,
+        distill.hint_teacher,
+    )
+    make_plan(
+        settings,
+        build_classifier(parse_spec(teacher, "--teachers"), shape, 2, n_features),
+        build_classifier(parse_spec(distill.student), shape, 2, n_features),
+    )

@@ -493,9 +493,8 @@ def register_student(
         try:
             experiment_id = _call(policy, "find or create the experiment", ensure_experiment,
                                   tracking_uri)
-            run = _call(policy, "create an MLflow run", client.create_run, experiment_id,
-                        run_name=tags.get("kdflow.run_id") or None, tags=tags)
-            run_id = run.info.run_id
+            run_id = _call(policy, "find or create the MLflow run", _pipeline_run, client,
+                           experiment_id, tags)
             pyfunc_id, onnx_id = _log_models(
                 client, policy, experiment_id, run_id, student_dir, onnx_path, summary, tags
             )
@@ -550,6 +549,20 @@ def register_student(
         "promoted": promotion["promoted"],
         "promotion_detail": promotion["detail"],
     }
+
+
+def _pipeline_run(client: Any, experiment_id: str, tags: dict[str, str]) -> str:
+    """The pipeline run's MLflow run (the validate step may have opened it), with `tags`."""
+    from kdflow.tracking import RUN_TAG, find_or_create_run
+
+    if not tags.get(RUN_TAG):
+        return str(client.create_run(experiment_id, tags=tags).info.run_id)
+    from mlflow.entities import RunTag
+
+    run_id = find_or_create_run(client, experiment_id, tags[RUN_TAG])
+    client.update_run(run_id, status="RUNNING")
+    client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
+    return run_id
 
 
 def _log_models(

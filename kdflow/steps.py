@@ -7,9 +7,12 @@ import json
 import logging
 import shutil
 import tempfile
+import threading
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from kdflow import progress, storage
 from kdflow.config import BUILTIN_PREFIX, DataConfig, DistillConfig, GateConfig, TeacherConfig
 from kdflow.errors import DataValidationError, KdflowError
 
@@ -22,10 +25,14 @@ def validate_data(
     dataset_dir: Path,
     report_path: Path,
     docs_dir: Path | None = None,
+    tracking_uri: str | None = None,
+    run_id: str | None = None,
 ) -> dict[str, Any]:
     """Read the data, hold it to its contract, and write the prepared dataset folder.
 
     Writes the Markdown report before raising, so a failed run still shows what was wrong.
+    With `run_id`, the result and the dataset hash are recorded on the pipeline run's MLflow
+    run (`kdflow.tracking`), whether the data passed or not.
     """
     import pandas as pd
 
@@ -37,8 +44,10 @@ def validate_data(
         split_frame,
         write_prepared,
     )
+    from kdflow.tracking import record_validation
     from kdflow.validation import validate_dataset, validate_frames
 
+    progress.emit("validate data", 0, 3, "contract checks")
     input_shape = cfg.input_shape or default_input_shape(cfg.data)
     contract = (
         DataContract.from_yaml(cfg.contract)
@@ -55,10 +64,14 @@ def validate_data(
     report_path.write_text(report.to_markdown())
     if not report.passed:
         if cfg.validation == "fail":
+            if run_id:
+                record_validation(tracking_uri, run_id, cfg.data,
+                                  {"passed": False, "validation": report.to_dict()}, report_path)
             report.raise_for_failures()
         log.warning(
             "data validation failed, continuing (--validation warn): %s", report.summary_line()
         )
+    progress.emit("validate data", 1, 3, "splits")
     if not cfg.data.startswith(BUILTIN_PREFIX):
         frame = load_frame(cfg.data, cfg.label_column)
     if cfg.test_data:
@@ -79,16 +92,28 @@ def validate_data(
         sha,
         cfg.data,
     )
-    return {
+    progress.emit("validate data", 3, 3, report.summary_line())
+    splits = {"train": train, "val": val, "test": test}
+    info = {
         "sha256": meta.sha256,
         "rows": int(sum(v for k, v in meta.rows.items() if k != "val" or cfg.val_fraction > 0)),
         "splits": meta.rows,
         "classes": meta.classes,
         "features": meta.n_features,
         "input_shape": meta.input_shape,
+        # Class balance of each prepared split, for the data profile picture.
+        "class_counts": {
+            name: {str(c): int(n) for c, n in split[cfg.label_column].value_counts().items()}
+            for name, split in splits.items()
+            if name != "val" or cfg.val_fraction > 0
+        },
         "validation": report.to_dict(),
         "passed": bool(report.passed),
     }
+    if run_id:
+        info["mlflow_run_id"] = record_validation(tracking_uri, run_id, cfg.data, info,
+                                                  report_path)
+    return info
 
 
 def train_teacher(
@@ -127,14 +152,17 @@ def train_teacher(
             "val_accuracy": accuracy(model, val),
             "params": count_params(model),
             "epochs": 0,
+            "history": [],
         }
     train = read_split(dataset_dir, "train")
     seed_everything(seed)
     model = build_classifier(
         parse_spec(spec, "--teachers"), meta.input_shape, meta.n_classes, meta.n_features
     )
-    x = torch.from_numpy(train.x)
-    model.set_normalisation(x.mean(0), x.std(0))
+    # The split is a read-only view: its statistics come from numpy, no tensor over it.
+    model.set_normalisation(
+        torch.from_numpy(train.x.mean(0)), torch.from_numpy(train.x.std(0, ddof=1))
+    )
     history = fit(
         model,
         train,
@@ -143,9 +171,7 @@ def train_teacher(
         lr=cfg.teacher_lr,
         batch_size=cfg.batch_size,
         seed=seed,
-        on_epoch=lambda s: log.info(
-            "teacher %s epoch %d loss %.4f val_acc %.4f", spec, s.epoch, s.loss, s.val_accuracy
-        ),
+        on_epoch=lambda s: _teacher_epoch(spec, s, cfg.teacher_epochs),
     )
     save_model(model, model_dir, meta.classes, meta.feature_columns, {"role": "teacher"})
     return {
@@ -153,7 +179,16 @@ def train_teacher(
         "val_accuracy": history.best.val_accuracy,
         "params": count_params(model),
         "epochs": cfg.teacher_epochs,
+        "history": [asdict(e) for e in history.epochs],
     }
+
+
+def _teacher_epoch(spec: str, stats: Any, epochs: int) -> None:
+    log.info(
+        "teacher %s epoch %d loss %.4f val_acc %.4f",
+        spec, stats.epoch, stats.loss, stats.val_accuracy,
+    )
+    progress.emit(f"teacher {spec}", stats.epoch, epochs, f"val acc {stats.val_accuracy:.3f}")
 
 
 def distill(
@@ -165,12 +200,69 @@ def distill(
     baseline_dir: Path,
     work_dir: Path,
     run_name: str,
+    tracking_uri: str | None = None,
+    record_as: str | None = None,
 ) -> dict[str, Any]:
+    """Distil (`kdflow.distill.distill`), with progress per epoch; with `record_as` (the
+    pipeline run id) the per-epoch curves go to that run's MLflow run too."""
     from kdflow.distill import distill as run_distill
+    from kdflow.tracking import record_training
 
-    return run_distill(
-        dataset_dir, teacher_dirs, cfg, student_dir, baseline_dir, work_dir, run_name, seed
-    )
+    progress.emit("teacher inference", 0, len(teacher_dirs))
+    watcher = None
+    if not cfg.ray_address:
+        run_dir = storage.join(cfg.storage_path or str(work_dir), "ray", run_name)
+        watcher = _EpochWatcher(run_dir, cfg.student_epochs)
+        watcher.start()
+    try:
+        result = run_distill(
+            dataset_dir, teacher_dirs, cfg, student_dir, baseline_dir, work_dir, run_name, seed
+        )
+    finally:
+        if watcher is not None:
+            watcher.stop()
+    if record_as:
+        result["mlflow_run_id"] = record_training(tracking_uri, record_as, result)
+    return result
+
+
+class _EpochWatcher(threading.Thread):
+    """Reports the student's epochs as Ray Train records their checkpoints.
+
+    The epochs run in Ray Train workers; the controller's checkpoint snapshot in the run
+    folder is where the driver sees them without reaching into the training loop.
+    """
+
+    def __init__(self, run_dir: str, epochs: int, every_s: float = 1.0) -> None:
+        super().__init__(name="kdflow-epoch-watcher", daemon=True)
+        self.snapshot = storage.join(run_dir, "checkpoint_manager_snapshot.json")
+        self.epochs, self.every_s = epochs, every_s
+        self.done = threading.Event()
+        self.seen = 0
+
+    def run(self) -> None:
+        while not self.done.wait(self.every_s):
+            self.poll()
+        self.poll()
+
+    def poll(self) -> None:
+        try:
+            if not storage.exists(self.snapshot):
+                return
+            latest = storage.read_json(self.snapshot).get("latest_checkpoint_result") or {}
+        except (KdflowError, ValueError):  # caught mid-write: the next poll reads it whole
+            return
+        metrics = latest.get("metrics") or {}
+        epoch = int(metrics.get("epoch", 0))
+        if epoch > self.seen:
+            self.seen = epoch
+            acc = metrics.get("student/val_accuracy")
+            info = "" if acc is None else f"student val acc {float(acc):.3f}"
+            progress.emit("distill epochs", epoch, self.epochs, info)
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(timeout=10)
 
 
 def evaluate(
@@ -185,8 +277,13 @@ def evaluate(
     report_path: Path,
     teacher_sources: list[str] | None = None,
     onnx_dir: Path | None = None,
+    histories: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Test-split metrics for every model, the gates, and the run summary (not yet registered).
+
+    `histories` are the training curves, `{"teachers": [[epoch, ...], ...], "student": [...],
+    "baseline": [...]}` (each epoch a dict of losses and val accuracy), kept in the summary
+    for the pictures.
 
     `teacher_sources` are the teachers' specs as given (an MLflow URI for an imported
     teacher, recorded with the version it resolves to); `onnx_dir` receives the student's
@@ -219,6 +316,7 @@ def evaluate(
     )
     from kdflow.registry import champion_version, resolve_model_uri, resolve_tracking_uri
 
+    progress.emit("evaluate", 0, 3, "test-split predictions")
     meta = read_meta(dataset_dir)
     test = read_split(dataset_dir, "test")
     teachers = [load_model(d) for d in teacher_dirs]
@@ -229,6 +327,7 @@ def evaluate(
     ensemble_pred = ensemble.argmax(-1).numpy()
     student_z = logits_on(student, test)
 
+    progress.emit("evaluate", 1, 3, "ONNX export and CPU timing")
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = export_onnx(student, meta.n_features, (onnx_dir or Path(tmp)) / ONNX_FILE)
         session = onnx_session(onnx_path)
@@ -273,7 +372,7 @@ def evaluate(
             "file_bytes": (folder / WEIGHTS).stat().st_size,
             "flops": flops_per_sample(model, meta.n_features),
             **(
-                {k: quality[k] for k in ("per_class_accuracy", "confusion_matrix")}
+                {k: quality[k] for k in ("per_class_accuracy", "confusion_matrix", "reliability")}
                 if name == "student"
                 else {}
             ),
@@ -291,7 +390,10 @@ def evaluate(
             teacher["registry"] = resolve_model_uri(uri, given)
         summary["teachers"].append(teacher)
     ensemble_quality = quality_metrics(ensemble, test.y, meta.classes)
-    summary["ensemble"] = {k: ensemble_quality[k] for k in ("accuracy", "macro_f1", "ece", "nll")}
+    summary["ensemble"] = {
+        k: ensemble_quality[k]
+        for k in ("accuracy", "macro_f1", "ece", "nll", "per_class_accuracy", "reliability")
+    }
     summary["baseline"] = entry(
         "baseline",
         describe(baseline_spec),
@@ -315,6 +417,7 @@ def evaluate(
         ),
         "parity": parity.to_dict(),
     }
+    progress.emit("evaluate", 2, 3, "champion and gates")
     seen = champion_version(uri, model_name)
     summary["champion_seen"] = None if seen is None else int(seen.version)
     summary["champion"] = champion_on_test(tracking_uri, model_name, meta, test, seen=seen)
@@ -331,6 +434,8 @@ def evaluate(
     }
     summary["passed"] = all(g.passed for g in gates)
     summary["registered"] = None
+    summary["history"] = histories or {}
+    progress.emit("evaluate", 3, 3, "gates passed" if summary["passed"] else "a gate failed")
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(report_markdown(summary))
     return summary
@@ -421,6 +526,12 @@ def register(
             onnx_path=onnx_path,
             policy=policy,
         )
+    from kdflow.report import log_summary_to_mlflow
+
+    # The pictures and the report page, next to the student on the same MLflow run.
+    registered = summary["registered"]
+    if registered.get("run_id"):
+        log_summary_to_mlflow(registered["tracking_uri"], registered["run_id"], summary)
     return summary
 
 

@@ -24,11 +24,14 @@ size; time is one read of the file plus a fixed GX cost per feature (see
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import os
+import sys
+import threading
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -163,6 +166,7 @@ def validate_dataset(
     Raises DataError when a file cannot be read at all (missing, empty, truncated); every
     problem with the data itself is a failure in the returned report.
     """
+    _import_gx_in_background()
     with open_table(train_uri) as train:
         if test_uri is None:
             return _validate_sources(train, None, contract, docs_dir, settings)
@@ -178,6 +182,7 @@ def validate_frames(
     settings: ValidationSettings | None = None,
 ) -> ValidationReport:
     """Validate in-memory splits against `contract` (same checks as `validate_dataset`)."""
+    _import_gx_in_background()
     return _validate_sources(
         TableSource.from_frame(train, "train"),
         None if test is None else TableSource.from_frame(test, "test"),
@@ -185,6 +190,24 @@ def validate_frames(
         docs_dir,
         settings,
     )
+
+
+def _import_gx_in_background() -> None:
+    """Start importing GX Core (≈3-5 s, its fixed cost) while the scan reads the data.
+
+    The scan spends most of its time in pyarrow, which releases the GIL, so on two or more
+    cores the import is nearly free; `_run_gx`'s own import then waits for this one (Python's
+    import lock) instead of starting over. A failure here is left to `_run_gx` to report.
+    """
+    if "great_expectations.expectations" in sys.modules:
+        return
+
+    def load() -> None:
+        os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+        with contextlib.suppress(Exception):
+            import great_expectations.expectations  # noqa: F401
+
+    threading.Thread(target=load, name="kdflow-gx-import", daemon=True).start()
 
 
 def write_validated(

@@ -10,22 +10,18 @@ import argparse
 import dataclasses
 import json
 import logging
-import re
 import sys
 import time
 import typing
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from kdflow.config import SECTIONS, RunConfig, build_config, field_docs, load_config, option_name
 from kdflow.errors import ConfigError, KdflowError
 from pipelines.cli_models import add_model_commands
+from pipelines.terminal import PlainView, RichView, RunLog, View
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
-ERROR_LINE = re.compile(r"kdflow\.errors\.(\w+): (.*)")
-TASK_START = re.compile(r"Executing task '([^']+)'")
-TASK_END = re.compile(r"Task '([^']+)' finished with status (\w+)")
 
 
 class KdflowParser(argparse.ArgumentParser):
@@ -92,51 +88,6 @@ def config_from_args(ns: argparse.Namespace) -> RunConfig:
     return build_config(base, where="options")
 
 
-class _Tee:
-    """Sends the pipeline's output to the log file; shows step progress on the terminal."""
-
-    def __init__(self, log: TextIO, terminal: TextIO, verbose: bool) -> None:
-        self.log, self.terminal, self.verbose = log, terminal, verbose
-        self.buffer = ""
-        self.started: dict[str, float] = {}
-        self.errors: list[tuple[str, str]] = []
-        self.failed: list[str] = []
-
-    def write(self, text: str) -> int:
-        self.log.write(text)
-        if self.verbose:
-            self.terminal.write(text)
-        self.buffer += text
-        *lines, self.buffer = self.buffer.split("\n")
-        for line in lines:
-            self._scan(ANSI.sub("", line))
-        return len(text)
-
-    def _scan(self, line: str) -> None:
-        if match := ERROR_LINE.search(line):
-            self.errors.append((match.group(1), match.group(2).strip()))
-        if self.verbose:
-            return
-        if match := TASK_START.search(line):
-            self.started[match.group(1)] = time.monotonic()
-            self.terminal.write(f"  ▸ {match.group(1)} ...\n")
-        elif match := TASK_END.search(line):
-            task, status = match.groups()
-            took = time.monotonic() - self.started.get(task, time.monotonic())
-            mark = "✓" if status == "SUCCESS" else "✗"
-            if status != "SUCCESS":
-                self.failed.append(task)
-            self.terminal.write(f"  {mark} {task} {status.lower()} in {took:.1f}s\n")
-        self.terminal.flush()
-
-    def flush(self) -> None:
-        self.log.flush()
-        self.terminal.flush()
-
-    def isatty(self) -> bool:
-        return False
-
-
 def pipeline_arguments(cfg: RunConfig, tracking_uri: str) -> dict[str, Any]:
     from pipelines.distillation.pipeline import PARAMETERS
 
@@ -164,8 +115,14 @@ def _absolute(uri: str) -> str:
     return str(Path(uri).resolve())
 
 
-def run_locally(cfg: RunConfig, verbose: bool) -> tuple[dict[str, Any] | None, _Tee, Path]:
-    """Run the pipeline with kfp.local's SubprocessRunner in this Python environment."""
+def run_locally(
+    cfg: RunConfig, view: View, verbose: bool = False
+) -> tuple[dict[str, Any] | None, RunLog, Path, Path | None]:
+    """Run the pipeline with kfp.local's SubprocessRunner in this Python environment.
+
+    Returns the summary (None when a step failed), the run's log, the output folder, and
+    the folder kfp.local wrote this run's step outputs to.
+    """
     import warnings
 
     from kfp import local
@@ -186,75 +143,41 @@ def run_locally(cfg: RunConfig, verbose: bool) -> tuple[dict[str, Any] | None, _
 
     pipeline = build_pipeline(cluster=LOCAL)
     terminal = sys.stdout
+    before = set(root.glob("*")) if root.exists() else set()
+    # kfp.local indents its steps' output by swapping builtins.print per task; parallel
+    # tasks (the teachers) can leave the swapped one behind. Put the real one back after.
+    import builtins
+
+    real_print = builtins.print
     with (out / "run.log").open("w") as log:
-        tee = _Tee(log, terminal, verbose)
+        tee = RunLog(log, view, echo=terminal if verbose else None)
         sys.stdout = tee  # type: ignore[assignment]
         # Every log line of the run goes to run.log (and the terminal only with --verbose).
         root_logger = logging.getLogger()
         saved = root_logger.handlers[:]
         root_logger.handlers = [logging.StreamHandler(tee)]
+        view.start()
         try:
             task = pipeline(**pipeline_arguments(cfg, tracking_uri))
             summary = json.loads(task.output)
         except RuntimeError:
             summary = None
         finally:
+            view.stop()
             sys.stdout = terminal
             root_logger.handlers = saved
-    return summary, tee, out
+            builtins.print = real_print
+    new = sorted(set(root.glob("*")) - before) if root.exists() else []
+    return summary, tee, out, new[-1] if new else None
 
 
-def print_summary(summary: dict[str, Any], out: Path) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    table = Table(title="kdflow: distillation result")
-    for column in ("model", "accuracy", "params", "latency ms", "size vs student"):
-        table.add_column(column, justify="left" if column == "model" else "right")
-    student_params = summary["student"]["params"]
-    for t in summary["teachers"]:
-        table.add_row(
-            f"teacher {t['spec']}",
-            f"{t['accuracy']:.4f}",
-            f"{t['params']:,}",
-            f"{t['latency_ms']:.3f}",
-            f"{t['params'] / student_params:.1f}×",
-        )
-    table.add_row("teacher ensemble", f"{summary['ensemble']['accuracy']:.4f}", "", "", "")
-    for name in ("baseline", "student"):
-        m = summary[name]
-        label = "baseline student (no KD)" if name == "baseline" else "distilled student"
-        table.add_row(
-            f"{label} {m['spec']}",
-            f"{m['accuracy']:.4f}",
-            f"{m['params']:,}",
-            f"{m['latency_ms']:.3f}",
-            "1.0×",
-            style="bold" if name == "student" else "",
-        )
-    console.print(table)
-    gates = Table(title="gates")
-    for column in ("gate", "result", "value", "threshold"):
-        gates.add_column(column)
-    for name, g in summary["gates"].items():
-        gates.add_row(
-            name,
-            "[green]pass[/]" if g["passed"] else "[red]FAIL[/]",
-            "-" if g["value"] is None else str(g["value"]),
-            f"{g['op']} {g['threshold']}",
-        )
-    console.print(gates)
-    registered = summary.get("registered")
-    if registered:
-        console.print(
-            f"registered [bold]{registered['name']}[/] version "
-            f"[bold]{registered['version']}[/] with aliases "
-            f"{', '.join(registered['aliases'])} ({registered['tracking_uri']})"
-        )
-    else:
-        console.print("[yellow]not registered[/]: a gate failed (see the gates above)")
-    console.print(f"summary: {out / 'summary.json'}   log: {out / 'run.log'}")
+def _view(ns: argparse.Namespace, cfg: RunConfig) -> View:
+    if ns.quiet or ns.json or ns.verbose:
+        return View()
+    if sys.stdout.isatty():
+        # validate, N teachers, distill, evaluate, then register or its else branch.
+        return RichView(sys.stdout, steps=len(cfg.teachers.teachers) + 4)
+    return PlainView(sys.stdout)
 
 
 def cmd_run(ns: argparse.Namespace) -> int:
@@ -262,9 +185,11 @@ def cmd_run(ns: argparse.Namespace) -> int:
 
     cfg = config_from_args(ns)
     check_run(cfg)
-    print(f"kdflow: running the pipeline on {cfg.data.data} (log: {cfg.output}/run.log)")
+    quiet = ns.quiet or ns.json
+    if not quiet:
+        print(f"kdflow: running the pipeline on {cfg.data.data} (log: {cfg.output}/run.log)")
     started = time.monotonic()
-    summary, tee, out = run_locally(cfg, ns.verbose)
+    summary, tee, out, run_root = run_locally(cfg, _view(ns, cfg), ns.verbose)
     if summary is None:
         failed = ", ".join(dict.fromkeys(tee.failed)) or "a step"
         reason = tee.errors[-1][1] if tee.errors else f"see {out / 'run.log'}"
@@ -279,7 +204,62 @@ def cmd_run(ns: argparse.Namespace) -> int:
     summary["config"] = cfg.to_dict()
     summary["duration_s"] = round(time.monotonic() - started, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print_summary(summary, out)
+    finish_run(out, run_root, summary, quiet=quiet)
+    if ns.json:
+        print(json.dumps(summary, indent=2))
+    return EXIT_OK
+
+
+def finish_run(out: Path, run_root: Path | None, summary: dict[str, Any], quiet: bool) -> None:
+    """The pictures and the report page, in the output folder and on the run's MLflow run;
+    then (unless quiet) the result tables, the MLflow run's URL and every artifact's path."""
+    from kdflow.report import log_to_mlflow, mlflow_run_url, write_report
+    from pipelines.terminal import artifact_paths, print_result
+
+    tracking_uri, run_id = mlflow_run_of(summary)
+    url = mlflow_run_url(tracking_uri, run_id) if tracking_uri and run_id else None
+    artifacts = artifact_paths(out, run_root)
+    write_report(out, artifacts=artifacts, mlflow_url=url)
+    # The register step put them on its MLflow run; a run that registered nothing gets them
+    # on the run validate-data opened.
+    if tracking_uri and run_id and not summary.get("registered"):
+        log_to_mlflow(tracking_uri, run_id, out)
+    if quiet:
+        return
+    from rich.console import Console
+
+    print_result(Console(), summary, artifacts, url)  # the report's path is among them
+
+
+def mlflow_run_of(summary: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(tracking URI, MLflow run id) of the run's record, when it has one."""
+    registered = summary.get("registered") or {}
+    if registered.get("run_id"):
+        return registered.get("tracking_uri"), registered["run_id"]
+    config = (summary.get("config") or {}).get("registry") or {}
+    run_id = (summary.get("dataset") or {}).get("mlflow_run_id")
+    if not run_id:
+        return None, None
+    from kdflow.registry import resolve_tracking_uri
+
+    return resolve_tracking_uri(config.get("tracking_uri")), run_id
+
+
+def cmd_report(ns: argparse.Namespace) -> int:
+    from kdflow.report import load_summary, mlflow_run_url, write_report
+    from pipelines.terminal import artifact_paths
+
+    run_dir = Path(ns.run_dir)
+    summary = load_summary(run_dir)
+    runs = sorted((run_dir / "pipeline").glob("*/")) if (run_dir / "pipeline").is_dir() else []
+    tracking_uri, run_id = mlflow_run_of(summary)
+    output = write_report(
+        run_dir,
+        Path(ns.output) if ns.output else None,
+        artifacts=artifact_paths(run_dir, runs[-1] if runs else None),
+        mlflow_url=mlflow_run_url(tracking_uri, run_id) if tracking_uri and run_id else None,
+    )
+    print(f"kdflow: wrote {output}")
     return EXIT_OK
 
 
@@ -466,13 +446,32 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="Run the whole pipeline locally (kfp.local, local Ray and MLflow)."
     )
     _add_config_options(run)
-    run.add_argument(
+    shown = run.add_mutually_exclusive_group()
+    shown.add_argument(
         "--verbose",
         "-v",
         action="store_true",
         help="Stream every step's log to the terminal (always in run.log).",
     )
+    shown.add_argument(
+        "--quiet", "-q", action="store_true",
+        help="Print nothing but errors (the log still goes to run.log).",
+    )
+    shown.add_argument(
+        "--json", action="store_true",
+        help="Print only the run's summary, as JSON on stdout (errors on stderr).",
+    )
     run.set_defaults(func=cmd_run)
+
+    report = sub.add_parser(
+        "report",
+        help="Render a run's self-contained HTML report (summary, gates, every picture).",
+    )
+    report.add_argument("run_dir", metavar="RUN_DIR",
+                        help="The output folder of a `kdflow run` (holds summary.json).")
+    report.add_argument("--output", "-o",
+                        help="Where to write the page (default: RUN_DIR/report.html).")
+    report.set_defaults(func=cmd_report)
     comp = sub.add_parser("compile", help="Write the compiled pipeline YAML for a cluster.")
     comp.add_argument("--output", "-o", default="pipelines/distillation.yaml")
     comp.add_argument(
@@ -533,9 +532,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = build_parser()
     ns = parser.parse_args(argv)
+    quiet = getattr(ns, "quiet", False) or getattr(ns, "json", False)
+    # --quiet and --json: errors only. Library warnings go through logging, so they obey it.
+    logging.captureWarnings(quiet)
+    logging.basicConfig(level=logging.ERROR if quiet else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(ns.func(ns))
     except ConfigError as exc:

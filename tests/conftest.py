@@ -56,3 +56,7 @@ def small_teachers(digits_dataset: Path, tmp_path_factory: pytest.TempPathFactor
         train_teacher(digits_dataset, spec, TeacherConfig(teacher_epochs=4), 0, folder)
         folders.append(folder)
     return folders
+
+
+# A real run summary (validated data, trained teachers, KD student, evaluate): tests/runs.py
+from tests.runs import run_dir, run_summary  # noqa: E402, F401

@@ -57,6 +57,13 @@ PARAMETERS: dict[str, type] = {
             "top_k",
             "storage_path",
             "ray_address",
+            "teacher_weights",
+            "multi_teacher",
+            "feature_weight",
+            "feature_layers",
+            "attention_weight",
+            "hint_teacher",
+            "generations",
         )
     },
     **{
@@ -137,6 +144,13 @@ def build_pipeline(image: str = DEFAULT_IMAGE, cluster: ClusterSettings | None =
         top_k: int = default("top_k"),
         storage_path: str = default("storage_path"),
         ray_address: str = default("ray_address"),
+        teacher_weights: List[float] = default("teacher_weights"),
+        multi_teacher: str = default("multi_teacher"),
+        feature_weight: float = default("feature_weight"),
+        feature_layers: List[str] = default("feature_layers"),
+        attention_weight: float = default("attention_weight"),
+        hint_teacher: int = default("hint_teacher"),
+        generations: int = default("generations"),
         min_retention: float = default("min_retention"),
         min_gain_over_baseline: float = default("min_gain_over_baseline"),
         min_compression: float = default("min_compression"),
@@ -158,6 +172,9 @@ def build_pipeline(image: str = DEFAULT_IMAGE, cluster: ClusterSettings | None =
             test_fraction=test_fraction,
             val_fraction=val_fraction,
             seed=seed,
+            # The result and the dataset hash go to the pipeline run's MLflow run.
+            tracking_uri=tracking_uri,
+            run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         ).set_display_name("validate data")
         configure(checked, "validate", cluster)
         with dsl.ParallelFor(teachers, name="teachers") as spec:
@@ -187,9 +204,17 @@ def build_pipeline(image: str = DEFAULT_IMAGE, cluster: ClusterSettings | None =
             top_k=top_k,
             storage_path=storage_path,
             ray_address=ray_address,
+            teacher_weights=teacher_weights,
+            multi_teacher=multi_teacher,
+            feature_weight=feature_weight,
+            feature_layers=feature_layers,
+            attention_weight=attention_weight,
+            hint_teacher=hint_teacher,
+            generations=generations,
             seed=seed,
             # Ray Train resumes a run of the same name: a KFP retry continues, a new run starts.
             run_name=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            tracking_uri=tracking_uri,
         ).set_display_name("distill (Ray Train)")
         configure(distilled, "distill", cluster)
         evaluated = evaluate_op(
@@ -227,7 +252,8 @@ def build_pipeline(image: str = DEFAULT_IMAGE, cluster: ClusterSettings | None =
                 "not registered"
             )
             configure(skipped, "skip", cluster)
-        return dsl.OneOf(registered.output, skipped.output)
+        # "Output" is the summary each branch returns (both also have a report and metrics).
+        return dsl.OneOf(registered.outputs["Output"], skipped.outputs["Output"])
 
     distillation.__doc__ = _docstring()
     return dsl.pipeline(

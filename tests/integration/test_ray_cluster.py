@@ -28,15 +28,6 @@ import pytest
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _own_process() -> None:
-    """An in-process Ray started by earlier tests in the same pytest process breaks the
-    separate cluster's startup; `make test-cluster` runs this file in a process of its own."""
-    ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
-        pytest.skip("an in-process Ray runs in this pytest process: run `make test-cluster`")
-
-
 STARTUP_S = 180  # the dashboard takes ~60 s to answer on a busy 2-core machine
 
 
@@ -106,7 +97,9 @@ def ray_cluster() -> Iterator[str]:
     temp = Path(tempfile.mkdtemp(prefix="rayc-", dir="/tmp"))  # short: socket path limit
     log = temp / "nodes.log"
     gcs, dashboard, client = _free_ports(3)
-    ray = str(Path(sys.executable).parent / "ray")
+    import ray
+
+    ray_cli = str(Path(sys.executable).parent / "ray")
     with pytest.MonkeyPatch.context() as env:
         env.setenv("RAY_AUTH_MODE", "token")
         env.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
@@ -114,13 +107,17 @@ def ray_cluster() -> Iterator[str]:
         # The job's entry point is `python -m kdflow.ray_job`: this environment's python.
         env.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
         env.delenv("RAY_ADDRESS", raising=False)
+        # An in-process Ray from earlier tests would talk to its own cluster with this
+        # test's token: stop it (later tests start it again) and forget its token.
+        ray.shutdown()
+        _reset_auth_token_cache()
         common = ["--block", "--node-ip-address=127.0.0.1", "--num-cpus=1",
                   "--disable-usage-stats"]
         processes: list[subprocess.Popen] = []
         with log.open("w") as out:
             try:
                 processes.append(subprocess.Popen(
-                    [ray, "start", "--head", *common, f"--port={gcs}",
+                    [ray_cli, "start", "--head", *common, f"--port={gcs}",
                      "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                      f"--dashboard-port={dashboard}", f"--ray-client-server-port={client}",
                      f"--temp-dir={temp}", *_node_ports()],
@@ -129,7 +126,7 @@ def ray_cluster() -> Iterator[str]:
                 address = f"http://127.0.0.1:{dashboard}"
                 _wait_for_nodes(address, 1, processes, log)
                 processes.append(subprocess.Popen(
-                    [ray, "start", *common, f"--address=127.0.0.1:{gcs}", *_node_ports()],
+                    [ray_cli, "start", *common, f"--address=127.0.0.1:{gcs}", *_node_ports()],
                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                 ))
                 _wait_for_nodes(address, 2, processes, log)
@@ -138,6 +135,14 @@ def ray_cluster() -> Iterator[str]:
                 for process in reversed(processes):
                     _stop(process)
                 shutil.rmtree(temp, ignore_errors=True)
+    _reset_auth_token_cache()  # a later in-process Ray uses its own token again
+
+
+def _reset_auth_token_cache() -> None:
+    """Ray caches the auth token once per process; make it read the environment again."""
+    from ray._raylet import AuthenticationTokenLoader
+
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 def test_distill_runs_as_a_ray_job_on_a_two_node_cluster(

@@ -60,3 +60,39 @@ def test_bad_config_file_key_is_named(tmp_path, data_csv):
     assert proc.returncode == 2
     assert "temprature" in proc.stderr and "unknown setting" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "option", "text"),
+    [
+        (["--feature-weight", "1"], "--feature-weight", "needs --teacher-mode online"),
+        (
+            ["--teacher-mode", "online", "--feature-weight", "1",
+             "--feature-layers", "net.9=net.1"],
+            "--feature-layers",
+            "no layer 'net.9' in the teacher (mlp:hidden=8)",
+        ),
+        (
+            ["--teacher-mode", "online", "--attention-weight", "1", "--student",
+             "transformer:dim=8,heads=2"],
+            "--attention-weight",
+            "needs transformer teacher and student; the teacher is mlp:hidden=8",
+        ),
+        (
+            ["--ensemble", "weighted_probs", "--teacher-weights", "1", "2", "3"],
+            "--teacher-weights",
+            "3 weights for 2 teachers",
+        ),
+        (["--teacher-mode", "online", "--feature-weight", "1", "--hint-teacher", "2"],
+         "--hint-teacher", "2 but there are 2 teachers"),
+    ],
+)
+def test_bad_distillation_method_option_is_one_line_naming_it(args, option, text, data_csv):
+    base = ["run", "--data", str(data_csv), "--label-column", "target",
+            "--teachers", "mlp:hidden=8", "mlp:hidden=4"]
+    proc = run_cli(*base, *args, cwd=data_csv.parent)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert option in lines[0] and text in lines[0], lines[0]
+    assert not (data_csv.parent / "outputs").exists(), "nothing may start on a bad option"

@@ -421,7 +421,8 @@ def test_evaluate_step_measures_every_model_and_checks_the_onnx_student(
     assert onnx["file_bytes"] == (tmp_path / "onnx" / "model.onnx").stat().st_size
     assert [t["spec"] for t in summary["teachers"]] == ["mlp:hidden=128",
                                                         "cnn:channels=8-16,hidden=32"]
-    assert set(summary["ensemble"]) == {"accuracy", "macro_f1", "ece", "nll"}
+    assert set(summary["ensemble"]) == {"accuracy", "macro_f1", "ece", "nll",
+                                        "per_class_accuracy", "reliability"}
     assert (summary["champion"], summary["champion_seen"]) == (None, None)
     assert set(summary["gates"]) == {"retention", "beats_baseline", "compression", "speedup",
                                      "calibration", "no_regression_vs_champion"}

@@ -1,10 +1,23 @@
 """The model zoo: spec parsing, building, normalisation, parameter counts."""
 
+import math
+
 import pytest
 import torch
 
 from kdflow.errors import ConfigError
-from kdflow.models import Classifier, ModelSpec, build_classifier, count_params, parse_spec
+from kdflow.models import (
+    Classifier,
+    ModelSpec,
+    attention_modules,
+    build_classifier,
+    count_params,
+    find_layer,
+    flops,
+    parse_spec,
+    penultimate_layer,
+    profile,
+)
 
 
 def test_parse_spec_reads_lists_and_numbers_from_the_short_string():
@@ -35,9 +48,9 @@ def test_spec_string_round_trips():
 
 def test_unknown_architecture_names_option_and_known_architectures():
     with pytest.raises(ConfigError) as err:
-        parse_spec("transformer:layers=2", option="--teachers")
-    assert str(err.value).startswith("--teachers: unknown architecture 'transformer'")
-    assert "known: cnn, mlp" in str(err.value)
+        parse_spec("vit:layers=2", option="--teachers")
+    assert str(err.value).startswith("--teachers: unknown architecture 'vit'")
+    assert "known: cnn, cnn1d, mlp, resnet, transformer" in str(err.value)
     assert err.value.option == "--teachers"
 
 
@@ -121,3 +134,128 @@ def test_classifier_keeps_its_spec_and_shapes():
     spec = parse_spec("mlp:hidden=8")
     model = Classifier(spec, [2, 3], 5, 6)
     assert (model.spec, model.input_shape, model.n_classes) == (spec, [2, 3], 5)
+
+
+# ------------------------------------------------------------- cnn1d, resnet, transformer
+
+
+@pytest.mark.parametrize(
+    ("spec", "shape"),
+    [
+        ("cnn1d:channels=4-8,kernel=3,hidden=16", [2, 16]),
+        ("cnn1d:channels=4", [16]),
+        ("resnet:depth=1,width=4", [1, 8, 8]),
+        ("resnet:depth=2,width=4", [3, 5, 7]),
+        ("transformer:dim=8,depth=1,heads=2", [1, 8, 8]),
+        ("transformer:dim=8,heads=4,patch=2", [2, 4, 4]),
+        ("transformer:dim=8,heads=2", [6, 5]),
+        ("transformer:dim=8,heads=2", [12]),
+    ],
+)
+def test_every_family_classifies_flat_features_reshaped_to_its_input(spec, shape):
+    n = math.prod(shape)
+    model = build_classifier(spec, shape, 3, n)
+    logits = model(torch.randn(4, n))
+    assert logits.shape == (4, 3)
+    logits.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    ("spec", "shape", "needs"),
+    [
+        ("cnn1d", [1, 8, 8], "cnn1d needs --input-shape L or C,L"),
+        ("resnet", [64], "resnet needs --input-shape C,H,W"),
+    ],
+)
+def test_family_with_the_wrong_input_rank_names_the_input_shape_option(spec, shape, needs):
+    with pytest.raises(ConfigError) as err:
+        build_classifier(spec, shape, 3, math.prod(shape))
+    assert needs in str(err.value)
+    assert err.value.option == "--input-shape"
+
+
+@pytest.mark.parametrize(
+    ("spec", "shape", "message"),
+    [
+        ("transformer:patch=3", [1, 8, 8], "patch=3 must divide the image's 8x8 pixels"),
+        ("transformer:dim=10,heads=4", [8], "dim=10 must be a multiple of heads=4"),
+        ("cnn1d:kernel=4", [8], "kernel must be an odd integer"),
+        ("resnet:depth=0", [1, 4, 4], "depth and width must be >= 1"),
+        ("transformer:layers=2", [8], "transformer takes depth, dim, heads, mlp, patch"),
+    ],
+)
+def test_bad_family_parameters_are_config_errors(spec, shape, message):
+    with pytest.raises(ConfigError, match=message):
+        build_classifier(spec, shape, 3, math.prod(shape))
+
+
+def test_cnn1d_params_by_hand():
+    # Conv1d(1, 4, 3) + BN(4), pool 8 -> 4; Linear(4*4, 5); Linear(5, 2).
+    model = build_classifier("cnn1d:channels=4,kernel=3,hidden=5", [8], 2, 8)
+    assert count_params(model) == (1 * 4 * 3 + 4) + 2 * 4 + (16 * 5 + 5) + (5 * 2 + 2)
+
+
+def test_resnet_shortcut_projects_only_where_the_shape_changes():
+    model = build_classifier("resnet:depth=2,width=4", [1, 8, 8], 3, 64)
+    blocks = [m for m in model.modules() if type(m).__name__ == "_ResidualBlock"]
+    assert len(blocks) == 6  # 3 stages x depth 2
+    projected = [not isinstance(b.shortcut, torch.nn.Identity) for b in blocks]
+    assert projected == [False, False, True, False, True, False]
+
+
+def test_flops_count_multiply_adds_twice_by_hand():
+    # cnn1d: Conv1d(1, 4, k=3) over 8 positions, Linear(16, 5), Linear(5, 2).
+    model = build_classifier("cnn1d:channels=4,kernel=3,hidden=5", [8], 2, 8)
+    assert flops(model, [8]) == 2 * (1 * 4 * 3 * 8) + 2 * 16 * 5 + 2 * 5 * 2
+
+
+def test_transformer_flops_include_attention_matmuls_by_hand():
+    # 64 feature tokens, dim 16, 2 heads of 8, one block, mlp ratio 2, 10 classes.
+    model = build_classifier("transformer:dim=16,heads=2,depth=1,mlp=2", [64], 10, 64)
+    tokens, dim, hidden = 64, 16, 32
+    expected = (
+        2 * tokens * 1 * dim  # feature tokens: Linear(1, 16) per token
+        + 2 * tokens * dim * 3 * dim  # qkv
+        + 2 * (2 * tokens * tokens * dim)  # Q·Kᵀ and A·V over all heads
+        + 2 * tokens * dim * dim  # output projection
+        + 2 * (2 * tokens * dim * hidden)  # MLP
+        + 2 * dim * 10  # head
+    )
+    assert profile(model) == {"params": count_params(model), "flops": expected}
+
+
+def test_flops_leave_the_model_in_training_mode_when_it_was():
+    model = build_classifier("resnet:width=2", [1, 4, 4], 2, 16)
+    flops(model, [16])
+    assert model.training
+
+
+def test_transformer_exposes_one_attention_map_per_layer():
+    model = build_classifier("transformer:dim=8,depth=3,heads=2,patch=4", [1, 8, 8], 3, 64)
+    maps = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: maps.append(out))
+             for m in attention_modules(model)]
+    model(torch.randn(5, 64))
+    for h in hooks:
+        h.remove()
+    assert [tuple(m.shape) for m in maps] == [(5, 2, 4, 4)] * 3
+    torch.testing.assert_close(maps[0].sum(-1), torch.ones(5, 2, 4))
+    assert attention_modules(build_classifier("mlp", [4], 2, 4)) == []
+
+
+def test_layers_are_found_by_name_with_or_without_the_net_prefix():
+    model = build_classifier("cnn:channels=4-8,hidden=16", [1, 8, 8], 3, 64)
+    assert find_layer(model, "net.2", "--feature-layers", "teacher") is model.net[2]
+    assert find_layer(model, "2", "--feature-layers", "teacher") is model.net[2]
+    assert penultimate_layer(model) is model.net[-1]
+
+
+def test_unknown_layer_name_lists_the_layers_and_names_the_option():
+    model = build_classifier("mlp:hidden=8", [4], 2, 4)
+    with pytest.raises(ConfigError) as err:
+        find_layer(model, "blocks.0", "--feature-layers", "student")
+    assert str(err.value).startswith(
+        "--feature-layers: no layer 'blocks.0' in the student (mlp:hidden=8); layers: net, net.0"
+    )
+    assert err.value.option == "--feature-layers"

@@ -92,3 +92,24 @@ def test_onnx_runtime_refuses_a_file_that_is_not_onnx(tmp_path):
     bad.write_bytes(b"\x80\x04not a protobuf")
     with pytest.raises(ModelFormatError, match="ONNX Runtime cannot load it"):
         onnx_session(bad)
+
+
+@pytest.mark.parametrize(
+    ("spec", "shape"),
+    [
+        ("cnn1d:channels=4-8,kernel=3,hidden=16", [1, 64]),
+        ("resnet:depth=1,width=4", [1, 8, 8]),
+        ("transformer:dim=16,depth=2,heads=4,patch=4", [1, 8, 8]),
+        ("transformer:dim=8,depth=1,heads=2", [8, 8]),
+    ],
+)
+def test_onnx_export_of_every_zoo_family_matches_pytorch(tmp_path, spec, shape):
+    torch.manual_seed(2)
+    model = normalised(build_classifier(spec, shape, 5, 64))
+    path = export_onnx(model, 64, tmp_path / "model.onnx")
+    x = np.random.default_rng(1).uniform(0, 16, (33, 64)).astype(np.float32)
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(x)).numpy()
+    session = onnx_session(path)
+    assert session.get_inputs()[0].shape == ["batch", 64]
+    require_parity(check_parity(expected, run_onnx(session, x)))

@@ -1,0 +1,257 @@
+"""What feature (FitNets) and attention (MiniLM/TinyBERT) distillation need around the
+models: which layers pair up, forward hooks that record them, pooling to a common shape,
+and the student's learned projections.
+
+Features of any family meet in one of two shapes. When the teacher's and the student's
+layers are both image maps (B × C × H × W), both are average-pooled to the smaller H × W
+and a 1×1 convolution maps the student's channels to the teacher's (FitNets' convolutional
+regressor). Otherwise each side is average-pooled over its positions (pixels, sequence
+steps or tokens) to a vector per sample and a linear layer maps the student's width to the
+teacher's: that is how a CNN teacher guides an MLP student.
+
+The projections belong to `HintedStudent`, which wraps the student during training only:
+they train with the student's optimizer and are checkpointed, but the exported student is
+`HintedStudent.student`, a plain `Classifier` that knows nothing of them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdflow.errors import ConfigError
+from kdflow.losses import layer_map
+from kdflow.models import Classifier, attention_modules, find_layer, penultimate_layer
+
+PENULTIMATE = "penultimate"
+"""Layer name meaning "the input of the classifier head" (the last Linear), in any family."""
+FEATURE_OPTION = "--feature-layers"
+ATTENTION_OPTION = "--attention-weight"
+
+
+@dataclass
+class Settings:
+    """The hint part of a DistillConfig, as plain values the Ray workers receive."""
+
+    feature_weight: float = 0.0
+    feature_layers: list[str] = field(default_factory=list)
+    attention_weight: float = 0.0
+    hint_teacher: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.feature_weight > 0 or self.attention_weight > 0
+
+    def pairs(self) -> list[tuple[str, str]]:
+        if not self.feature_weight:
+            return []
+        if not self.feature_layers:
+            return [(PENULTIMATE, PENULTIMATE)]
+        return [tuple(p.split("=", 1)) for p in self.feature_layers]  # type: ignore[misc]
+
+
+class Recorder:
+    """Forward hooks that keep the latest output (or, for PENULTIMATE, input) of modules."""
+
+    def __init__(self, modules: list[nn.Module], inputs: list[bool]) -> None:
+        self.values: list[torch.Tensor | None] = [None] * len(modules)
+        self.handles = []
+        for i, (module, use_input) in enumerate(zip(modules, inputs, strict=True)):
+            if use_input:
+                hook = module.register_forward_pre_hook(self._pre(i))
+            else:
+                hook = module.register_forward_hook(self._post(i))
+            self.handles.append(hook)
+
+    def _pre(self, i: int) -> Any:
+        def record(_module: nn.Module, args: tuple[Any, ...]) -> None:
+            self.values[i] = args[0]
+
+        return record
+
+    def _post(self, i: int) -> Any:
+        def record(_module: nn.Module, _args: Any, out: torch.Tensor) -> None:
+            self.values[i] = out
+
+        return record
+
+    def take(self) -> list[torch.Tensor]:
+        """The recorded tensors, cleared so a stale value is never read twice."""
+        values, self.values = self.values, [None] * len(self.values)
+        missing = [i for i, v in enumerate(values) if v is None]
+        if missing:
+            raise RuntimeError(f"hooked layers {missing} did not run in the forward pass")
+        return values  # type: ignore[return-value]
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def _layer(model: Classifier, name: str, role: str) -> tuple[nn.Module, bool]:
+    if name == PENULTIMATE:
+        return penultimate_layer(model), True
+    return find_layer(model, name, FEATURE_OPTION, role), False
+
+
+def pool(
+    feature: torch.Tensor, channels_last: bool, spatial: tuple[int, int] | None
+) -> torch.Tensor:
+    """A layer's output in the pair's common shape (see the module docstring)."""
+    if feature.dim() == 4:
+        if spatial is not None:
+            return F.adaptive_avg_pool2d(feature, spatial)
+        return feature.mean((2, 3))
+    if feature.dim() == 3:
+        return feature.mean(1) if channels_last else feature.mean(2)
+    return feature.flatten(1)
+
+
+@dataclass
+class Pair:
+    teacher_layer: str
+    student_layer: str
+    teacher_channels_last: bool
+    student_channels_last: bool
+    spatial: tuple[int, int] | None
+    student_width: int
+    teacher_width: int
+
+    def projection(self) -> nn.Module:
+        if self.spatial is not None:
+            return nn.Conv2d(self.student_width, self.teacher_width, 1)
+        return nn.Linear(self.student_width, self.teacher_width)
+
+
+@dataclass
+class Plan:
+    """The resolved hints of one (teacher, student) pair of models."""
+
+    pairs: list[Pair]
+    attention_map: list[int]  # teacher layer for each student attention layer
+    feature_weight: float
+    attention_weight: float
+
+
+def _channels_last(model: Classifier) -> bool:
+    # Transformers carry tokens as B × L × D; the CNN families as B × C × L (or × H × W).
+    return model.spec.arch == "transformer"
+
+
+def _probe(model: Classifier, modules: list[tuple[nn.Module, bool]]) -> list[torch.Tensor]:
+    recorder = Recorder([m for m, _ in modules], [u for _, u in modules])
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            device = next(model.parameters()).device
+            model(torch.zeros(2, math.prod(model.input_shape), device=device))
+        return recorder.take()
+    finally:
+        recorder.remove()
+        model.train(was_training)
+
+
+def make_plan(settings: Settings, teacher: Classifier, student: Classifier) -> Plan:
+    """Resolve layer names and shapes with one dummy forward pass of each model; every
+    mistake (a layer that does not exist, attention without transformers, different token
+    counts) is a ConfigError naming the option."""
+    pairs: list[Pair] = []
+    names = settings.pairs()
+    if names:
+        t_layers = [_layer(teacher, t, "teacher") for t, _ in names]
+        s_layers = [_layer(student, s, "student") for _, s in names]
+        t_out, s_out = _probe(teacher, t_layers), _probe(student, s_layers)
+        for (t_name, s_name), t, s in zip(names, t_out, s_out, strict=True):
+            spatial = None
+            if t.dim() == 4 and s.dim() == 4:
+                spatial = (min(t.shape[2], s.shape[2]), min(t.shape[3], s.shape[3]))
+            t_last, s_last = _channels_last(teacher), _channels_last(student)
+            t_width = pool(t, t_last, spatial).shape[1]
+            s_width = pool(s, s_last, spatial).shape[1]
+            pairs.append(Pair(t_name, s_name, t_last, s_last, spatial, s_width, t_width))
+    mapping: list[int] = []
+    if settings.attention_weight:
+        t_att, s_att = attention_modules(teacher), attention_modules(student)
+        for role, model, found in (("teacher", teacher, t_att), ("student", student, s_att)):
+            if not found:
+                raise ConfigError(
+                    f"{ATTENTION_OPTION}: attention distillation needs transformer teacher and "
+                    f"student; the {role} is {model.spec}",
+                    option=ATTENTION_OPTION,
+                )
+        t_maps = _probe(teacher, [(m, False) for m in t_att[-1:]])
+        s_maps = _probe(student, [(m, False) for m in s_att[-1:]])
+        if t_maps[0].shape[-1] != s_maps[0].shape[-1]:
+            raise ConfigError(
+                f"{ATTENTION_OPTION}: the teacher ({teacher.spec}) attends over "
+                f"{t_maps[0].shape[-1]} tokens, the student ({student.spec}) over "
+                f"{s_maps[0].shape[-1]}; give both the same patch size",
+                option=ATTENTION_OPTION,
+            )
+        mapping = layer_map(len(s_att), len(t_att))
+    return Plan(pairs, mapping, settings.feature_weight, settings.attention_weight)
+
+
+class TeacherTaps:
+    """Hooks on the hint teacher: after each forward pass, its pooled features and the
+    attention maps of the teacher layers the student's layers map to."""
+
+    def __init__(self, teacher: Classifier, plan: Plan) -> None:
+        self.plan = plan
+        self.features = Recorder(
+            *_unzip([_layer(teacher, p.teacher_layer, "teacher") for p in plan.pairs])
+        )
+        attention = attention_modules(teacher)
+        used = sorted(set(plan.attention_map))
+        self.slot = {layer: i for i, layer in enumerate(used)}
+        self.attention = Recorder([attention[i] for i in used], [False] * len(used))
+
+    def take(self) -> dict[str, list[torch.Tensor]]:
+        features = [
+            pool(f, p.teacher_channels_last, p.spatial).float()
+            for f, p in zip(self.features.take(), self.plan.pairs, strict=True)
+        ]
+        maps = self.attention.take() if self.plan.attention_map else []
+        return {
+            "features": features,
+            "attention": [maps[self.slot[t]].float() for t in self.plan.attention_map],
+        }
+
+
+def _unzip(layers: list[tuple[nn.Module, bool]]) -> tuple[list[nn.Module], list[bool]]:
+    return [m for m, _ in layers], [u for _, u in layers]
+
+
+class HintedStudent(nn.Module):
+    """The student with the learned projections of its hints. `forward` returns the
+    logits, the projected features and the attention maps; only `student` is exported."""
+
+    def __init__(self, student: Classifier, plan: Plan) -> None:
+        super().__init__()
+        self.student = student
+        self.projections = nn.ModuleList([p.projection() for p in plan.pairs])
+        self.plan = plan
+        self._features = Recorder(
+            *_unzip([_layer(student, p.student_layer, "student") for p in plan.pairs])
+        )
+        attention = attention_modules(student) if plan.attention_map else []
+        self._attention = Recorder(attention, [False] * len(attention))
+
+    def forward(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        logits = self.student(x)
+        features = [
+            projection(pool(f, p.student_channels_last, p.spatial))
+            for f, p, projection in zip(
+                self._features.take(), self.plan.pairs, self.projections, strict=True
+            )
+        ]
+        maps = self._attention.take() if self.plan.attention_map else []
+        return logits, features, maps

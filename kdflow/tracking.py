@@ -1,0 +1,200 @@
+"""One MLflow run per pipeline run: the steps add to it as they finish.
+
+The run is found by its `kdflow.run_id` tag (the KFP pipeline run's id) and created by the
+first step that records something, so a run whose data failed validation or whose gates
+failed still leaves its record in MLflow: the validation result, the dataset hash and the
+report. The register step logs the student into the same run.
+
+Recording is best effort before registration: a tracking server that is down when the data
+is validated costs a warning, not the pipeline run (registration, which needs the server,
+retries and fails cleanly on its own).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from kdflow.errors import KdflowError
+
+log = logging.getLogger(__name__)
+
+RUN_TAG = "kdflow.run_id"
+DATASET_TAG = "kdflow.dataset_sha256"
+VALIDATION_TAG = "kdflow.validation_passed"
+SCAN_TAG = "kdflow.validation_content_sha256"
+# No retries and a short timeout: a record that cannot be made costs a warning, not minutes.
+RECORD_HTTP_RETRIES = 0
+RECORD_HTTP_TIMEOUT_S = 10
+
+
+def find_or_create_run(client: Any, experiment_id: str, run_id: str) -> str:
+    """The MLflow run id of pipeline run `run_id` in the experiment, created if missing."""
+    found = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{RUN_TAG}` = {_quoted(run_id)}", max_results=1
+    )
+    if found:
+        return str(found[0].info.run_id)
+    run = client.create_run(experiment_id, run_name=run_id or None, tags={RUN_TAG: run_id})
+    return str(run.info.run_id)
+
+
+def _quoted(value: str) -> str:
+    """`value` as an MLflow filter string literal (MLflow's filter syntax has no escapes)."""
+    for quote in ("'", '"'):
+        if quote not in value:
+            return f"{quote}{value}{quote}"
+    raise KdflowError(f"a run id cannot hold both kinds of quote: {value!r}")
+
+
+def record_validation(
+    tracking_uri: str | None,
+    run_id: str,
+    data: str,
+    info: dict[str, Any],
+    report_path: Path | None = None,
+) -> str | None:
+    """Record the validate step's result on the pipeline run's MLflow run.
+
+    `info` is what `kdflow.steps.validate_data` returns (or, for data that failed,
+    `{"sha256": ..., "passed": False, "validation": report.to_dict()}`). Logs the dataset as
+    a run input (source URI and SHA-256 digest), tags the hash and the verdict, the checks as
+    metrics, and the Markdown report and JSON result as artifacts. Returns the MLflow run id,
+    or None when the tracking server could not be reached (with a warning).
+    """
+    from kdflow.registry import _client, _http, ensure_experiment, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    try:
+        with _http.applied(_record_policy()):
+            mlflow_run = _record(_client(uri), ensure_experiment(uri), run_id, data, info,
+                                 report_path)
+    except Exception as exc:  # the record is best effort here; registration retries
+        first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        log.warning("could not record the validation in MLflow at %s: %s", uri, first)
+        return None
+    log.info("recorded the validation on MLflow run %s", mlflow_run)
+    return mlflow_run
+
+
+def _record_policy() -> Any:
+    from kdflow.registry import RetryPolicy
+
+    return RetryPolicy(attempts=1, http_retries=RECORD_HTTP_RETRIES,
+                       http_timeout_s=RECORD_HTTP_TIMEOUT_S)
+
+
+def _record(client: Any, experiment_id: str, run_id: str, data: str, info: dict[str, Any],
+            report_path: Path | None) -> str:
+    from mlflow.entities import RunTag
+
+    mlflow_run = find_or_create_run(client, experiment_id, run_id)
+    validation = info.get("validation") or {}
+    # The prepared dataset's hash (what the registry compares) exists once the data passed
+    # or was let through; the scan's content hash exists for every readable file.
+    sha = info.get("sha256") or ""
+    tags = {VALIDATION_TAG: str(bool(info.get("passed"))).lower(), "kdflow.data": data}
+    if sha:
+        tags[DATASET_TAG] = sha
+    if validation.get("dataset_hash"):
+        tags[SCAN_TAG] = validation["dataset_hash"]
+    client.log_batch(mlflow_run, metrics=_metrics(info),
+                     tags=[RunTag(key, value) for key, value in tags.items()])
+    _log_dataset(client, mlflow_run, data, sha or validation.get("dataset_hash", ""))
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "validation"
+        folder.mkdir()
+        (folder / "result.json").write_text(json.dumps(info, indent=2, default=str))
+        if report_path is not None and report_path.exists():
+            (folder / "report.md").write_text(report_path.read_text())
+        client.log_artifacts(mlflow_run, str(folder), "validation")
+    return mlflow_run
+
+
+def _metrics(info: dict[str, Any]) -> list[Any]:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    validation = info.get("validation") or {}
+    values: dict[str, float] = {"validation_passed": float(bool(info.get("passed")))}
+    for key in ("failures", "warnings"):
+        values[f"validation_{key}"] = float(len(validation.get(key) or []))
+    for split, rows in (validation.get("rows") or {}).items():
+        values[f"validation_rows_{split}"] = float(rows)
+    return [Metric(key, value, now, 0) for key, value in values.items()]
+
+
+def _log_dataset(client: Any, mlflow_run: str, data: str, sha: str) -> None:
+    """The data as an MLflow dataset input: its source URI and its SHA-256 as the digest."""
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            source = resolve_dataset_source(data)
+        except Exception:  # builtin:NAME and other URIs MLflow has no resolver for
+            source = CodeDatasetSource(tags={"uri": data})
+        # MetaDataset declares `profile` abstract but works without it (MLflow 3.17).
+        dataset = MetaDataset(  # type: ignore[abstract]
+            source, name=Path(data).name or data, digest=sha[:36] or None
+        )
+    context = InputTag(key="mlflow.data.context", value="training")
+    client.log_inputs(mlflow_run, [DatasetInput(dataset._to_mlflow_entity(), [context])])
+
+
+def record_training(
+    tracking_uri: str | None,
+    run_id: str,
+    result: dict[str, Any],
+) -> str | None:
+    """Log the distill step's per-epoch curves on the pipeline run's MLflow run.
+
+    `result` is what `kdflow.distill.distill` returns: each role's `history` (one dict per
+    epoch) becomes metrics `<role>/<name>` at step = epoch (losses, validation accuracy,
+    rows/s), beside the teachers' ensemble weights and agreement. Best effort, as
+    `record_validation`.
+    """
+    from mlflow.entities import Metric
+
+    from kdflow.registry import _client, _http, ensure_experiment, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    now = int(time.time() * 1000)
+    metrics = []
+    for role in ("student", "baseline"):
+        for epoch in (result.get(role) or {}).get("history") or []:
+            step = int(epoch.get("epoch", 0))
+            metrics += [
+                Metric(_safe(f"{role}/{key}"), float(value), now, step)
+                for key, value in epoch.items()
+                if key != "epoch" and isinstance(value, int | float) and math.isfinite(value)
+            ]
+    for i, teacher in enumerate(result.get("teachers") or []):
+        for key in ("weight", "agreement", "val_accuracy"):
+            if isinstance(teacher.get(key), int | float):
+                metrics.append(Metric(f"teacher{i}/{key}", float(teacher[key]), now, 0))
+    try:
+        with _http.applied(_record_policy()):
+            client = _client(uri)
+            mlflow_run = find_or_create_run(client, ensure_experiment(uri), run_id)
+            for start in range(0, len(metrics), 1000):  # MLflow's log_batch limit
+                client.log_batch(mlflow_run, metrics=metrics[start : start + 1000])
+    except Exception as exc:  # best effort: the curves are in the step's outputs too
+        first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        log.warning("could not record the training curves in MLflow at %s: %s", uri, first)
+        return None
+    return mlflow_run
+
+
+def _safe(name: str) -> str:
+    """An MLflow metric name: letters, digits, `_ - . / space` only."""
+    return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in name)
