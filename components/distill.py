@@ -43,7 +43,7 @@ def distill(
 
     from kdflow.config import DistillConfig
     from kdflow.report import distill_page
-    from kdflow.steps import distill
+    from kdflow.steps import compact_history, distill
 
     cfg = DistillConfig(
         student=student,
@@ -84,7 +84,7 @@ def distill(
     )
     for role, artifact in (("student", student_model), ("baseline", baseline_model)):
         artifact.metadata.update({"spec": student, "params": result[role]["params"],
-                                  "history": result[role]["history"]})
+                                  "history": compact_history(result[role]["history"])})
         metrics.log_metric(f"{role}_val_accuracy", result[role]["val_accuracy"])
     for i, teacher in enumerate(result["teachers"]):
         metrics.log_metric(f"teacher{i}_weight", teacher["weight"])

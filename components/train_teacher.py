@@ -19,7 +19,7 @@ def train_teacher(
 
     from kdflow.config import TeacherConfig
     from kdflow.report import teacher_page
-    from kdflow.steps import train_teacher
+    from kdflow.steps import compact_history, train_teacher
 
     cfg = TeacherConfig(
         teachers=[spec], teacher_epochs=epochs, teacher_lr=lr, batch_size=batch_size
@@ -29,7 +29,8 @@ def train_teacher(
     )
     # The history rides on the model to the evaluate step, which draws every curve.
     model.metadata.update(
-        {"spec": spec, "params": result["params"], "history": result["history"]}
+        {"spec": spec, "params": result["params"],
+         "history": compact_history(result["history"])}
     )
     Path(curves.path).write_text(teacher_page(result))
     metrics.log_metric("val_accuracy", result["val_accuracy"])

@@ -166,5 +166,7 @@ def read_meta(folder: str | Path) -> DatasetMeta:
 
 def read_split(folder: str | Path, name: str) -> Split:
     frame = pd.read_parquet(Path(folder) / f"{name}.parquet")
-    y = frame.pop("label").to_numpy(np.int64)
-    return Split(x=frame.to_numpy(np.float32), y=y)
+    # copy=True: under pandas' copy-on-write a plain to_numpy() can be a read-only view, which
+    # torch.from_numpy warns about; the frame is dropped right after, so memory stays one copy.
+    y = frame.pop("label").to_numpy(np.int64, copy=True)
+    return Split(x=frame.to_numpy(np.float32, copy=True), y=y)

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from kdflow import hints, storage, teacher_cache
 from kdflow.artifacts import (
@@ -526,6 +527,7 @@ def _epoch(
     """
     model.train()
     losses: tuple[list[torch.Tensor], ...] = ([], [], [], [], [])
+    unreported: list[tuple[torch.Tensor, torch.Tensor]] = []
     sizes: list[int] = []
     cuda = device.type == "cuda"
     for batch in batches:
@@ -537,7 +539,9 @@ def _epoch(
         logits, features, maps = out if isinstance(out, tuple) else (out, [], [])
         logits = logits.float()
         soft = batch[2] if len(batch) > 2 else None
-        loss, hard, soft_ce = kd_objective(logits, batch[1], soft, temperature, alpha)
+        loss, hard, soft_ce = kd_objective(
+            logits, batch[1], soft, temperature, alpha, report_hard=False
+        )
         if plan is not None:
             taps = batch[3]
             if plan.pairs:
@@ -552,7 +556,10 @@ def _epoch(
         loss.backward()
         optimizer.step()
         losses[0].append(loss.detach())
-        losses[1].append(hard)
+        if hard is None:  # pure KD: the reported CE is computed for the epoch at once
+            unreported.append((logits.detach(), batch[1]))
+        else:
+            losses[1].append(hard)
         losses[2].append(soft_ce)
         sizes.append(len(batch[1]))
     if not sizes:
@@ -562,6 +569,10 @@ def _epoch(
         float((torch.stack(v).float() * weights).sum() / weights.sum()) if v else 0.0
         for v in losses
     ]
+    if unreported:
+        with torch.no_grad():
+            means[1] = float(F.cross_entropy(torch.cat([z for z, _ in unreported]).float(),
+                                             torch.cat([y for _, y in unreported])))
     aux = {}
     if losses[3]:
         aux["feature_loss"] = means[3]

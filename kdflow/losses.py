@@ -120,7 +120,8 @@ def kd_objective(
     teacher_probs: torch.Tensor | None,
     temperature: float,
     alpha: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    report_hard: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """`kd_loss` minus a constant: the same gradient in fewer kernels, for the training loop.
 
         L' = α · CE(y, softmax(s)) + (1 − α) · T² · H(p_T, softmax(s / T))
@@ -132,7 +133,9 @@ def kd_objective(
     most of KD's cost for a small student on a CPU.
 
     Returns (L', CE part, H(p_T, q) part), the parts unweighted and detached; subtract the
-    mean teacher entropy from the last to report the KL.
+    mean teacher entropy from the last to report the KL. With `report_hard=False` and α = 0
+    the CE part, which only gets reported, is not computed (None): the training loop then
+    computes it for the whole epoch at once, one kernel instead of one per step.
     """
     scale = (1.0 - alpha) * temperature**2
     if teacher_probs is None or scale == 0.0:
@@ -144,6 +147,8 @@ def kd_objective(
     weighted = (teacher_probs * log_q).sum() * (-scale / student_logits.shape[0])
     if alpha == 0.0:
         # Pure KD: the hard part is only reported, so keep it out of the graph.
+        if not report_hard:
+            return weighted, None, weighted.detach() * (1.0 / scale)
         with torch.no_grad():
             hard = F.cross_entropy(student_logits, labels)
         return weighted, hard, weighted.detach() * (1.0 / scale)

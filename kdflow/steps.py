@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import tempfile
 import threading
@@ -17,6 +18,50 @@ from kdflow.config import BUILTIN_PREFIX, DataConfig, DistillConfig, GateConfig,
 from kdflow.errors import DataValidationError, KdflowError
 
 log = logging.getLogger(__name__)
+
+# What steps hand to later steps (output parameters, artifact metadata) travels inside the
+# next step's executor input: one command-line argument under kfp.local (at most 128 KiB on
+# Linux) and a row of ML Metadata on a cluster. It is kept small: curves keep what the
+# pictures draw, at 5 significant digits, and the validation result keeps its first
+# findings and feature statistics (the step's report and MLflow record have them all).
+HISTORY_KEYS = ("epoch", "loss", "hard_loss", "soft_loss", "val_accuracy", "feature_loss",
+                "attention_loss")
+MAX_FEATURE_STATS = 256
+MAX_FINDINGS = 50
+
+
+def compact_history(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A training history as it crosses steps: the keys the pictures draw, 5 digits."""
+    return [
+        {key: _significant(value) for key, value in epoch.items() if key in HISTORY_KEYS}
+        for epoch in history
+    ]
+
+
+def _significant(value: Any, digits: int = 5) -> Any:
+    if isinstance(value, float) and math.isfinite(value) and value != 0.0:
+        return round(value, digits - 1 - int(math.floor(math.log10(abs(value)))))
+    return value
+
+
+def _transportable(info: dict[str, Any]) -> dict[str, Any]:
+    """The validate step's result as it crosses steps (see MAX_FEATURE_STATS)."""
+    validation = dict(info.get("validation") or {})
+    statistics = {}
+    for split, stats in (validation.get("statistics") or {}).items():
+        stats = dict(stats)
+        features = stats.get("features") or {}
+        if len(features) > MAX_FEATURE_STATS:
+            stats["features"] = dict(list(features.items())[:MAX_FEATURE_STATS])
+            stats["features_omitted"] = len(features) - MAX_FEATURE_STATS
+        statistics[split] = stats
+    validation["statistics"] = statistics
+    for key in ("failures", "warnings"):
+        findings = validation.get(key) or []
+        if len(findings) > MAX_FINDINGS:
+            validation[key] = findings[:MAX_FINDINGS]
+            validation[f"{key}_omitted"] = len(findings) - MAX_FINDINGS
+    return {**info, "validation": validation}
 
 
 def validate_data(
@@ -113,7 +158,7 @@ def validate_data(
     if run_id:
         info["mlflow_run_id"] = record_validation(tracking_uri, run_id, cfg.data, info,
                                                   report_path)
-    return info
+    return _transportable(info)
 
 
 def train_teacher(

@@ -53,7 +53,7 @@ def _add_config_options(parser: argparse.ArgumentParser, local: bool = True) -> 
                 kwargs["metavar"] = "C,H,W"
             elif typing.get_origin(hint) is list:
                 kwargs["nargs"] = "+"
-                kwargs["metavar"] = "SPEC"
+                kwargs["metavar"] = LIST_METAVARS.get(f.name, "SPEC")
             elif hint in (int, float):
                 kwargs["type"] = hint
             elif args and float in args:
@@ -70,6 +70,9 @@ def _add_config_options(parser: argparse.ArgumentParser, local: bool = True) -> 
         help="YAML file with the same settings, by section "
         "(data, teachers, distill, gates, registry); options override it.",
     )
+
+
+LIST_METAVARS = {"teacher_weights": "WEIGHT", "feature_layers": "TEACHER_LAYER=STUDENT_LAYER"}
 
 
 def config_from_args(ns: argparse.Namespace) -> RunConfig:

@@ -290,6 +290,38 @@ def test_parquet_row_groups_are_respected_by_read_parquet_rows(tmp_path):
     assert storage.read_parquet_rows(str(path), 30).num_rows == 5
 
 
+def test_pure_kd_epoch_reports_the_hard_loss_the_per_step_way():
+    """With alpha = 0 the reported CE is computed once per epoch (not per step): it must be
+    the row-weighted mean of the per-batch CE that the model's outputs gave during the epoch."""
+    import torch.nn.functional as F
+
+    from kdflow.distill import _epoch
+
+    cpu = torch.device("cpu")
+    x, y = torch.randn(130, 4), torch.randint(0, 3, (130,))  # last batch: 2 rows
+    targets = Targets(3, dense=torch.softmax(torch.randn(130, 3), -1))
+    order = epoch_order(130, 130, 0)
+    seen_ce = []
+
+    class Recording(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = build_classifier("mlp:hidden=8", [4], 3, 4)
+
+        def forward(self, rows: torch.Tensor) -> torch.Tensor:
+            return self.inner(rows)
+
+    model = Recording()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # weights stay: outputs repeat
+    batches = list(_batches(x, y, order, 64, cpu, targets=targets, entropy_sink=[]))
+    for batch in batches:
+        with torch.no_grad():
+            seen_ce.append(float(F.cross_entropy(model(batch[0]), batch[1])) * len(batch[1]))
+    _, hard, _, seen, _ = _epoch(model, batches, optimizer, cpu, 2.0, 0.0)
+    assert seen == 130
+    assert hard == pytest.approx(sum(seen_ce) / 130, rel=1e-5)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_epoch_trains_under_bf16_from_pinned_blocks_offline_and_online():
@@ -307,5 +339,5 @@ def test_gpu_epoch_trains_under_bf16_from_pinned_blocks_offline_and_online():
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
         sink: list[torch.Tensor] = []
         batches = _batches(x, y, order, 64, cuda, entropy_sink=sink, **kwargs)
-        loss, hard, soft, seen = _epoch(model, batches, optimizer, cuda, 2.0, 0.5)
+        loss, hard, soft, seen, _ = _epoch(model, batches, optimizer, cuda, 2.0, 0.5)
         assert seen == 500 and math.isfinite(loss) and soft > 0 and sink
