@@ -18,6 +18,7 @@ import math
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,23 +64,34 @@ def record_validation(
     """Record the validate step's result on the pipeline run's MLflow run.
 
     `info` is what `kdflow.steps.validate_data` returns (or, for data that failed,
-    `{"sha256": ..., "passed": False, "validation": report.to_dict()}`). Logs the dataset as
+    `{"passed": False, "validation": report.to_dict()}`). Logs the dataset as
     a run input (source URI and SHA-256 digest), tags the hash and the verdict, the checks as
     metrics, and the Markdown report and JSON result as artifacts. Returns the MLflow run id,
     or None when the tracking server could not be reached (with a warning).
     """
-    from kdflow.registry import _client, _http, ensure_experiment, resolve_tracking_uri
+    def record(client: Any, mlflow_run: str) -> None:
+        _record(client, mlflow_run, data, info, report_path)
+
+    return _best_effort(tracking_uri, run_id, "the validation", record)
+
+
+def _best_effort(tracking_uri: str | None, run_id: str, what: str,
+                 record: Callable[[Any, str], None]) -> str | None:
+    """Find or open pipeline run `run_id`'s MLflow run and `record(client, mlflow_run)` on it,
+    with no HTTP retries and a short timeout; a failure is a warning and None."""
+    from kdflow.registry import _client, _http, _short, ensure_experiment, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
     try:
         with _http.applied(_record_policy()):
-            mlflow_run = _record(_client(uri), ensure_experiment(uri), run_id, data, info,
-                                 report_path)
+            client = _client(uri)
+            mlflow_run = find_or_create_run(client, ensure_experiment(uri), run_id)
+            record(client, mlflow_run)
     except Exception as exc:  # the record is best effort here; registration retries
-        first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-        log.warning("could not record the validation in MLflow at %s: %s", uri, first)
+        log.warning("could not record %s in MLflow at %s: %s", what, uri,
+                    _short(exc) or type(exc).__name__)
         return None
-    log.info("recorded the validation on MLflow run %s", mlflow_run)
+    log.info("recorded %s on MLflow run %s", what, mlflow_run)
     return mlflow_run
 
 
@@ -90,11 +102,10 @@ def _record_policy() -> Any:
                        http_timeout_s=RECORD_HTTP_TIMEOUT_S)
 
 
-def _record(client: Any, experiment_id: str, run_id: str, data: str, info: dict[str, Any],
-            report_path: Path | None) -> str:
+def _record(client: Any, mlflow_run: str, data: str, info: dict[str, Any],
+            report_path: Path | None) -> None:
     from mlflow.entities import RunTag
 
-    mlflow_run = find_or_create_run(client, experiment_id, run_id)
     validation = info.get("validation") or {}
     # The prepared dataset's hash (what the registry compares) exists once the data passed
     # or was let through; the scan's content hash exists for every readable file.
@@ -114,7 +125,6 @@ def _record(client: Any, experiment_id: str, run_id: str, data: str, info: dict[
         if report_path is not None and report_path.exists():
             (folder / "report.md").write_text(report_path.read_text())
         client.log_artifacts(mlflow_run, str(folder), "validation")
-    return mlflow_run
 
 
 def _metrics(info: dict[str, Any]) -> list[Any]:
@@ -165,16 +175,15 @@ def record_training(
     """
     from mlflow.entities import Metric
 
-    from kdflow.registry import _client, _http, ensure_experiment, resolve_tracking_uri
+    from kdflow.registry import _metric_safe
 
-    uri = resolve_tracking_uri(tracking_uri)
     now = int(time.time() * 1000)
     metrics = []
     for role in ("student", "baseline"):
         for epoch in (result.get(role) or {}).get("history") or []:
             step = int(epoch.get("epoch", 0))
             metrics += [
-                Metric(_safe(f"{role}/{key}"), float(value), now, step)
+                Metric(_metric_safe(f"{role}/{key}"), float(value), now, step)
                 for key, value in epoch.items()
                 if key != "epoch" and isinstance(value, int | float) and math.isfinite(value)
             ]
@@ -182,19 +191,9 @@ def record_training(
         for key in ("weight", "agreement", "val_accuracy"):
             if isinstance(teacher.get(key), int | float):
                 metrics.append(Metric(f"teacher{i}/{key}", float(teacher[key]), now, 0))
-    try:
-        with _http.applied(_record_policy()):
-            client = _client(uri)
-            mlflow_run = find_or_create_run(client, ensure_experiment(uri), run_id)
-            for start in range(0, len(metrics), 1000):  # MLflow's log_batch limit
-                client.log_batch(mlflow_run, metrics=metrics[start : start + 1000])
-    except Exception as exc:  # best effort: the curves are in the step's outputs too
-        first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-        log.warning("could not record the training curves in MLflow at %s: %s", uri, first)
-        return None
-    return mlflow_run
 
+    def record(client: Any, mlflow_run: str) -> None:
+        for start in range(0, len(metrics), 1000):  # MLflow's log_batch limit
+            client.log_batch(mlflow_run, metrics=metrics[start : start + 1000])
 
-def _safe(name: str) -> str:
-    """An MLflow metric name: letters, digits, `_ - . / space` only."""
-    return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in name)
+    return _best_effort(tracking_uri, run_id, "the training curves", record)
