@@ -19,6 +19,7 @@ from torch import nn
 
 from kdflow.config import GateConfig
 from kdflow.data import Split
+from kdflow.report import fmt_or_dash as _num
 from kdflow.training import predict_logits
 
 # Accuracies are ratios of counts: 0.95 - 0.94 is 0.010000000000000009 in floating point.
@@ -342,10 +343,6 @@ def decide_gates(
 
 
 # -------------------------------------------------------------------------------- report
-
-
-def _num(value: Any, fmt: str) -> str:
-    return "–" if value is None else format(value, fmt)
 
 
 def _model_row(label: str, m: dict[str, Any]) -> str:

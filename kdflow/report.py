@@ -124,7 +124,8 @@ def page(title: str, body: str) -> str:
     )
 
 
-def _num(value: Any, fmt: str) -> str:
+def fmt_or_dash(value: Any, fmt: str) -> str:
+    """`value` formatted with `fmt`, or an en dash when it is missing (None)."""
     return "–" if value is None else format(value, fmt)
 
 
@@ -159,9 +160,10 @@ def model_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
 def _models_html(summary: dict[str, Any]) -> str:
     rows = model_rows(summary)
     cells = [
-        [esc(r["name"]), _num(r.get("accuracy"), ".4f"), _num(r.get("params"), ","),
-         _num(r.get("latency_ms"), ".3f"), _num(r.get("speedup"), ".1f") + "×"
-         if r.get("speedup") else "–", _num(r.get("macro_f1"), ".4f"), _num(r.get("ece"), ".4f")]
+        [esc(r["name"]), fmt_or_dash(r.get("accuracy"), ".4f"),
+         fmt_or_dash(r.get("params"), ","), fmt_or_dash(r.get("latency_ms"), ".3f"),
+         fmt_or_dash(r.get("speedup"), ".1f") + "×" if r.get("speedup") else "–",
+         fmt_or_dash(r.get("macro_f1"), ".4f"), fmt_or_dash(r.get("ece"), ".4f")]
         for r in rows
     ]
     return table_html(
