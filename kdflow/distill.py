@@ -949,15 +949,19 @@ def _distill_once(
     seed: int,
     meta: DatasetMeta,
     fail_at_epoch: int | None,
+    val_y: np.ndarray,
+    stats: tuple[list[float], list[float]],
 ) -> tuple[dict[str, StudentResult], list[TeacherOutputs], dict[str, Any], dict[str, float]]:
-    """Teacher outputs (cached or not), then one Ray Train run of the roles in `outputs`."""
+    """Teacher outputs (cached or not), then one Ray Train run of the roles in `outputs`.
+
+    `val_y` (the validation labels) and `stats` (`feature_stats`) are the run's, read once
+    for every born-again generation."""
     started = time.monotonic()
     top_k = cfg.top_k if 0 < cfg.top_k < meta.n_classes else 0
     if cfg.top_k and not top_k:
         log.info("--top-k %d >= %d classes: caching full logits", cfg.top_k, meta.n_classes)
     teachers = teacher_outputs(dataset_uri, teacher_uris, meta, cfg, storage_root, top_k)
     teachers_done = time.monotonic()
-    val_y = load_rows(dataset_uri, "val", meta).y
     report = ensemble_report(teachers, val_y, cfg)
     for i, t in enumerate(teachers):
         log.info(
@@ -969,7 +973,7 @@ def _distill_once(
             report["agreement"][i],
             " (cached)" if t.cache_hit else "",
         )
-    mean, std = feature_stats(dataset_uri, meta)
+    mean, std = stats
     loop = {
         "meta": asdict(meta),
         "caches": [t.cache for t in teachers],
@@ -1023,8 +1027,11 @@ def run_distillation(
     first = dict(outputs)
     if cfg.generations > 1:
         first["student"] = storage.join(born_again, "gen-1")
+    val_y = load_rows(dataset_uri, "val", meta).y
+    stats = feature_stats(dataset_uri, meta)
     results, teachers, report, seconds = _distill_once(
-        dataset_uri, teacher_uris, cfg, first, storage_root, run_name, seed, meta, fail_at_epoch
+        dataset_uri, teacher_uris, cfg, first, storage_root, run_name, seed, meta, fail_at_epoch,
+        val_y, stats,
     )
     generations = [
         {"generation": 1, "val_accuracy": results["student"].val_accuracy, "teacher": "ensemble"}
@@ -1051,6 +1058,8 @@ def run_distillation(
             seed + k - 1,
             meta,
             None,
+            val_y,
+            stats,
         )
         results["student"] = gen_results["student"]
         seconds = {key: seconds[key] + gen_seconds[key] for key in seconds}
