@@ -149,16 +149,18 @@ def train_teachers(name: str, dataset: Path, seed: int) -> list[Path]:
     return folders
 
 
-def test_accuracy(model_dir: Path, dataset: Path) -> tuple[float, np.ndarray]:
+def split_accuracy(model_dir: Path, dataset: Path) -> tuple[float, np.ndarray]:
+    """Test-split accuracy of a saved model, and its probabilities (for the ensemble)."""
     import torch
 
     from kdflow.artifacts import load_model
     from kdflow.data import read_split
+    from kdflow.training import predict_logits
 
     model, _ = load_model(model_dir)
     test = read_split(dataset, "test")
     with torch.no_grad():
-        probs = torch.softmax(model(torch.from_numpy(np.array(test.x))), -1).numpy()
+        probs = torch.softmax(predict_logits(model, test.x), -1).numpy()
     return float((probs.argmax(-1) == test.y).mean()), probs
 
 
@@ -199,8 +201,8 @@ def run_method(name: str, method: str, dataset: Path, teachers: list[Path], seed
     distill(dataset, teachers, cfg, out / "student", out / "baseline", out / "work",
             f"{name}-{method}-{seed}-{time.time_ns()}", seed)
     seconds = time.perf_counter() - started
-    student, _ = test_accuracy(out / "student", dataset)
-    baseline, _ = test_accuracy(out / "baseline", dataset)
+    student, _ = split_accuracy(out / "student", dataset)
+    baseline, _ = split_accuracy(out / "baseline", dataset)
     return {"dataset": name, "method": method, "seed": seed, "student": student,
             "baseline": baseline, "student_spec": cfg.student, "seconds": seconds,
             "params": _params(out / "student"), "latency_ms": latency_ms(out / "student")}
@@ -251,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
                 teachers = train_teachers(name, dataset, seed)
                 probs = []
                 for spec, folder in zip(DATASETS[name]["teachers"], teachers, strict=True):
-                    acc, p = test_accuracy(folder, dataset)
+                    acc, p = split_accuracy(folder, dataset)
                     probs.append(p)
                     teachers_info.append({"dataset": name, "seed": seed, "spec": spec,
                                           "accuracy": acc, "params": _params(folder),
