@@ -346,12 +346,17 @@ def measure_and_write(ns: argparse.Namespace, root: Path) -> None:
     for student in ns.students:
         print(f"framework overhead, {student}, {ns.epochs} epochs ...", flush=True)
         bare_a = bare_step(dataset, storage, student, ns.epochs)
-        wall, result = kdflow_step(dataset, teachers, storage, student, ns.epochs, 1,
-                                   f"bench-{student}-{time.time():.0f}")
+        steps = {}
+        for workers in (1, 0):  # Ray Train worker process, then in-process (local mode)
+            steps[workers] = kdflow_step(dataset, teachers, storage, student, ns.epochs,
+                                         workers, f"bench-{workers}-{student}-{time.time():.0f}")
         bare_b = bare_step(dataset, storage, student, ns.epochs)
-        framework.append({"student": student, "bare": (bare_a + bare_b) / 2, "wall": wall,
-                          "step": result["wall_s"], "result": result})
-        print(f"bare {bare_a:.1f}/{bare_b:.1f} s, kdflow {wall:.1f} s", flush=True)
+        for workers, (wall, result) in steps.items():
+            framework.append({"student": student, "workers": workers,
+                              "bare": (bare_a + bare_b) / 2, "wall": wall,
+                              "step": result["wall_s"], "result": result})
+        print(f"bare {bare_a:.1f}/{bare_b:.1f} s, kdflow {steps[1][0]:.1f} s (1 worker), "
+              f"{steps[0][0]:.1f} s (in-process)", flush=True)
 
     scaling = []
     student = ns.students[0]
@@ -413,31 +418,36 @@ def measure_and_write(ns: argparse.Namespace, root: Path) -> None:
         "",
         f"## 2. Framework overhead ({ns.epochs} epochs, student and baseline, wall clock)",
         "",
-        "`kdflow` is the whole distill step in a fresh interpreter: imports, `ray.init`, the "
-        "teacher-cache lookup (warm: filled in section 1), the Ray Train controller and "
-        "worker, a checkpoint every epoch, the models written. `bare` trains the same student "
-        "with KD (kdflow's `kd_loss` on the same cached targets) and the baseline, the same "
-        "epochs and batches, in this process, one thread; mean of a run before and one after.",
+        "`kdflow` is the whole distill step in a fresh interpreter: imports, the "
+        "teacher-cache lookup (warm: filled in section 1), a checkpoint every epoch, the "
+        "models written; with 1 worker also `ray.init` and the Ray Train controller and "
+        "worker processes; in-process (`--workers 0`, Ray Train's local mode) none of those. "
+        "`bare` trains the same student with KD (kdflow's `kd_loss` on the same cached "
+        "targets) and the baseline, the same epochs and batches, in this process (no "
+        "imports, no interpreter start), one thread; mean of a run before and one after.",
         "",
-        "| student | bare loop | kdflow distill step | ratio | fixed cost | Ray Train run |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| student | Ray Train | bare loop | kdflow distill step | ratio | fixed cost | "
+        "training phase |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for f in framework:
         training = f["result"]["seconds"]["training"]
+        mode = "1 worker process" if f["workers"] else "in-process (`--workers 0`)"
         lines.append(
-            f"| `{f['student']}` | {f['bare']:.1f} s | {f['wall']:.1f} s | "
+            f"| `{f['student']}` | {mode} | {f['bare']:.1f} s | {f['wall']:.1f} s | "
             f"**{f['wall'] / f['bare']:.2f}x** | {f['wall'] - f['bare']:.1f} s | "
             f"{training:.1f} s (Ray start {f['result']['seconds']['ray_start']:.1f} s, "
             f"teachers {f['result']['seconds']['teachers']:.1f} s) |"
         )
+    worker = [f for f in framework if f["workers"]]
     lines += [
         "",
-        "The fixed cost (Python and Ray start, the Ray Train controller and worker processes "
-        "importing torch, shutdown) does not grow with the data; the per-epoch cost is the "
-        "loop of section 1 plus a checkpoint and a report, so the ratio falls as epochs x "
-        "rows grow: with this fixed cost the step stays within 1.3x of the bare loop once "
-        f"the bare loop takes {max(f['wall'] - f['bare'] for f in framework) / 0.3:.0f} s "
-        "or more (about the fixed cost / 0.3).",
+        "The fixed cost does not grow with the data; the per-epoch cost is the loop of "
+        "section 1 plus a checkpoint and a report. With a worker process it is Python and "
+        "Ray start, the Ray Train controller and worker processes importing torch, and "
+        "shutdown: the step stays within 1.3x of the bare loop once the bare loop takes "
+        f"{max(f['wall'] - f['bare'] for f in worker) / 0.3:.0f} s or more (about the fixed "
+        "cost / 0.3). In-process it is the interpreter's imports and the checkpoints.",
         "",
         f"## 3. Scaling (`{ns.students[0]}`, {ns.scaling_epochs} epochs, global batch 64)",
         "",

@@ -106,7 +106,10 @@ class DistillConfig:
     student_batch_size: int = 64
     """Global mini-batch size of the student, split across the Ray Train workers."""
     workers: int = 1
-    """Ray Train workers (data-parallel); each takes a GPU when CUDA is available."""
+    """Ray Train workers (data-parallel); each takes a GPU when CUDA is available. 0 runs the
+    loop in this process (Ray Train's local mode): no Ray start and no worker processes, the
+    fastest for small jobs; a failure is not retried in the step, but a rerun with the same
+    run name (a KFP retry) resumes from the last epoch's checkpoint."""
     max_failures: int = 2
     """Worker failures Ray Train recovers from by resuming the last checkpoint."""
     ensemble: str = "mean_probs"
@@ -154,7 +157,14 @@ class DistillConfig:
         _require(self.student_epochs >= 1, "student_epochs", "must be at least 1")
         _require(self.student_lr > 0, "student_lr", "must be > 0")
         _require(self.student_batch_size >= 1, "student_batch_size", "must be at least 1")
-        _require(self.workers >= 1, "workers", f"must be at least 1, got {self.workers}")
+        _require(
+            self.workers >= 0, "workers", f"must be 0 (in-process) or more, got {self.workers}"
+        )
+        _require(
+            self.workers > 0 or not self.ray_address,
+            "workers",
+            "0 trains in this process; a Ray cluster (--ray-address) needs 1 or more",
+        )
         _require(self.max_failures >= 0, "max_failures", "must be >= 0")
         modes = ("mean_probs", "weighted_probs", "mean_logits")
         _require(

@@ -12,7 +12,10 @@ Training runs in Ray Train V2 (`TorchTrainer`): data-parallel over `workers`, ea
 reading only its contiguous shard of the rows and of the cache, a checkpoint every epoch
 (weights, optimizer, scheduler, epoch, RNG) as safetensors + JSON, and
 `FailureConfig(max_failures)` so a failed worker resumes from the last checkpoint. Runs are
-named after the pipeline run, so a retried pipeline run resumes too. Checkpoints and caches
+named after the pipeline run, so a retried pipeline run resumes too. With `workers=0` the
+same loop runs in this process (Ray Train's local mode: no Ray start, no worker processes);
+its checkpoints are then written by the loop itself, to the same place and in the same
+format, and a rerun of the same run resumes from them. Checkpoints and caches
 go to a folder or S3 (`kdflow.storage`). With `ray_address` set, `kdflow.ray_job` submits
 the same code as a Ray job to a running cluster.
 """
@@ -331,14 +334,10 @@ def teacher_outputs(
     Cached teachers cost one read of their validation logits; the others run in parallel,
     one Ray task each. Online mode writes no cache but reads validation logits from one.
     """
-    import ray
-
     offline = cfg.teacher_mode == "offline"
     key = teacher_cache.dataset_key(dataset_uri)
-    gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
-    task = ray.remote(_teacher_task)
     outputs: dict[int, TeacherOutputs] = {}
-    pending: dict[int, tuple[str, dict[str, Any], str, Any]] = {}
+    pending: dict[int, tuple[str, dict[str, Any], str, dict[str, Any]]] = {}
     for i, uri in enumerate(teacher_uris):
         spec = _teacher_spec(uri)
         entry_meta = {
@@ -356,11 +355,21 @@ def teacher_outputs(
                 uri, spec, entry.rows("val"), cache if offline else None, True, 0.0
             )
             continue
-        ref = task.options(num_cpus=1, num_gpus=gpus, name=f"kdflow-teacher-{i}").remote(
-            dataset_uri, uri, asdict(meta), cache if offline else None, entry_meta
-        )
-        pending[i] = (uri, spec, cache, ref)
-    done = _ray_get([p[3] for p in pending.values()])
+        pending[i] = (uri, spec, cache, entry_meta)
+    done = []
+    if pending:
+        import ray
+
+        ensure_ray()
+        gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+        task = ray.remote(_teacher_task)
+        refs = [
+            task.options(num_cpus=1, num_gpus=gpus, name=f"kdflow-teacher-{i}").remote(
+                dataset_uri, uri, asdict(meta), cache if offline else None, entry_meta
+            )
+            for i, (uri, _, cache, entry_meta) in pending.items()
+        ]
+        done = _ray_get(refs)
     for (i, (uri, spec, cache, _)), out in zip(pending.items(), done, strict=True):
         outputs[i] = TeacherOutputs(
             uri, spec, out["val_logits"], cache if offline else None, False, out["seconds"]
@@ -373,8 +382,9 @@ def _teacher_spec(uri: str) -> dict[str, Any]:
 
     spec_uri = storage.join(uri, "spec.json")
     if not storage.exists(spec_uri):
-        raise ModelFormatError(f"{uri}: no spec.json; a kdflow model is a folder with "
-                               "model.safetensors and spec.json")
+        raise ModelFormatError(
+            f"{uri}: no spec.json; a kdflow model is a folder with model.safetensors and spec.json"
+        )
     spec: dict[str, Any] = storage.read_json(spec_uri)
     if "weights_sha256" not in spec or "model" not in spec:
         raise ModelFormatError(f"{spec_uri}: missing keys model / weights_sha256")
@@ -571,8 +581,12 @@ def _epoch(
     ]
     if unreported:
         with torch.no_grad():
-            means[1] = float(F.cross_entropy(torch.cat([z for z, _ in unreported]).float(),
-                                             torch.cat([y for _, y in unreported])))
+            means[1] = float(
+                F.cross_entropy(
+                    torch.cat([z for z, _ in unreported]).float(),
+                    torch.cat([y for _, y in unreported]),
+                )
+            )
     aux = {}
     if losses[3]:
         aux["feature_loss"] = means[3]
@@ -598,7 +612,12 @@ def _train_worker(cfg: dict[str, Any]) -> None:
     start, stop = shard_bounds(rows, rank, world)
     train = load_rows(cfg["dataset"], "train", meta, start, stop)
     val = load_rows(cfg["dataset"], "val", meta) if rank == 0 else None
-    device = ray.train.torch.get_device()
+    # In-process there is no worker whose resources Ray assigned: the process's own device.
+    device = (
+        torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if cfg["in_process"]
+        else ray.train.torch.get_device()
+    )
     online = cfg["teacher_mode"] == "online" and "student" in cfg["roles"]
     targets = (
         _shard_targets(cfg, start, stop, meta.n_classes)
@@ -632,7 +651,10 @@ def _train_worker(cfg: dict[str, Any]) -> None:
         roles[role] = _build_role(cfg, meta, plan if role == "student" else None)
     first_epoch, history = 1, []
 
-    checkpoint = ray.train.get_checkpoint()
+    in_process = cfg["in_process"]
+    checkpoint = ray.train.get_checkpoint() or (
+        _latest_in_process_checkpoint(cfg["run_dir"]) if in_process else None
+    )
     if checkpoint:
         with checkpoint.as_directory() as folder:
             tensors, state = load_tensors(Path(folder))
@@ -646,7 +668,10 @@ def _train_worker(cfg: dict[str, Any]) -> None:
         log.info("rank %d resumes at epoch %d", rank, first_epoch)
 
     for r in roles.values():
-        r["model"] = ray.train.torch.prepare_model(r["model"])
+        # One process needs no DDP wrapper, only the device.
+        r["model"] = (
+            r["model"].to(device) if in_process else ray.train.torch.prepare_model(r["model"])
+        )
         # The classifier alone is validated and saved (a HintedStudent's projections are
         # checkpointed apart, as `aux`).
         r["plain"] = r["classifier"]
@@ -710,14 +735,71 @@ def _train_worker(cfg: dict[str, Any]) -> None:
                     f"{role}/best_val_accuracy": r["best_acc"],
                 }
         history.append(stats)
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt = None
-            if rank == 0:
-                _save_checkpoint(Path(tmp), roles, epoch, history)
-                ckpt = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(stats, checkpoint=ckpt)
+        if in_process:
+            ray.train.report(
+                stats, checkpoint=_persist_checkpoint(cfg["run_dir"], roles, epoch, history)
+            )
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                ckpt = None
+                if rank == 0:
+                    _save_checkpoint(Path(tmp), roles, epoch, history)
+                    ckpt = ray.train.Checkpoint.from_directory(tmp)
+                ray.train.report(stats, checkpoint=ckpt)
         if cfg.get("fail_at_epoch") == epoch and not checkpoint:
+            if in_process:
+                raise KdflowError(f"fault injected after epoch {epoch} (test hook)")
             _die_once_checkpointed(cfg["run_dir"], epoch)
+    if in_process and checkpoint and first_epoch > cfg["epochs"]:
+        # A rerun of a finished run: nothing left to train, hand back its last checkpoint.
+        ray.train.report(history[-1], checkpoint=checkpoint)
+
+
+IN_PROCESS_LATEST = "in_process_latest.json"
+"""Under a run's folder: which checkpoint of an in-process run is the latest (written last)."""
+
+
+def _persist_checkpoint(
+    run_dir: str, roles: dict[str, dict[str, Any]], epoch: int, history: list[dict[str, Any]]
+) -> Any:
+    """An in-process run's checkpoint, written where Ray Train would write it.
+
+    Ray Train's local mode keeps only a reference to what is reported, so the loop writes
+    the folder itself (local or S3), then the pointer to it, then drops the checkpoint two
+    epochs back: a crash at any point leaves a complete latest checkpoint to resume from.
+    """
+    import ray.train
+
+    folder = storage.join(run_dir, f"checkpoint_epoch_{epoch:06d}")
+    if storage.is_remote(folder):
+        with tempfile.TemporaryDirectory(prefix="kdflow-ckpt-") as tmp:
+            _save_checkpoint(Path(tmp), roles, epoch, history)
+            storage.upload_dir(Path(tmp), folder)
+    else:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        _save_checkpoint(Path(folder), roles, epoch, history)
+    storage.write_json(
+        storage.join(run_dir, IN_PROCESS_LATEST),
+        {"epoch": epoch, "path": folder, "metrics": history[-1]},
+    )
+    stale = storage.join(run_dir, f"checkpoint_epoch_{epoch - 2:06d}")
+    if epoch > 2 and storage.exists(stale):
+        storage.delete(stale)
+    path, fs = storage.ray_storage(folder)
+    return ray.train.Checkpoint(path, filesystem=fs)
+
+
+def _latest_in_process_checkpoint(run_dir: str) -> Any:
+    """The checkpoint an in-process run of this name left, or None."""
+    import ray.train
+
+    pointer = storage.join(run_dir, IN_PROCESS_LATEST)
+    if not storage.exists(pointer):
+        return None
+    latest = storage.read_json(pointer)
+    log.info("resuming the in-process run from epoch %d: %s", latest["epoch"], latest["path"])
+    path, fs = storage.ray_storage(latest["path"])
+    return ray.train.Checkpoint(path, filesystem=fs)
 
 
 def _die_once_checkpointed(run_dir: str, epoch: int, timeout_s: float = 60.0) -> None:
@@ -837,7 +919,8 @@ def train_students(
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    in_process = cfg.workers == 0
+    use_gpu = not in_process and ray.cluster_resources().get("GPU", 0) > 0
     storage_path, filesystem = storage.ray_storage(storage.join(storage_root, "ray"))
     trainer = TorchTrainer(
         _train_worker,
@@ -858,6 +941,7 @@ def train_students(
             "seed": seed,
             "fail_at_epoch": fail_at_epoch,
             "run_dir": storage.join(storage_root, "ray", run_name),
+            "in_process": in_process,
         },
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu),
         run_config=ray.train.RunConfig(
@@ -1016,7 +1100,8 @@ def run_distillation(
     original teacher). The last generation is the student; the baseline trains once.
     """
     started = time.monotonic()
-    ensure_ray(num_cpus=max(cfg.workers, os.cpu_count() or 1))
+    if cfg.workers:  # in-process runs start Ray only if a teacher cache must be filled
+        ensure_ray(num_cpus=max(cfg.workers, os.cpu_count() or 1))
     ray_started = time.monotonic()
     meta = load_meta(dataset_uri)
     rows = int(meta.rows["train"])
@@ -1030,8 +1115,17 @@ def run_distillation(
     val_y = load_rows(dataset_uri, "val", meta).y
     stats = feature_stats(dataset_uri, meta)
     results, teachers, report, seconds = _distill_once(
-        dataset_uri, teacher_uris, cfg, first, storage_root, run_name, seed, meta, fail_at_epoch,
-        val_y, stats,
+        dataset_uri,
+        teacher_uris,
+        cfg,
+        first,
+        storage_root,
+        run_name,
+        seed,
+        meta,
+        fail_at_epoch,
+        val_y,
+        stats,
     )
     generations = [
         {"generation": 1, "val_accuracy": results["student"].val_accuracy, "teacher": "ensemble"}
@@ -1118,7 +1212,12 @@ def distill(
         from kdflow.ray_job import submit_distillation
 
         return submit_distillation(
-            str(dataset_dir), [str(t) for t in teacher_dirs], cfg, outputs, run_name, seed,
+            str(dataset_dir),
+            [str(t) for t in teacher_dirs],
+            cfg,
+            outputs,
+            run_name,
+            seed,
             fail_at_epoch=fail_at_epoch,
         )
     return run_distillation(

@@ -275,12 +275,16 @@ class _EpochWatcher(threading.Thread):
     """Reports the student's epochs as Ray Train records their checkpoints.
 
     The epochs run in Ray Train workers; the controller's checkpoint snapshot in the run
-    folder is where the driver sees them without reaching into the training loop.
+    folder is where the driver sees them without reaching into the training loop. An
+    in-process run (`workers=0`) has no controller: its own checkpoint pointer says the same.
     """
 
     def __init__(self, run_dir: str, epochs: int, every_s: float = 1.0) -> None:
+        from kdflow.distill import IN_PROCESS_LATEST
+
         super().__init__(name="kdflow-epoch-watcher", daemon=True)
         self.snapshot = storage.join(run_dir, "checkpoint_manager_snapshot.json")
+        self.pointer = storage.join(run_dir, IN_PROCESS_LATEST)
         self.epochs, self.every_s = epochs, every_s
         self.done = threading.Event()
         self.seen = 0
@@ -292,9 +296,12 @@ class _EpochWatcher(threading.Thread):
 
     def poll(self) -> None:
         try:
-            if not storage.exists(self.snapshot):
+            if storage.exists(self.snapshot):
+                latest = storage.read_json(self.snapshot).get("latest_checkpoint_result") or {}
+            elif storage.exists(self.pointer):
+                latest = storage.read_json(self.pointer)
+            else:
                 return
-            latest = storage.read_json(self.snapshot).get("latest_checkpoint_result") or {}
         except (KdflowError, ValueError):  # caught mid-write: the next poll reads it whole
             return
         metrics = latest.get("metrics") or {}

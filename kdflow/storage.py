@@ -251,10 +251,13 @@ def read_parquet_rows(
 
 
 def delete(uri: str | Path) -> None:
-    """Remove a file if it exists."""
+    """Remove a file, or a folder and everything under it, if it exists."""
     fs, path = filesystem(uri)
-    if _info(fs, path, uri).type == pa_fs.FileType.File:
-        try:
+    kind = _info(fs, path, uri).type
+    try:
+        if kind == pa_fs.FileType.File:
             fs.delete_file(path)
-        except (OSError, pa.ArrowException) as exc:
-            raise StorageError(f"{uri}: cannot be deleted: {exc}") from exc
+        elif kind == pa_fs.FileType.Directory:
+            fs.delete_dir(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise StorageError(f"{uri}: cannot be deleted: {exc}") from exc

@@ -4,6 +4,7 @@ online KD, a killed worker resuming from its checkpoint, data-parallel workers."
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -171,3 +172,97 @@ def test_two_workers_train_data_parallel(offline_run, digits_dataset, small_teac
     )
     assert result["student"]["epochs"] == 2
     assert _test_accuracy(tmp_path / "s", digits_dataset) > 0.3
+
+
+def test_in_process_run_trains_the_same_student_as_a_ray_train_worker(
+    offline_run, digits_dataset, small_teachers, tmp_path
+):
+    """`workers=0` runs the same loop in this process (Ray Train's local mode): the same
+    batches, losses and checkpoints, so the same weights as the worker process's."""
+    from kdflow.distill import distill
+
+    root, cfg, offline = offline_run
+    result = distill(
+        digits_dataset,
+        small_teachers,
+        replace(cfg, workers=0),
+        tmp_path / "student",
+        tmp_path / "baseline",
+        root / "work",
+        "in-process",
+        seed=0,
+    )
+    assert [t["cache_hit"] for t in result["teachers"]] == [True, True]
+    for role in ("student", "baseline"):
+        a, b = _weights(root / role), _weights(tmp_path / role)
+        for key in a:
+            np.testing.assert_allclose(b[key], a[key], rtol=0, atol=1e-5)
+        assert result[role]["val_accuracy"] == offline[role]["val_accuracy"]
+    checkpoints = sorted(p.name for p in (root / "work/ray/in-process").glob("checkpoint_*"))
+    assert checkpoints == ["checkpoint_epoch_000002", "checkpoint_epoch_000003"]  # 2 kept
+
+
+def test_in_process_run_that_fails_resumes_on_rerun_and_matches_undisturbed_run(
+    offline_run, digits_dataset, small_teachers, tmp_path
+):
+    """In-process, a failure is not retried inside the step: it fails with the run's name,
+    and rerunning the same run (what a KFP retry does) resumes after the last epoch saved."""
+    from kdflow.distill import distill
+    from kdflow.errors import KdflowError
+
+    root, cfg, _ = offline_run
+    cfg = replace(cfg, workers=0)
+    args = (digits_dataset, small_teachers, cfg, tmp_path / "student", tmp_path / "baseline")
+    with pytest.raises(KdflowError, match="run in-process-failed failed: fault injected"):
+        distill(*args, root / "work", "in-process-failed", seed=0, fail_at_epoch=2)
+    assert not (tmp_path / "student").exists(), "no model written from a failed run"
+    latest = json.loads((root / "work/ray/in-process-failed/in_process_latest.json").read_text())
+    assert latest["epoch"] == 2
+    resumed = distill(*args, root / "work", "in-process-failed", seed=0)
+    assert [h["epoch"] for h in resumed["student"]["history"]] == [1, 2, 3]
+    for role in ("student", "baseline"):
+        a, b = _weights(root / role), _weights(tmp_path / role)
+        for key in a:
+            np.testing.assert_allclose(b[key], a[key], rtol=0, atol=1e-5)
+    # A rerun of the finished run trains nothing and hands back the same models.
+    again = distill(*args, root / "work", "in-process-failed", seed=0)
+    assert again["student"]["history"] == resumed["student"]["history"]
+
+
+def test_in_process_run_with_cached_teachers_starts_no_ray(
+    offline_run, digits_dataset, small_teachers, tmp_path
+):
+    """The point of `workers=0`: no Ray start and no worker processes when every teacher's
+    outputs are cached. A fresh interpreter, so the suite's own Ray does not count."""
+    import subprocess
+    import sys
+
+    root, _, _ = offline_run
+    code = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "import ray\n"
+        "from kdflow.config import DistillConfig\n"
+        "from kdflow.distill import distill\n"
+        "a = json.loads(sys.argv[1])\n"
+        "r = distill(Path(a['data']), [Path(t) for t in a['teachers']], "
+        "DistillConfig(student_epochs=1, workers=0), Path(a['out']) / 's', Path(a['out']) / 'b', "
+        "Path(a['work']), 'no-ray', seed=0)\n"
+        "print(json.dumps({'ray': ray.is_initialized(), "
+        "'hits': [t['cache_hit'] for t in r['teachers']]}))\n"
+    )
+    arg = json.dumps(
+        {
+            "data": str(digits_dataset),
+            "teachers": [str(t) for t in small_teachers],
+            "out": str(tmp_path),
+            "work": str(root / "work"),
+        }
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code, arg], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"ray": False, "hits": [True, True]}
+    assert (tmp_path / "s" / "model.safetensors").exists()

@@ -45,7 +45,7 @@ def test_storage_round_trips_on_s3_and_names_what_is_missing(s3, tmp_path):
     uri = f"{root}/unit/a.json"
     storage.write_json(uri, {"a": 1})
     assert storage.read_json(uri) == {"a": 1}
-    assert storage.read_range(uri, 0, 4) == b'{\n  '
+    assert storage.read_range(uri, 0, 4) == b"{\n  "
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "f.txt").write_text("x")
     storage.upload_dir(tmp_path / "src", f"{root}/unit/dir")
@@ -53,6 +53,8 @@ def test_storage_round_trips_on_s3_and_names_what_is_missing(s3, tmp_path):
     storage.download_dir(f"{root}/unit/dir", tmp_path / "back")
     assert (tmp_path / "back" / "f.txt").read_text() == "x"
     assert not [k for k in _keys(s3, "unit/") if ".tmp-" in k], "no temporary objects left"
+    storage.delete(f"{root}/unit/dir")
+    assert storage.list_files(f"{root}/unit") == ["a.json"], "a folder is deleted whole"
     with pytest.raises(storage.StorageError, match=f"{root}/unit/missing.json: no such file"):
         storage.read_json(f"{root}/unit/missing.json")
 
@@ -104,3 +106,24 @@ def test_distill_on_s3_resumes_from_s3_checkpoints_and_reuses_the_s3_cache(
     )
     assert [t.cache_hit for t in again] == [True, True]
     assert os.environ["AWS_ENDPOINT_URL"] == s3.endpoint
+
+
+def test_in_process_distill_keeps_its_checkpoints_on_s3_and_resumes_from_them(
+    s3, digits_dataset, small_teachers, tmp_path
+):
+    """`workers=0` writes its own checkpoints: to the bucket, the last two kept, and a
+    rerun of a failed run resumes from the bucket."""
+    from kdflow.config import DistillConfig
+    from kdflow.distill import distill
+    from kdflow.errors import KdflowError
+
+    cfg = DistillConfig(student_epochs=3, workers=0, storage_path=f"s3://{s3.bucket}/kd0")
+    args = (digits_dataset, small_teachers, cfg, tmp_path / "s", tmp_path / "b", tmp_path / "w")
+    with pytest.raises(KdflowError, match="fault injected after epoch 2"):
+        distill(*args, "in-process-s3", seed=0, fail_at_epoch=2)
+    result = distill(*args, "in-process-s3", seed=0)
+    assert [h["epoch"] for h in result["student"]["history"]] == [1, 2, 3]
+    folders = sorted({k.split("/")[3] for k in _keys(s3, "kd0/ray/in-process-s3/checkpoint_")})
+    assert folders == ["checkpoint_epoch_000002", "checkpoint_epoch_000003"]
+    assert "kd0/ray/in-process-s3/in_process_latest.json" in _keys(s3, "kd0/ray/")
+    assert not (tmp_path / "w").exists(), "nothing goes to the local work folder"

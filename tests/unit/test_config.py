@@ -38,7 +38,12 @@ def test_option_name_is_the_cli_spelling():
         (DistillConfig, {"temperature": -1.0}, "--temperature: must be > 0, got -1.0"),
         (DistillConfig, {"alpha": -0.1}, "--alpha: must be in [0, 1], got -0.1"),
         (DistillConfig, {"alpha": 1.5}, "--alpha: must be in [0, 1], got 1.5"),
-        (DistillConfig, {"workers": 0}, "--workers: must be at least 1, got 0"),
+        (DistillConfig, {"workers": -1}, "--workers: must be 0 (in-process) or more, got -1"),
+        (
+            DistillConfig,
+            {"workers": 0, "ray_address": "http://127.0.0.1:8265"},
+            "--workers: 0 trains in this process; a Ray cluster (--ray-address) needs 1 or more",
+        ),
         (DistillConfig, {"student_epochs": 0}, "--student-epochs: must be at least 1"),
         (DistillConfig, {"student_lr": 0.0}, "--student-lr: must be > 0"),
         (DistillConfig, {"student_batch_size": 0}, "--student-batch-size: must be at least 1"),

@@ -41,3 +41,19 @@ def test_epoch_watcher_reports_each_new_checkpointed_epoch_once(tmp_path, caplog
         progress.Progress("distill epochs", 1, 3, "student val acc 0.600"),
         progress.Progress("distill epochs", 3, 3, "student val acc 0.800"),
     ]
+
+
+def test_epoch_watcher_follows_an_in_process_run_by_its_checkpoint_pointer(tmp_path, caplog):
+    from kdflow.distill import IN_PROCESS_LATEST
+
+    watcher = _EpochWatcher(str(tmp_path), epochs=2)
+    with caplog.at_level(logging.INFO, logger="kdflow.progress"):
+        for epoch in (1, 2):
+            (tmp_path / IN_PROCESS_LATEST).write_text(json.dumps({
+                "epoch": epoch, "path": str(tmp_path / f"checkpoint_epoch_{epoch:06d}"),
+                "metrics": {"epoch": epoch, "student/val_accuracy": 0.9}}))
+            watcher.poll()
+    assert [progress.parse(m) for m in caplog.messages] == [
+        progress.Progress("distill epochs", 1, 2, "student val acc 0.900"),
+        progress.Progress("distill epochs", 2, 2, "student val acc 0.900"),
+    ]
