@@ -36,7 +36,7 @@ def data_csv(tmp_path_factory) -> Path:
         (["--temperature", "-2"], "--temperature", "must be > 0"),
         (["--alpha", "1.5"], "--alpha", "must be in [0, 1]"),
         (["--alpha", "-0.1"], "--alpha", "must be in [0, 1]"),
-        (["--workers", "0"], "--workers", "at least 1"),
+        (["--workers", "-1"], "--workers", "0 (in-process) or more"),
         (["--input-shape", "3,3"], "--input-shape", "holds 9 values"),
         (["--student", "cnn:channels=4"], "--student", "C,H,W"),
         (["--temperature", "hot"], "--temperature", "invalid float value"),

@@ -138,11 +138,13 @@ def test_run_registers_student_as_champion_and_it_serves(first_run):
 
 def test_failed_gate_runs_the_else_branch_and_registers_nothing(first_run):
     root, _, uri = first_run
+    # In-process distillation (--workers 0) through kfp.local, the same pipeline otherwise.
     proc = kdflow("run", *FAST, *LENIENT, "--min-compression", "1000", "--tracking-uri", uri,
                   "--model-name", "digits", "--output", str(root / "strict"), "--json",
-                  cwd=root)
+                  "--workers", "0", cwd=root)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((root / "strict" / "summary.json").read_text())
+    assert [e["epoch"] for e in summary["history"]["student"]] == [1, 2]
     # --json: the summary and nothing else on stdout, nothing on stderr.
     assert json.loads(proc.stdout) == summary
     assert proc.stderr == ""
