@@ -59,7 +59,13 @@ from kdflow.losses import (
     sparse_soft_targets,
 )
 from kdflow.models import Classifier, build_classifier, count_params, parse_spec
-from kdflow.training import accuracy, predict_logits, seed_everything
+from kdflow.training import (
+    accuracy,
+    cpu_budget,
+    limit_threads,
+    predict_logits,
+    seed_everything,
+)
 
 log = logging.getLogger(__name__)
 
@@ -612,7 +618,10 @@ def _train_worker(cfg: dict[str, Any]) -> None:
     start, stop = shard_bounds(rows, rank, world)
     train = load_rows(cfg["dataset"], "train", meta, start, stop)
     val = load_rows(cfg["dataset"], "val", meta) if rank == 0 else None
-    # In-process there is no worker whose resources Ray assigned: the process's own device.
+    # In-process there is no worker whose resources Ray assigned: the process's own device,
+    # and threads within the process's CPU budget (a pod's CPU limit).
+    if cfg["in_process"]:
+        limit_threads()
     device = (
         torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if cfg["in_process"]
@@ -891,7 +900,7 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     # Socket paths must stay under 107 characters: keep Ray's temp dir short.
     temp = os.environ.get("KDFLOW_RAY_TMP") or tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     ray.init(
-        num_cpus=num_cpus or max(2, os.cpu_count() or 2),
+        num_cpus=num_cpus or max(2, cpu_budget()),
         include_dashboard=False,
         _temp_dir=temp,
         log_to_driver=True,
@@ -1101,7 +1110,7 @@ def run_distillation(
     """
     started = time.monotonic()
     if cfg.workers:  # in-process runs start Ray only if a teacher cache must be filled
-        ensure_ray(num_cpus=max(cfg.workers, os.cpu_count() or 1))
+        ensure_ray(num_cpus=max(cfg.workers, cpu_budget()))
     ray_started = time.monotonic()
     meta = load_meta(dataset_uri)
     rows = int(meta.rows["train"])

@@ -175,8 +175,9 @@ def train_teacher(
     from kdflow.artifacts import load_model, save_model
     from kdflow.data import read_meta, read_split
     from kdflow.models import MLFLOW_URI_PREFIX, build_classifier, count_params, parse_spec
-    from kdflow.training import accuracy, fit, seed_everything
+    from kdflow.training import accuracy, fit, limit_threads, seed_everything
 
+    limit_threads()  # a pod's CPU limit, not the node's cores
     meta = read_meta(dataset_dir)
     val = read_split(dataset_dir, "val")
     if spec.startswith(MLFLOW_URI_PREFIX):

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import math
+import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,6 +25,49 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def cpu_budget(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPUs this process may use: its CPU affinity, capped by a cgroup CPU quota.
+
+    A Kubernetes CPU limit is a CFS quota, invisible to `os.cpu_count()` and to torch's
+    default thread count: a pod limited to 2 CPUs on a 64-core node would otherwise run 64
+    threads, or tell Ray it has 64 CPUs. cgroup v2 `cpu.max` ("200000 100000": 2 CPUs) or
+    v1 `cpu.cfs_quota_us` / `cpu.cfs_period_us`; a fractional quota rounds up.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota(cgroup)
+    if quota is not None:
+        cpus = min(cpus, math.ceil(quota))
+    return max(1, cpus)
+
+
+def _cgroup_cpu_quota(root: Path) -> float | None:
+    try:
+        v2 = root / "cpu.max"
+        if v2.is_file():
+            quota, _, period = v2.read_text().strip().partition(" ")
+            return None if quota == "max" else int(quota) / int(period or 100_000)
+        v1 = root / "cpu"
+        if (v1 / "cpu.cfs_quota_us").is_file():
+            quota_us = int((v1 / "cpu.cfs_quota_us").read_text())
+            period_us = int((v1 / "cpu.cfs_period_us").read_text())
+            return quota_us / period_us if quota_us > 0 and period_us > 0 else None
+    except (OSError, ValueError):  # unreadable or unexpected: no quota known
+        return None
+    return None
+
+
+def limit_threads() -> int:
+    """Keep torch's intra-op threads within `cpu_budget()` (never raises the count)."""
+    budget = cpu_budget()
+    if torch.get_num_threads() > budget:
+        log.info("torch threads %d -> %d (the CPU budget)", torch.get_num_threads(), budget)
+        torch.set_num_threads(budget)
+    return torch.get_num_threads()
 
 
 def pick_device(use_gpu: bool | None) -> torch.device:

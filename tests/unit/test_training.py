@@ -1,6 +1,7 @@
 """The training loop: best-epoch weights, the no-distillation baseline, batched inference."""
 
 import numpy as np
+import pytest
 import torch
 
 from kdflow.data import Split
@@ -9,7 +10,9 @@ from kdflow.training import (
     EpochStats,
     History,
     accuracy,
+    cpu_budget,
     fit,
+    limit_threads,
     make_loader,
     predict_logits,
     train_epoch,
@@ -143,3 +146,56 @@ def test_predict_logits_of_no_rows_is_empty():
 def test_accuracy_of_an_empty_split_is_nan():
     empty = Split(x=np.zeros((0, 4), np.float32), y=np.zeros(0, np.int64))
     assert np.isnan(accuracy(new_model(), empty))
+
+
+def _cgroup(tmp_path, files: dict[str, str]):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"cpu.max": "200000 100000\n"}, 2),  # cgroup v2: a 2-CPU limit
+        ({"cpu.max": "150000 100000\n"}, 2),  # 1.5 CPUs round up
+        ({"cpu.max": "50000 100000\n"}, 1),  # half a CPU: still one thread
+        ({"cpu/cpu.cfs_quota_us": "300000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 3),  # v1
+    ],
+)
+def test_cpu_budget_follows_a_cgroup_cpu_limit(tmp_path, monkeypatch, files, expected):
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(64)))  # a 64-core node
+    assert cpu_budget(_cgroup(tmp_path, files)) == expected
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        {},  # no cgroup files at all
+        {"cpu.max": "max 100000\n"},  # v2 without a limit
+        {"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"},  # v1, no limit
+        {"cpu.max": "garbage\n"},  # unreadable: the affinity stands
+    ],
+)
+def test_cpu_budget_without_a_limit_is_the_affinity(tmp_path, monkeypatch, files):
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1, 2, 3})
+    assert cpu_budget(_cgroup(tmp_path, files)) == 4
+
+
+def test_limit_threads_lowers_torch_threads_to_the_budget_and_never_raises_them(monkeypatch):
+    import kdflow.training as training
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        monkeypatch.setattr(training, "cpu_budget", lambda: 2)
+        assert limit_threads() == 2
+        monkeypatch.setattr(training, "cpu_budget", lambda: 8)
+        assert limit_threads() == 2
+    finally:
+        torch.set_num_threads(before)
