@@ -84,6 +84,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "attention": {"attention_weight": 1.0, "teacher_mode": "online"},
     "separate": {"multi_teacher": "separate"},
     "born_again": {"generations": 2},
+    "augment": {"teacher_mode": "online", "augment_noise": 0.3},
 }
 METHOD_ABOUT = {
     "logit": "the default: mean of the teachers' softened probabilities, T=2, alpha=0",
@@ -92,6 +93,10 @@ METHOD_ABOUT = {
     "separate": "one KL per teacher, summed with uniform weights (the same gradient as "
                 "`logit`: Σ_k w_k·KL(p_k‖q) = KL(p̄‖q) + a constant)",
     "born_again": "logit KD, then a second generation taught by the first",
+    "augment": "logit KD on noisy copies of the rows (Gaussian, 0.3 standard deviations per "
+               "feature), labelled by the teachers online: a transfer set beyond the training "
+               "rows. Its baseline trains on the same noisy rows, so compare its distilled "
+               "column with `logit`'s, not only its KD gain",
 }
 
 

@@ -18,6 +18,7 @@ def distill(
     max_failures: int,
     ensemble: str,
     teacher_mode: str,
+    augment_noise: float,
     top_k: int,
     storage_path: str,
     ray_address: str,
@@ -56,6 +57,7 @@ def distill(
         max_failures=max_failures,
         ensemble=ensemble,
         teacher_mode=teacher_mode,
+        augment_noise=augment_noise,
         top_k=top_k,
         # "" is how a pipeline leaves an optional parameter unset.
         storage_path=storage_path or None,

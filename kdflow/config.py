@@ -118,6 +118,11 @@ class DistillConfig:
     teacher_mode: str = "offline"
     """`offline` caches each teacher's logits once and reuses them; `online` runs the teachers
     on every batch (needed when batches are augmented)."""
+    augment_noise: float = 0.0
+    """Gaussian noise added to every training batch's inputs, in each feature's standard
+    deviations (0: off). The student and the baseline see the same noisy rows; the teachers
+    label them, so it needs --teacher-mode online. A transfer set beyond the training rows,
+    which helps most where data is scarce (tabular)."""
     top_k: int = 0
     """Keep only each teacher's k largest logits (0: all): a smaller cache, an approximation."""
     storage_path: str | None = None
@@ -176,6 +181,17 @@ class DistillConfig:
             self.teacher_mode in ("offline", "online"),
             "teacher_mode",
             f"must be `offline` or `online`, got {self.teacher_mode!r}",
+        )
+        _require(
+            self.augment_noise >= 0,
+            "augment_noise",
+            f"must be >= 0 (0 turns it off), got {self.augment_noise}",
+        )
+        _require(
+            not self.augment_noise or self.teacher_mode == "online",
+            "augment_noise",
+            "needs --teacher-mode online: cached teacher outputs are for the rows as they are, "
+            "not for noisy ones",
         )
         _require(self.top_k >= 0, "top_k", f"must be >= 0 (0 keeps every logit), got {self.top_k}")
         _require(

@@ -479,6 +479,7 @@ def _batches(
     ensemble: dict[str, Any] | None = None,
     entropy_sink: list[torch.Tensor] | None = None,
     taps: hints.TeacherTaps | None = None,
+    noise: tuple[torch.Tensor, torch.Generator] | None = None,
 ) -> Any:
     """(x, y) or (x, y, soft targets) batches in `order`.
 
@@ -489,6 +490,8 @@ def _batches(
     so both modes see the same targets. `entropy_sink` collects Σ H(p_T) of the rows.
     With `taps` (feature/attention distillation, online only) a fourth item carries the
     hint teacher's pooled features and attention maps from that same forward pass.
+    `noise` (per-feature scale, generator) adds Gaussian noise to each batch's inputs
+    before anything sees them; the same generator seed gives every role the same rows.
     """
     pin = device.type == "cuda"
     for start in range(0, len(order), batch_size * BLOCK_BATCHES):
@@ -502,6 +505,10 @@ def _batches(
             block = [t.pin_memory().to(device, non_blocking=True) for t in block]
         for i in range(0, len(idx), batch_size):
             batch: list[Any] = [t[i : i + batch_size] for t in block]
+            if noise is not None:
+                scale, generator = noise
+                draw = torch.randn(batch[0].shape, generator=generator)
+                batch[0] = batch[0] + (draw * scale).to(batch[0].device)
             if teachers is not None:
                 assert ensemble is not None
                 with torch.no_grad():
@@ -699,6 +706,12 @@ def _train_worker(cfg: dict[str, Any]) -> None:
         stats: dict[str, Any] = {"epoch": epoch}
         for role, r in roles.items():
             kd = role == "student"
+            noise = None
+            if cfg.get("augment_noise"):
+                generator = torch.Generator().manual_seed(
+                    cfg["seed"] * 100_003 + epoch * 1_009 + rank
+                )
+                noise = (cfg["augment_noise"] * torch.tensor(cfg["std"]), generator)
             entropies: list[torch.Tensor] = []
             batches = _batches(
                 x,
@@ -711,6 +724,7 @@ def _train_worker(cfg: dict[str, Any]) -> None:
                 ensemble=ensemble,
                 entropy_sink=entropies,
                 taps=taps if kd else None,
+                noise=noise,
             )
             alpha = cfg["alpha"] if kd else 1.0
             started = time.perf_counter()
@@ -945,6 +959,7 @@ def train_students(
             "alpha": cfg.alpha,
             "ensemble": cfg.ensemble,
             "teacher_mode": cfg.teacher_mode,
+            "augment_noise": cfg.augment_noise,
             "multi_teacher": cfg.multi_teacher,
             "hints": asdict(hint_settings(cfg)),
             "seed": seed,

@@ -266,3 +266,26 @@ def test_in_process_run_with_cached_teachers_starts_no_ray(
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"ray": False, "hits": [True, True]}
     assert (tmp_path / "s" / "model.safetensors").exists()
+
+
+def test_augmented_online_run_is_reproducible_and_trains_on_noisy_rows(
+    offline_run, digits_dataset, small_teachers, tmp_path
+):
+    """--augment-noise: the teachers label noisy copies of the rows, the baseline trains on
+    the same noisy rows; a rerun with the same seed trains the same weights."""
+    from kdflow.distill import distill
+
+    root, cfg, _ = offline_run
+    cfg = replace(cfg, workers=0, teacher_mode="online", augment_noise=0.5)
+    runs = []
+    for name in ("augmented-a", "augmented-b"):
+        out = tmp_path / name
+        distill(digits_dataset, small_teachers, cfg, out / "student", out / "baseline",
+                root / "work", name, seed=0)
+        runs.append(out)
+    for role in ("student", "baseline"):
+        a, b, plain = (_weights(runs[0] / role), _weights(runs[1] / role), _weights(root / role))
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+        assert any(not np.allclose(a[k], plain[k], atol=1e-4) for k in a), role
+        assert _test_accuracy(runs[0] / role, digits_dataset) > 0.5

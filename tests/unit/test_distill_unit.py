@@ -80,6 +80,50 @@ def test_batches_follow_the_order_carry_the_targets_and_sum_their_entropy():
     assert float(sum(sink)) == pytest.approx(float(entropy(targets.rows(order)).sum()), rel=1e-5)
 
 
+class _Recorder(torch.nn.Module):
+    """A 'teacher' that remembers the inputs it was shown and returns fixed logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.clone())
+        return torch.zeros(len(x), 3)
+
+
+def test_augment_noise_is_per_feature_seeded_and_what_the_teachers_label():
+    x = torch.zeros(200, 2)
+    y = torch.zeros(200, dtype=torch.long)
+    order = epoch_order(200, 200, 1)
+    scale = torch.tensor([0.0, 2.0])  # a constant feature gets none
+    ensemble = {"top_k": 0, "n_classes": 3, "temperature": 2.0, "ensemble": "mean_probs",
+                "weights": [1.0]}
+
+    def run(seed: int, teacher: torch.nn.Module | None = None) -> torch.Tensor:
+        noise = (scale, torch.Generator().manual_seed(seed))
+        batches = _batches(x, y, order, 50, torch.device("cpu"), noise=noise, ensemble=ensemble,
+                           teachers=None if teacher is None else [teacher])
+        return torch.cat([b[0] for b in batches])
+
+    a, b = run(7), run(7)
+    assert torch.equal(a, b), "the same seed gives every role the same noisy rows"
+    assert not torch.equal(a, run(8))
+    assert torch.all(a[:, 0] == 0)
+    assert float(a[:, 1].std()) == pytest.approx(2.0, rel=0.15)
+    teacher = _Recorder()
+    noisy = run(7, teacher)
+    assert torch.equal(torch.cat(teacher.seen), noisy), "teachers label the noisy rows"
+
+
+def test_augment_noise_needs_online_teachers():
+    with pytest.raises(ConfigError, match="--augment-noise: needs --teacher-mode online"):
+        DistillConfig(augment_noise=0.1)
+    with pytest.raises(ConfigError, match="--augment-noise: must be >= 0"):
+        DistillConfig(augment_noise=-0.1, teacher_mode="online")
+    assert DistillConfig(augment_noise=0.1, teacher_mode="online").augment_noise == 0.1
+
+
 def test_cache_entry_reads_one_shard_by_byte_range(tmp_path):
     logits = np.random.default_rng(0).normal(size=(50, 7)).astype(np.float16)
     val = np.ones((5, 7), np.float16)
