@@ -627,11 +627,12 @@ def _train_worker(cfg: dict[str, Any]) -> None:
     val = load_rows(cfg["dataset"], "val", meta) if rank == 0 else None
     # In-process there is no worker whose resources Ray assigned: the process's own device,
     # and threads within the process's CPU budget (a pod's CPU limit).
-    if cfg["in_process"]:
+    in_process = cfg["in_process"]
+    if in_process:
         limit_threads()
     device = (
         torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if cfg["in_process"]
+        if in_process
         else ray.train.torch.get_device()
     )
     online = cfg["teacher_mode"] == "online" and "student" in cfg["roles"]
@@ -667,7 +668,6 @@ def _train_worker(cfg: dict[str, Any]) -> None:
         roles[role] = _build_role(cfg, meta, plan if role == "student" else None)
     first_epoch, history = 1, []
 
-    in_process = cfg["in_process"]
     checkpoint = ray.train.get_checkpoint() or (
         _latest_in_process_checkpoint(cfg["run_dir"]) if in_process else None
     )
@@ -699,6 +699,8 @@ def _train_worker(cfg: dict[str, Any]) -> None:
             r["scheduler"].load_state_dict(state[role]["scheduler"])
             r["best_acc"] = state[role]["best_val_accuracy"]
         _set_rng_state(_strip(tensors, "rng."), state["rng"])
+    # Input noise (--augment-noise), in each feature's standard deviations.
+    noise_scale = cfg.get("augment_noise", 0.0) * torch.tensor(cfg["std"])
     batch_size = max(1, cfg["batch_size"] // world)
     per_rank = math.ceil(rows / world)
     for epoch in range(first_epoch, cfg["epochs"] + 1):
@@ -708,10 +710,9 @@ def _train_worker(cfg: dict[str, Any]) -> None:
             kd = role == "student"
             noise = None
             if cfg.get("augment_noise"):
-                generator = torch.Generator().manual_seed(
-                    cfg["seed"] * 100_003 + epoch * 1_009 + rank
-                )
-                noise = (cfg["augment_noise"] * torch.tensor(cfg["std"]), generator)
+                # A fresh generator per role: both roles see the same noisy rows.
+                seed = cfg["seed"] * 100_003 + epoch * 1_009 + rank
+                noise = (noise_scale, torch.Generator().manual_seed(seed))
             entropies: list[torch.Tensor] = []
             batches = _batches(
                 x,
@@ -791,37 +792,33 @@ def _persist_checkpoint(
     the folder itself (local or S3), then the pointer to it, then drops the checkpoint two
     epochs back: a crash at any point leaves a complete latest checkpoint to resume from.
     """
-    import ray.train
-
     folder = storage.join(run_dir, f"checkpoint_epoch_{epoch:06d}")
-    if storage.is_remote(folder):
-        with tempfile.TemporaryDirectory(prefix="kdflow-ckpt-") as tmp:
-            _save_checkpoint(Path(tmp), roles, epoch, history)
-            storage.upload_dir(Path(tmp), folder)
-    else:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        _save_checkpoint(Path(folder), roles, epoch, history)
+    with storage.writing_dir(folder) as local:
+        _save_checkpoint(local, roles, epoch, history)
     storage.write_json(
         storage.join(run_dir, IN_PROCESS_LATEST),
         {"epoch": epoch, "path": folder, "metrics": history[-1]},
     )
-    stale = storage.join(run_dir, f"checkpoint_epoch_{epoch - 2:06d}")
-    if epoch > 2 and storage.exists(stale):
-        storage.delete(stale)
-    path, fs = storage.ray_storage(folder)
-    return ray.train.Checkpoint(path, filesystem=fs)
+    if epoch > 2:  # deleting what is not there is a no-op
+        storage.delete(storage.join(run_dir, f"checkpoint_epoch_{epoch - 2:06d}"))
+    return _checkpoint_at(folder)
 
 
 def _latest_in_process_checkpoint(run_dir: str) -> Any:
     """The checkpoint an in-process run of this name left, or None."""
-    import ray.train
-
     pointer = storage.join(run_dir, IN_PROCESS_LATEST)
     if not storage.exists(pointer):
         return None
     latest = storage.read_json(pointer)
     log.info("resuming the in-process run from epoch %d: %s", latest["epoch"], latest["path"])
-    path, fs = storage.ray_storage(latest["path"])
+    return _checkpoint_at(latest["path"])
+
+
+def _checkpoint_at(uri: str) -> Any:
+    """A Ray Train `Checkpoint` for a folder or s3:// prefix."""
+    import ray.train
+
+    path, fs = storage.ray_storage(uri)
     return ray.train.Checkpoint(path, filesystem=fs)
 
 
@@ -1008,12 +1005,8 @@ def train_students(
 
 
 def _save_output(model: Classifier, uri: str, meta: DatasetMeta, role: str) -> None:
-    if not storage.is_remote(uri):
-        save_model(model, uri, meta.classes, meta.feature_columns, {"role": role})
-        return
-    with tempfile.TemporaryDirectory(prefix="kdflow-model-") as tmp:
-        save_model(model, Path(tmp), meta.classes, meta.feature_columns, {"role": role})
-        storage.upload_dir(Path(tmp), uri)
+    with storage.writing_dir(uri) as folder:
+        save_model(model, folder, meta.classes, meta.feature_columns, {"role": role})
 
 
 def hint_settings(cfg: DistillConfig) -> hints.Settings:

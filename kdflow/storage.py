@@ -186,6 +186,23 @@ def local_dir(uri: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def writing_dir(uri: str | Path) -> Iterator[Path]:
+    """A local folder to write `uri`'s files into: the folder itself (created), or a
+    temporary one uploaded to `uri` once the block ends without an error."""
+    if not is_remote(uri):
+        folder = Path(str(uri).removeprefix("file://"))
+        folder.mkdir(parents=True, exist_ok=True)
+        yield folder
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="kdflow-"))
+    try:
+        yield tmp
+        upload_dir(tmp, uri)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def sha256(uri: str | Path) -> str:
     """SHA-256 of one file, streamed in 1 MiB blocks."""
     fs, path = filesystem(uri)

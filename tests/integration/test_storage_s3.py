@@ -55,6 +55,14 @@ def test_storage_round_trips_on_s3_and_names_what_is_missing(s3, tmp_path):
     assert not [k for k in _keys(s3, "unit/") if ".tmp-" in k], "no temporary objects left"
     storage.delete(f"{root}/unit/dir")
     assert storage.list_files(f"{root}/unit") == ["a.json"], "a folder is deleted whole"
+    with storage.writing_dir(f"{root}/unit/written") as folder:
+        (folder / "w.txt").write_text("w")
+    assert storage.read_bytes(f"{root}/unit/written/w.txt") == b"w"
+    with pytest.raises(RuntimeError), storage.writing_dir(f"{root}/unit/failed") as folder:
+        (folder / "half.txt").write_text("h")
+        raise RuntimeError("the writer failed")
+    assert not storage.exists(f"{root}/unit/failed"), "nothing uploaded from a failed block"
+    storage.delete(f"{root}/unit/written")
     with pytest.raises(storage.StorageError, match=f"{root}/unit/missing.json: no such file"):
         storage.read_json(f"{root}/unit/missing.json")
 
