@@ -92,16 +92,10 @@ def macro_f1(matrix: np.ndarray) -> float:
 def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> float:
     """ECE = Σ_b |B_b|/n · |accuracy(B_b) − confidence(B_b)| over equal-width bins of the top
     probability (Guo et al. 2017, "On Calibration of Modern Neural Networks")."""
-    confidence = probs.max(1)
-    correct = probs.argmax(1) == y
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    # Bin b holds confidences in (edges[b], edges[b+1]]; a confidence of 0 cannot occur.
-    which = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
     ece = 0.0
-    for b in range(bins):
-        mask = which == b
-        if mask.any():
-            ece += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
+    for b in reliability_bins(probs, y, bins):
+        if b["count"]:
+            ece += b["count"] / len(y) * abs(b["accuracy"] - b["confidence"])
     return float(ece)
 
 
@@ -113,6 +107,7 @@ def reliability_bins(
     confidence = probs.max(1)
     correct = probs.argmax(1) == y
     edges = np.linspace(0.0, 1.0, bins + 1)
+    # Bin b holds confidences in (edges[b], edges[b+1]]; a confidence of 0 cannot occur.
     which = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
     out: list[dict[str, Any]] = []
     for b in range(bins):
