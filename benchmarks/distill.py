@@ -46,7 +46,7 @@ FEATURES, CLASSES = 64, 10
 def make_dataset(folder: Path, rows: int) -> Path:
     from sklearn.datasets import make_classification
 
-    from kdflow.data import frame_sha256, split_frame, write_prepared
+    from kdflow.data.prepared import frame_sha256, split_frame, write_prepared
 
     x, y = make_classification(
         n_samples=rows, n_features=FEATURES, n_informative=32, n_classes=CLASSES,
@@ -62,10 +62,10 @@ def make_dataset(folder: Path, rows: int) -> Path:
 
 
 def make_teachers(folder: Path, dataset: Path) -> list[Path]:
-    from kdflow.artifacts import save_model
     from kdflow.config import TeacherConfig
-    from kdflow.data import read_meta, read_split
-    from kdflow.models import build_classifier
+    from kdflow.data.prepared import read_meta, read_split
+    from kdflow.models.artifacts import save_model
+    from kdflow.models.zoo import build_classifier
 
     meta = read_meta(dataset)
     x = torch.from_numpy(read_split(dataset, "train").x)
@@ -111,7 +111,7 @@ def bare_steps(model, opt, x, y, steps) -> float:
 
 def bare_kd_epoch(model, opt, x, y, soft, order, batch_size, temperature, alpha) -> float:
     """KD in the same bare style, with kdflow's reference `kd_loss` (for section 2)."""
-    from kdflow.losses import kd_loss
+    from kdflow.distill.losses import kd_loss
 
     model.train()
     total = 0.0
@@ -127,8 +127,8 @@ def bare_kd_epoch(model, opt, x, y, soft, order, batch_size, temperature, alpha)
 
 def fill_cache(dataset: Path, teachers: list[Path], storage: Path) -> dict[str, Any]:
     """Each teacher's cache entry, filled in this process, one thread; CPU seconds each."""
-    from kdflow import teacher_cache
-    from kdflow.distill import _teacher_task, load_meta
+    from kdflow.distill import cache as teacher_cache
+    from kdflow.distill.driver import _teacher_task, load_meta
 
     torch.set_num_threads(1)
     meta = load_meta(str(dataset))
@@ -149,7 +149,7 @@ def fill_cache(dataset: Path, teachers: list[Path], storage: Path) -> dict[str, 
 def kd_overhead(dataset: Path, teachers: list[Path], caches: list[str], student: str,
                 rounds: int, online_rounds: int) -> dict[str, Any]:
     from kdflow.config import DistillConfig
-    from kdflow.distill import (
+    from kdflow.distill.driver import (
         BLOCK_BATCHES,
         _batches,
         _epoch,
@@ -159,7 +159,7 @@ def kd_overhead(dataset: Path, teachers: list[Path], caches: list[str], student:
         load_meta,
         load_rows,
     )
-    from kdflow.models import build_classifier
+    from kdflow.models.zoo import build_classifier
 
     torch.set_num_threads(1)
     cfg = DistillConfig(student=student)
@@ -239,9 +239,9 @@ def kd_overhead(dataset: Path, teachers: list[Path], caches: list[str], student:
 def bare_step(dataset: Path, storage: Path, student: str, epochs: int) -> float:
     """Student (KD on the cached targets) and baseline, `epochs` each, bare loops, 1 thread."""
     from kdflow.config import DistillConfig
-    from kdflow.distill import _shard_targets, epoch_order, load_meta, load_rows
-    from kdflow.models import build_classifier
-    from kdflow.teacher_cache import CACHE_FOLDER
+    from kdflow.distill.cache import CACHE_FOLDER
+    from kdflow.distill.driver import _shard_targets, epoch_order, load_meta, load_rows
+    from kdflow.models.zoo import build_classifier
 
     torch.set_num_threads(1)
     cfg = DistillConfig(student=student)
@@ -323,9 +323,9 @@ def main() -> None:
 
 
 def measure_and_write(ns: argparse.Namespace, root: Path) -> None:
-    from kdflow import teacher_cache
     from kdflow.config import TeacherConfig
-    from kdflow.distill import BLOCK_BATCHES
+    from kdflow.distill import cache as teacher_cache
+    from kdflow.distill.driver import BLOCK_BATCHES
 
     command = " ".join(["python -m benchmarks.distill", *sys.argv[1:]])
     dataset = make_dataset(root / "dataset", ns.rows)

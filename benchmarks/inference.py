@@ -6,7 +6,7 @@ Builds the default run's models (`DistillConfig().student`, `TeacherConfig().tea
 the digits shape (64 features, 10 classes), exports each to ONNX as the evaluate step does,
 checks that ONNX Runtime predicts what PyTorch predicts, and times all of them round-robin
 on one thread (batch-1 latency p50/p95, throughput at batch 256) with
-`kdflow.evaluation.cpu_timings`. Weights are untrained: the time does not depend on them.
+`kdflow.evaluation.metrics.cpu_timings`. Weights are untrained: the time does not depend on them.
 The table goes to stdout and to benchmarks/results/inference.md.
 """
 
@@ -22,9 +22,8 @@ import numpy as np
 import torch
 
 from kdflow.config import DistillConfig, TeacherConfig
-from kdflow.evaluation import THROUGHPUT_BATCH, cpu_timings, flops_per_sample, torch_runner
-from kdflow.models import build_classifier, count_params
-from kdflow.onnx_export import (
+from kdflow.evaluation.metrics import THROUGHPUT_BATCH, cpu_timings, flops_per_sample, torch_runner
+from kdflow.models.onnx import (
     INPUT_NAME,
     OUTPUT_NAME,
     check_parity,
@@ -33,6 +32,7 @@ from kdflow.onnx_export import (
     require_parity,
     run_onnx,
 )
+from kdflow.models.zoo import build_classifier, count_params
 
 RESULTS = Path(__file__).parent / "results" / "inference.md"
 SHAPE, FEATURES, CLASSES = [1, 8, 8], 64, 10

@@ -103,7 +103,7 @@ METHOD_ABOUT = {
 def make_frame(name: str, seed: int) -> pd.DataFrame:
     """The dataset as a frame of float features and a `label` column (fixed data, any seed)."""
     if name == "digits":
-        from kdflow.data import builtin_frame
+        from kdflow.data.prepared import builtin_frame
 
         return builtin_frame("digits")
     rng = np.random.default_rng(1234)
@@ -162,9 +162,9 @@ def split_accuracy(model_dir: Path, dataset: Path) -> tuple[float, np.ndarray]:
     """Test-split accuracy of a saved model, and its probabilities (for the ensemble)."""
     import torch
 
-    from kdflow.artifacts import load_model
-    from kdflow.data import read_split
-    from kdflow.training import predict_logits
+    from kdflow.data.prepared import read_split
+    from kdflow.distill.training import predict_logits
+    from kdflow.models.artifacts import load_model
 
     model, _ = load_model(model_dir)
     test = read_split(dataset, "test")
@@ -177,7 +177,7 @@ def latency_ms(model_dir: Path, repeats: int = 300) -> float:
     """Median CPU latency of one row, one thread."""
     import torch
 
-    from kdflow.artifacts import load_model
+    from kdflow.models.artifacts import load_model
 
     torch.set_num_threads(1)
     model = load_model(model_dir)[0].eval()
@@ -196,7 +196,7 @@ def latency_ms(model_dir: Path, repeats: int = 300) -> float:
 def run_method(name: str, method: str, dataset: Path, teachers: list[Path], seed: int,
                overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     from kdflow.config import DistillConfig
-    from kdflow.distill import distill
+    from kdflow.distill.driver import distill
     spec = DATASETS[name]
     settings: dict[str, Any] = {"student": spec["student"], "workers": WORKERS,
                                 "student_epochs": spec["student_epochs"], **METHODS[method]}
@@ -218,8 +218,8 @@ def run_method(name: str, method: str, dataset: Path, teachers: list[Path], seed
 
 
 def _params(model_dir: Path) -> int:
-    from kdflow.artifacts import load_model
-    from kdflow.models import count_params
+    from kdflow.models.artifacts import load_model
+    from kdflow.models.zoo import count_params
 
     return count_params(load_model(model_dir)[0])
 
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
         spec["student_epochs"] = ns.student_epochs or spec["student_epochs"]
     if ns.student_epochs:
         HINTON["student_epochs"] = ns.student_epochs
-    from kdflow.distill import ensure_ray
+    from kdflow.distill.driver import ensure_ray
 
     ensure_ray()
     started = time.perf_counter()
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
                     teachers_info.append({"dataset": name, "seed": seed, "spec": spec,
                                           "accuracy": acc, "params": _params(folder),
                                           "latency_ms": latency_ms(folder)})
-                from kdflow.data import read_split
+                from kdflow.data.prepared import read_split
 
                 ensemble = float((np.mean(probs, 0).argmax(-1)
                                   == read_split(dataset, "test").y).mean())

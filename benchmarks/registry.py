@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 
-from kdflow import registry
-from kdflow.artifacts import save_model
-from kdflow.models import build_classifier
-from kdflow.onnx_export import export_onnx
+from kdflow.mlflow import registry
+from kdflow.models.artifacts import save_model
+from kdflow.models.onnx import export_onnx
+from kdflow.models.zoo import build_classifier
 from tests.integration.servers import (
     MlflowServer,
     moto_s3,

@@ -4,7 +4,7 @@
 
 RUN_DIR is the output folder of a `kdflow run` (it holds summary.json). Each picture is drawn
 `--repeat` times (the fastest counts) in this process, after one untimed draw that imports
-matplotlib; then the whole page (`kdflow.report.write_report`) is written to a temporary
+matplotlib; then the whole page (`kdflow.report.pages.write_report`) is written to a temporary
 folder. The table goes to stdout and to benchmarks/results/report.md.
 """
 
@@ -26,8 +26,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS)
     ns = parser.parse_args(argv)
-    from kdflow.plots import figures, png_bytes
-    from kdflow.report import load_summary, write_report
+    from kdflow.report.pages import load_summary, write_report
+    from kdflow.report.plots import figures, png_bytes
 
     started = time.perf_counter()
     summary = load_summary(ns.run_dir)

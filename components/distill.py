@@ -43,7 +43,7 @@ def distill(
     from pathlib import Path
 
     from kdflow.config import DistillConfig
-    from kdflow.report import distill_page
+    from kdflow.report.pages import distill_page
     from kdflow.steps import compact_history, distill
 
     cfg = DistillConfig(

@@ -30,8 +30,8 @@ def evaluate(
     from pathlib import Path
 
     from kdflow.config import GateConfig
-    from kdflow.registry import summary_metrics
-    from kdflow.report import summary_page
+    from kdflow.mlflow.registry import summary_metrics
+    from kdflow.report.pages import summary_page
     from kdflow.steps import evaluate
 
     gates = GateConfig(

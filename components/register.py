@@ -18,7 +18,7 @@ def register(
     import json
     from pathlib import Path
 
-    from kdflow.report import registration_markdown
+    from kdflow.report.pages import registration_markdown
     from kdflow.steps import register
 
     result = register(

@@ -12,7 +12,7 @@ def skip_registration(
     import logging
     from pathlib import Path
 
-    from kdflow.report import skipped_markdown
+    from kdflow.report.pages import skipped_markdown
 
     gates = json.loads(summary)["gates"]
     failed = [name for name, g in gates.items() if not g["passed"]]

@@ -18,7 +18,7 @@ def train_teacher(
     from pathlib import Path
 
     from kdflow.config import TeacherConfig
-    from kdflow.report import teacher_page
+    from kdflow.report.pages import teacher_page
     from kdflow.steps import compact_history, train_teacher
 
     cfg = TeacherConfig(

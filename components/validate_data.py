@@ -28,7 +28,7 @@ def validate_data(
     from pathlib import Path
 
     from kdflow.config import DataConfig, parse_input_shape
-    from kdflow.report import profile_page
+    from kdflow.report.pages import profile_page
     from kdflow.steps import validate_data
 
     cfg = DataConfig(

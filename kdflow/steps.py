@@ -13,8 +13,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from kdflow import progress, storage
+from kdflow import progress
 from kdflow.config import BUILTIN_PREFIX, DataConfig, DistillConfig, GateConfig, TeacherConfig
+from kdflow.data import storage
 from kdflow.errors import DataValidationError, KdflowError
 
 log = logging.getLogger(__name__)
@@ -77,20 +78,20 @@ def validate_data(
 
     Writes the Markdown report before raising, so a failed run still shows what was wrong.
     With `run_id`, the result and the dataset hash are recorded on the pipeline run's MLflow
-    run (`kdflow.tracking`), whether the data passed or not.
+    run (`kdflow.mlflow.tracking`), whether the data passed or not.
     """
     import pandas as pd
 
-    from kdflow.contract import DataContract, default_contract
-    from kdflow.data import (
+    from kdflow.data.prepared import (
         default_input_shape,
         frame_sha256,
         load_frame,
         split_frame,
         write_prepared,
     )
-    from kdflow.tracking import record_validation
-    from kdflow.validation import validate_dataset, validate_frames
+    from kdflow.mlflow.tracking import record_validation
+    from kdflow.validation.contract import DataContract, default_contract
+    from kdflow.validation.dataset import validate_dataset, validate_frames
 
     progress.emit("validate data", 0, 3, "contract checks")
     input_shape = cfg.input_shape or default_input_shape(cfg.data)
@@ -161,6 +162,25 @@ def validate_data(
     return _transportable(info)
 
 
+def plan_teachers(dataset_dir: Path, cfg: TeacherConfig, seed: int) -> list[dict[str, Any]]:
+    """The ensemble, one entry per member: its spec (`auto` expanded to teachers that fit
+    the prepared data's shape), its position, and its own seed (derived from `seed` and the
+    position, so identical specs still train different models)."""
+    from kdflow.data.prepared import read_meta
+    from kdflow.distill.training import member_seed
+    from kdflow.models.zoo import AUTO, resolve_teachers
+
+    meta = read_meta(dataset_dir)
+    specs = resolve_teachers(cfg.teachers, meta.input_shape)
+    if cfg.teachers == [AUTO]:
+        log.info(
+            "teachers for samples of shape %s: %s",
+            "x".join(map(str, meta.input_shape)),
+            ", ".join(specs),
+        )
+    return [{"spec": s, "seed": member_seed(seed, i), "index": i} for i, s in enumerate(specs)]
+
+
 def train_teacher(
     dataset_dir: Path,
     spec: str,
@@ -168,20 +188,22 @@ def train_teacher(
     seed: int,
     model_dir: Path,
     tracking_uri: str | None = None,
+    index: int = 0,
 ) -> dict[str, Any]:
-    """Train one teacher from a zoo spec, or import it from MLflow (`models:/name@alias`)."""
+    """Train ensemble member `index` from a zoo spec with its own `seed` (`plan_teachers`),
+    or import it from MLflow (`models:/name@alias`)."""
     import torch
 
-    from kdflow.artifacts import load_model, save_model
-    from kdflow.data import read_meta, read_split
-    from kdflow.models import MLFLOW_URI_PREFIX, build_classifier, count_params, parse_spec
-    from kdflow.training import accuracy, fit, limit_threads, seed_everything
+    from kdflow.data.prepared import read_meta, read_split
+    from kdflow.distill.training import accuracy, fit, limit_threads, seed_everything
+    from kdflow.models.artifacts import load_model, save_model
+    from kdflow.models.zoo import MLFLOW_URI_PREFIX, build_classifier, count_params, parse_spec
 
     limit_threads()  # a pod's CPU limit, not the node's cores
     meta = read_meta(dataset_dir)
     val = read_split(dataset_dir, "val")
     if spec.startswith(MLFLOW_URI_PREFIX):
-        from kdflow.registry import download_model, resolve_tracking_uri
+        from kdflow.mlflow.registry import download_model, resolve_tracking_uri
 
         with tempfile.TemporaryDirectory() as tmp:
             folder = download_model(resolve_tracking_uri(tracking_uri), spec, Path(tmp))
@@ -198,6 +220,8 @@ def train_teacher(
             "val_accuracy": accuracy(model, val),
             "params": count_params(model),
             "epochs": 0,
+            "seed": seed,
+            "index": index,
             "history": [],
         }
     train = read_split(dataset_dir, "train")
@@ -219,12 +243,20 @@ def train_teacher(
         seed=seed,
         on_epoch=lambda s: _teacher_epoch(spec, s, cfg.teacher_epochs),
     )
-    save_model(model, model_dir, meta.classes, meta.feature_columns, {"role": "teacher"})
+    save_model(
+        model,
+        model_dir,
+        meta.classes,
+        meta.feature_columns,
+        {"role": "teacher", "seed": seed, "index": index},
+    )
     return {
         "spec": spec,
         "val_accuracy": history.best.val_accuracy,
         "params": count_params(model),
         "epochs": cfg.teacher_epochs,
+        "seed": seed,
+        "index": index,
         "history": [asdict(e) for e in history.epochs],
     }
 
@@ -249,10 +281,10 @@ def distill(
     tracking_uri: str | None = None,
     record_as: str | None = None,
 ) -> dict[str, Any]:
-    """Distil (`kdflow.distill.distill`), with progress per epoch; with `record_as` (the
+    """Distil (`kdflow.distill.driver.distill`), with progress per epoch; with `record_as` (the
     pipeline run id) the per-epoch curves go to that run's MLflow run too."""
-    from kdflow.distill import distill as run_distill
-    from kdflow.tracking import record_training
+    from kdflow.distill.driver import distill as run_distill
+    from kdflow.mlflow.tracking import record_training
 
     progress.emit("teacher inference", 0, len(teacher_dirs))
     watcher = None
@@ -281,7 +313,7 @@ class _EpochWatcher(threading.Thread):
     """
 
     def __init__(self, run_dir: str, epochs: int, every_s: float = 1.0) -> None:
-        from kdflow.distill import IN_PROCESS_LATEST
+        from kdflow.distill.driver import IN_PROCESS_LATEST
 
         super().__init__(name="kdflow-epoch-watcher", daemon=True)
         self.snapshot = storage.join(run_dir, "checkpoint_manager_snapshot.json")
@@ -344,9 +376,8 @@ def evaluate(
     """
     import torch
 
-    from kdflow.artifacts import WEIGHTS, load_model
-    from kdflow.data import read_meta, read_split
-    from kdflow.evaluation import (
+    from kdflow.data.prepared import read_meta, read_split
+    from kdflow.evaluation.metrics import (
         cpu_timings,
         decide_gates,
         ensemble_probabilities,
@@ -356,8 +387,9 @@ def evaluate(
         report_markdown,
         torch_runner,
     )
-    from kdflow.models import MLFLOW_URI_PREFIX, count_params
-    from kdflow.onnx_export import (
+    from kdflow.mlflow.registry import champion_version, resolve_model_uri, resolve_tracking_uri
+    from kdflow.models.artifacts import WEIGHTS, load_model
+    from kdflow.models.onnx import (
         INPUT_NAME,
         ONNX_FILE,
         OUTPUT_NAME,
@@ -367,7 +399,7 @@ def evaluate(
         require_parity,
         run_onnx,
     )
-    from kdflow.registry import champion_version, resolve_model_uri, resolve_tracking_uri
+    from kdflow.models.zoo import MLFLOW_URI_PREFIX, count_params
 
     progress.emit("evaluate", 0, 3, "test-split predictions")
     meta = read_meta(dataset_dir)
@@ -395,7 +427,7 @@ def evaluate(
         onnx_bytes = onnx_path.stat().st_size
 
     def describe(spec: dict[str, Any]) -> str:
-        from kdflow.models import ModelSpec
+        from kdflow.models.zoo import ModelSpec
 
         source = spec.get("source")
         return (
@@ -504,9 +536,14 @@ def champion_on_test(
     """
     import torch
 
-    from kdflow.artifacts import load_model
-    from kdflow.evaluation import logits_on, quality_metrics
-    from kdflow.registry import DATASET_TAG, champion_version, download_model, resolve_tracking_uri
+    from kdflow.evaluation.metrics import logits_on, quality_metrics
+    from kdflow.mlflow.registry import (
+        DATASET_TAG,
+        champion_version,
+        download_model,
+        resolve_tracking_uri,
+    )
+    from kdflow.models.artifacts import load_model
 
     uri = resolve_tracking_uri(tracking_uri)
     version = seen if seen is not None else champion_version(uri, model_name)
@@ -545,9 +582,9 @@ def register(
     """Register the student (only called when every gate passed) and return the summary.
 
     `onnx_path` is the evaluate step's ONNX export; without it the student is exported
-    again here. `policy` is a `kdflow.registry.RetryPolicy` (default: its defaults).
+    again here. `policy` is a `kdflow.mlflow.registry.RetryPolicy` (default: its defaults).
     """
-    from kdflow.registry import code_version, register_student, resolve_tracking_uri
+    from kdflow.mlflow.registry import code_version, register_student, resolve_tracking_uri
 
     if not summary.get("passed"):
         raise KdflowError("refusing to register: a gate failed (see the evaluation report)")
@@ -579,7 +616,7 @@ def register(
             onnx_path=onnx_path,
             policy=policy,
         )
-    from kdflow.report import log_summary_to_mlflow
+    from kdflow.report.pages import log_summary_to_mlflow
 
     # The pictures and the report page, next to the student on the same MLflow run.
     registered = summary["registered"]
@@ -593,8 +630,8 @@ def _export_checked(student_dir: Path, folder: Path) -> Path:
     import numpy as np
     import torch
 
-    from kdflow.artifacts import load_model
-    from kdflow.onnx_export import (
+    from kdflow.models.artifacts import load_model
+    from kdflow.models.onnx import (
         ONNX_FILE,
         check_parity,
         export_onnx,

@@ -130,7 +130,7 @@ def run_locally(
 
     from kfp import local
 
-    from kdflow.registry import resolve_tracking_uri
+    from kdflow.mlflow.registry import resolve_tracking_uri
     from pipelines.distillation.pipeline import build_pipeline
 
     out = Path(cfg.output).resolve()
@@ -184,7 +184,7 @@ def _view(ns: argparse.Namespace, cfg: RunConfig) -> View:
 
 
 def cmd_run(ns: argparse.Namespace) -> int:
-    from kdflow.preflight import check_run
+    from kdflow.validation.preflight import check_run
 
     cfg = config_from_args(ns)
     check_run(cfg)
@@ -216,7 +216,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
 def finish_run(out: Path, run_root: Path | None, summary: dict[str, Any], quiet: bool) -> None:
     """The pictures and the report page, in the output folder and on the run's MLflow run;
     then (unless quiet) the result tables, the MLflow run's URL and every artifact's path."""
-    from kdflow.report import log_to_mlflow, mlflow_run_url, write_report
+    from kdflow.report.pages import log_to_mlflow, mlflow_run_url, write_report
     from pipelines.terminal import artifact_paths, print_result
 
     tracking_uri, run_id = mlflow_run_of(summary)
@@ -243,13 +243,13 @@ def mlflow_run_of(summary: dict[str, Any]) -> tuple[str | None, str | None]:
     run_id = (summary.get("dataset") or {}).get("mlflow_run_id")
     if not run_id:
         return None, None
-    from kdflow.registry import resolve_tracking_uri
+    from kdflow.mlflow.registry import resolve_tracking_uri
 
     return resolve_tracking_uri(config.get("tracking_uri")), run_id
 
 
 def cmd_report(ns: argparse.Namespace) -> int:
-    from kdflow.report import load_summary, mlflow_run_url, write_report
+    from kdflow.report.pages import load_summary, mlflow_run_url, write_report
     from pipelines.terminal import artifact_paths
 
     run_dir = Path(ns.run_dir)
@@ -424,7 +424,7 @@ def _add_package_options(parser: argparse.ArgumentParser, default_image: str) ->
 
 def cmd_contract_profile(ns: argparse.Namespace) -> int:
     from kdflow.config import parse_input_shape
-    from kdflow.contract import profile_dataset
+    from kdflow.validation.contract import profile_dataset
 
     shape = parse_input_shape(ns.input_shape) if ns.input_shape else None
     contract = profile_dataset(ns.data, label_column=ns.label_column, input_shape=shape)

@@ -212,7 +212,7 @@ def print_result(console: Any, summary: dict[str, Any], artifacts: dict[str, str
     """The models and gates tables, the registry verdict, every artifact's path."""
     from rich.table import Table
 
-    from kdflow.report import model_rows
+    from kdflow.report.pages import model_rows
 
     table = Table(title="kdflow: distillation result")
     columns = ("model", "accuracy", "params", "latency ms", "speed-up vs ensemble")

@@ -26,7 +26,7 @@ def ray_tmp() -> Path:
 @pytest.fixture(scope="session")
 def digits_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """builtin:digits split 80/20 then 90/10, written as a prepared dataset folder."""
-    from kdflow.data import builtin_frame, frame_sha256, split_frame, write_prepared
+    from kdflow.data.prepared import builtin_frame, frame_sha256, split_frame, write_prepared
 
     frame = builtin_frame("digits")
     train, test = split_frame(frame, "label", 0.2, seed=0)

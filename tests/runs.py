@@ -18,10 +18,10 @@ def _train_student(dataset: Path, teacher_dirs: list[Path], folder: Path, kd: bo
     import numpy as np
     import torch
 
-    from kdflow.artifacts import load_model, save_model
-    from kdflow.data import read_meta, read_split
-    from kdflow.models import build_classifier
-    from kdflow.training import accuracy, make_loader, seed_everything, train_epoch
+    from kdflow.data.prepared import read_meta, read_split
+    from kdflow.distill.training import accuracy, make_loader, seed_everything, train_epoch
+    from kdflow.models.artifacts import load_model, save_model
+    from kdflow.models.zoo import build_classifier
 
     meta = read_meta(dataset)
     train, val = read_split(dataset, "train"), read_split(dataset, "val")

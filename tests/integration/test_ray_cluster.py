@@ -104,7 +104,7 @@ def ray_cluster() -> Iterator[str]:
         env.setenv("RAY_AUTH_MODE", "token")
         env.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
         env.setenv("RAY_USAGE_STATS_ENABLED", "0")
-        # The job's entry point is `python -m kdflow.ray_job`: this environment's python.
+        # The job's entry point is `python -m kdflow.distill.cluster`: this environment's python.
         env.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
         env.delenv("RAY_ADDRESS", raising=False)
         # An in-process Ray from earlier tests would talk to its own cluster with this
@@ -151,7 +151,7 @@ def test_distill_runs_as_a_ray_job_on_a_two_node_cluster(
     from ray.job_submission import JobSubmissionClient
 
     from kdflow.config import DistillConfig
-    from kdflow.distill import distill
+    from kdflow.distill.driver import distill
 
     cfg = DistillConfig(
         student_epochs=2, workers=2, ray_address=ray_cluster, storage_path=str(tmp_path / "nfs")
@@ -184,7 +184,7 @@ def test_failed_job_fails_the_step_with_the_job_id_and_its_last_log_lines(
     ray_cluster, digits_dataset, small_teachers, tmp_path
 ):
     from kdflow.config import DistillConfig
-    from kdflow.distill import distill
+    from kdflow.distill.driver import distill
     from kdflow.errors import KdflowError
 
     tampered = tmp_path / "tampered-teacher"

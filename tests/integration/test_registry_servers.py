@@ -21,9 +21,9 @@ import pandas as pd
 import pytest
 import torch
 
-from kdflow import registry
 from kdflow.errors import RegistryError
-from kdflow.registry import RetryPolicy
+from kdflow.mlflow import registry
+from kdflow.mlflow.registry import RetryPolicy
 from tests.integration.servers import (
     MlflowServer,
     moto_s3,
@@ -74,10 +74,10 @@ def server(request, servers) -> MlflowServer:
 @pytest.fixture(scope="module")
 def students(digits_dataset, tmp_path_factory) -> SimpleNamespace:
     """Three students of clearly different accuracy: untrained, 1 epoch, 8 epochs."""
-    from kdflow.artifacts import save_model
-    from kdflow.data import read_meta, read_split
-    from kdflow.models import build_classifier
-    from kdflow.training import fit, seed_everything
+    from kdflow.data.prepared import read_meta, read_split
+    from kdflow.distill.training import fit, seed_everything
+    from kdflow.models.artifacts import save_model
+    from kdflow.models.zoo import build_classifier
 
     meta = read_meta(digits_dataset)
     train, val = read_split(digits_dataset, "train"), read_split(digits_dataset, "val")
@@ -97,8 +97,8 @@ def students(digits_dataset, tmp_path_factory) -> SimpleNamespace:
 
 @pytest.fixture(scope="module")
 def good_onnx(students, tmp_path_factory) -> Path:
-    from kdflow.artifacts import load_model
-    from kdflow.onnx_export import export_onnx
+    from kdflow.models.artifacts import load_model
+    from kdflow.models.onnx import export_onnx
 
     model, spec = load_model(students.good)
     return export_onnx(model, spec["n_features"], tmp_path_factory.mktemp("onnx") / "model.onnx")
@@ -106,10 +106,10 @@ def good_onnx(students, tmp_path_factory) -> Path:
 
 def summary_for(student: Path, dataset: Path, champion_seen: int | None = None) -> dict:
     """What evaluate would report for `student`, with its real test-split metrics."""
-    from kdflow.artifacts import load_model
-    from kdflow.data import read_meta, read_split
-    from kdflow.evaluation import logits_on, quality_metrics
-    from kdflow.models import count_params
+    from kdflow.data.prepared import read_meta, read_split
+    from kdflow.evaluation.metrics import logits_on, quality_metrics
+    from kdflow.models.artifacts import load_model
+    from kdflow.models.zoo import count_params
 
     meta, test = read_meta(dataset), read_split(dataset, "test")
     model, _ = load_model(student)
@@ -194,8 +194,8 @@ def test_registered_champion_loads_back_and_predicts_like_the_student(
 ):
     import mlflow
 
-    from kdflow.artifacts import load_model
-    from kdflow.data import read_meta, read_split
+    from kdflow.data.prepared import read_meta, read_split
+    from kdflow.models.artifacts import load_model
     from kdflow.steps import champion_on_test
     from kdflow.steps import register as register_step
 

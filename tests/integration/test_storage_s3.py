@@ -39,7 +39,7 @@ def _keys(s3: S3, prefix: str) -> list[str]:
 
 
 def test_storage_round_trips_on_s3_and_names_what_is_missing(s3, tmp_path):
-    from kdflow import storage
+    from kdflow.data import storage
 
     root = f"s3://{s3.bucket}"
     uri = f"{root}/unit/a.json"
@@ -72,9 +72,10 @@ def test_distill_on_s3_resumes_from_s3_checkpoints_and_reuses_the_s3_cache(
 ):
     """Checkpoints and top-k cache entries land in the bucket; a worker killed after epoch 1
     resumes from the S3 checkpoint; a later run finds every teacher in the S3 cache."""
-    from kdflow import storage, teacher_cache
     from kdflow.config import DistillConfig
-    from kdflow.distill import distill, load_meta, teacher_outputs
+    from kdflow.data import storage
+    from kdflow.distill import cache as teacher_cache
+    from kdflow.distill.driver import distill, load_meta, teacher_outputs
 
     root = f"s3://{s3.bucket}"
     cfg = DistillConfig(
@@ -122,7 +123,7 @@ def test_in_process_distill_keeps_its_checkpoints_on_s3_and_resumes_from_them(
     """`workers=0` writes its own checkpoints: to the bucket, the last two kept, and a
     rerun of a failed run resumes from the bucket."""
     from kdflow.config import DistillConfig
-    from kdflow.distill import distill
+    from kdflow.distill.driver import distill
     from kdflow.errors import KdflowError
 
     cfg = DistillConfig(student_epochs=3, workers=0, storage_path=f"s3://{s3.bucket}/kd0")

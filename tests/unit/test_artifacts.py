@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from kdflow.artifacts import (
+from kdflow.errors import ModelFormatError
+from kdflow.models.artifacts import (
     flatten_optimizer_state,
     load_model,
     load_tensors,
@@ -14,8 +15,7 @@ from kdflow.artifacts import (
     sha256_file,
     unflatten_optimizer_state,
 )
-from kdflow.errors import ModelFormatError
-from kdflow.models import build_classifier
+from kdflow.models.zoo import build_classifier
 
 CLASSES = ["a", "b", "c"]
 FEATURES = ["f0", "f1", "f2", "f3"]

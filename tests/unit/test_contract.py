@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_digits
 
-from kdflow.contract import (
+from kdflow.errors import ConfigError, DataError
+from kdflow.validation.contract import (
     DataContract,
     FeatureSpec,
     default_contract,
@@ -18,7 +19,6 @@ from kdflow.contract import (
     profile_contract,
     profile_dataset,
 )
-from kdflow.errors import ConfigError, DataError
 
 
 @pytest.fixture(scope="module")

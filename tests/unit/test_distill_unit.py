@@ -15,11 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from kdflow import storage, teacher_cache
-from kdflow.artifacts import save_model
 from kdflow.config import DistillConfig
-from kdflow.data import frame_sha256, read_meta, split_frame, write_prepared
-from kdflow.distill import (
+from kdflow.data import storage
+from kdflow.data.prepared import frame_sha256, read_meta, split_frame, write_prepared
+from kdflow.distill import cache as teacher_cache
+from kdflow.distill.driver import (
     Targets,
     TeacherOutputs,
     _batches,
@@ -34,9 +34,10 @@ from kdflow.distill import (
     shard_bounds,
     teacher_parts,
 )
+from kdflow.distill.losses import entropy, kd_loss, kd_objective, soft_targets
 from kdflow.errors import ConfigError, KdflowError
-from kdflow.losses import entropy, kd_loss, kd_objective, soft_targets
-from kdflow.models import build_classifier
+from kdflow.models.artifacts import save_model
+from kdflow.models.zoo import build_classifier
 
 
 def prepared(folder: Path, seed: int = 0, rows: int = 200) -> Path:
@@ -182,8 +183,10 @@ def test_online_targets_equal_offline_targets_row_for_row(top_k):
     batch = ensemble_targets(
         [teacher_parts(z[idx], top_k) for z in logits], 10, 2.0, "weighted_probs", [0.7, 0.3]
     )
-    assert torch.equal(whole.rows(idx), batch.rows())
-    assert torch.equal(whole.entropy[idx], batch.entropy)
+    # Equal to float32 rounding: a softmax over 64 rows and over 4 can take different
+    # vector paths on some CPUs, and differ in the last bit.
+    torch.testing.assert_close(whole.rows(idx), batch.rows(), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(whole.entropy[idx], batch.entropy, rtol=1e-6, atol=1e-7)
 
 
 def test_kd_objective_has_the_gradient_of_kd_loss_and_differs_by_the_teacher_entropy():
@@ -293,7 +296,7 @@ def test_storage_on_a_folder_round_trips_and_leaves_no_temporary_files(tmp_path)
 
 
 def test_job_environment_carries_the_s3_endpoint_but_never_credentials(monkeypatch):
-    from kdflow.ray_job import job_env
+    from kdflow.distill.cluster import job_env
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio:9000")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
@@ -339,7 +342,7 @@ def test_pure_kd_epoch_reports_the_hard_loss_the_per_step_way():
     the row-weighted mean of the per-batch CE that the model's outputs gave during the epoch."""
     import torch.nn.functional as F
 
-    from kdflow.distill import _epoch
+    from kdflow.distill.driver import _epoch
 
     cpu = torch.device("cpu")
     x, y = torch.randn(130, 4), torch.randint(0, 3, (130,))  # last batch: 2 rows
@@ -369,7 +372,7 @@ def test_pure_kd_epoch_reports_the_hard_loss_the_per_step_way():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_epoch_trains_under_bf16_from_pinned_blocks_offline_and_online():
-    from kdflow.distill import _epoch
+    from kdflow.distill.driver import _epoch
 
     cuda = torch.device("cuda")
     x, y = torch.randn(500, 4), torch.randint(0, 3, (500,))

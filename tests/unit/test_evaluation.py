@@ -7,7 +7,7 @@ import torch
 
 from kdflow.config import GateConfig
 from kdflow.errors import ConfigError
-from kdflow.evaluation import (
+from kdflow.evaluation.metrics import (
     accuracy_of_logits,
     confusion_matrix,
     cpu_latency_ms,
@@ -22,7 +22,7 @@ from kdflow.evaluation import (
     report_markdown,
     torch_runner,
 )
-from kdflow.models import build_classifier
+from kdflow.models.zoo import build_classifier
 
 TEACHERS = [
     {"spec": "mlp:hidden=512", "accuracy": 0.96, "params": 10_000, "latency_ms": 2.0},
@@ -392,8 +392,8 @@ def test_report_names_the_champion_it_compared_with():
 def test_evaluate_step_measures_every_model_and_checks_the_onnx_student(
     digits_dataset, small_teachers, tmp_path
 ):
-    from kdflow.artifacts import save_model
-    from kdflow.data import read_meta
+    from kdflow.data.prepared import read_meta
+    from kdflow.models.artifacts import save_model
     from kdflow.steps import evaluate
 
     meta = read_meta(digits_dataset)

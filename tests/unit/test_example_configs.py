@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from kdflow.config import load_config
-from kdflow.models import parse_spec
+from kdflow.models.zoo import parse_spec
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from kdflow.config import DistillConfig
-from kdflow.distill import _batches, _build_role, _epoch, ensemble_targets, epoch_order
+from kdflow.distill.driver import _batches, _build_role, _epoch, ensemble_targets, epoch_order
+from kdflow.distill.hints import HintedStudent, Settings, TeacherTaps, make_plan, pool
+from kdflow.distill.losses import hint_loss
 from kdflow.errors import ConfigError
-from kdflow.hints import HintedStudent, Settings, TeacherTaps, make_plan, pool
-from kdflow.losses import hint_loss
-from kdflow.models import build_classifier
+from kdflow.models.zoo import build_classifier
 
 SHAPE = [1, 8, 8]
 
@@ -217,8 +217,8 @@ def test_method_settings_that_fit_together_are_accepted():
 
 @pytest.fixture
 def saved_teachers(tmp_path):
-    from kdflow.artifacts import save_model
-    from kdflow.data import DatasetMeta
+    from kdflow.data.prepared import DatasetMeta
+    from kdflow.models.artifacts import save_model
 
     meta = DatasetMeta("label", [f"f{i}" for i in range(64)], ["a", "b", "c"], SHAPE, "x",
                        {"train": 10, "val": 2, "test": 2}, "unit")
@@ -243,7 +243,7 @@ def saved_teachers(tmp_path):
 def test_distill_step_checks_teacher_dependent_settings_before_training(
     saved_teachers, kwargs, message
 ):
-    from kdflow.distill import check_teacher_settings
+    from kdflow.distill.driver import check_teacher_settings
 
     folders, meta = saved_teachers
     cfg = DistillConfig(**{"student": "mlp:hidden=12", **kwargs})
@@ -254,7 +254,7 @@ def test_distill_step_checks_teacher_dependent_settings_before_training(
 
 
 def test_distill_step_accepts_hints_that_resolve(saved_teachers):
-    from kdflow.distill import check_teacher_settings
+    from kdflow.distill.driver import check_teacher_settings
 
     folders, meta = saved_teachers
     cfg = DistillConfig(student="mlp:hidden=12", teacher_mode="online", feature_weight=1.0,

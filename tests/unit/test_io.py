@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from kdflow.data.tables import TableSource, open_table, read_table
 from kdflow.errors import DataError
-from kdflow.io import TableSource, open_table, read_table
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from kdflow.losses import (
+from kdflow.distill.losses import (
     attention_loss,
     hint_loss,
     kd_loss,

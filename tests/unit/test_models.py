@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kdflow.errors import ConfigError
-from kdflow.models import (
+from kdflow.models.zoo import (
     Classifier,
     ModelSpec,
     attention_modules,

@@ -7,14 +7,14 @@ import pytest
 import torch
 
 from kdflow.errors import ModelFormatError
-from kdflow.models import build_classifier
-from kdflow.onnx_export import (
+from kdflow.models.onnx import (
     check_parity,
     export_onnx,
     onnx_session,
     require_parity,
     run_onnx,
 )
+from kdflow.models.zoo import build_classifier
 
 
 def normalised(model):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kdflow import plots
+from kdflow.report import plots
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -44,7 +44,7 @@ def test_epoch_watcher_reports_each_new_checkpointed_epoch_once(tmp_path, caplog
 
 
 def test_epoch_watcher_follows_an_in_process_run_by_its_checkpoint_pointer(tmp_path, caplog):
-    from kdflow.distill import IN_PROCESS_LATEST
+    from kdflow.distill.driver import IN_PROCESS_LATEST
 
     watcher = _EpochWatcher(str(tmp_path), epochs=2)
     with caplog.at_level(logging.INFO, logger="kdflow.progress"):

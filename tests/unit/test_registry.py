@@ -16,9 +16,9 @@ import requests
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
-from kdflow import registry
 from kdflow.errors import RegistryError
-from kdflow.registry import RetryPolicy, _Undo
+from kdflow.mlflow import registry
+from kdflow.mlflow.registry import RetryPolicy, _Undo
 
 QUICK = RetryPolicy(attempts=3, first_delay_s=0.0, lock_ttl_s=60.0, lock_wait_s=0.5)
 DATA = "a" * 64

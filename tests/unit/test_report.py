@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from kdflow import plots, report
+from kdflow.report import pages as report
+from kdflow.report import plots
 from tests.browser import CHROMIUM, open_page
 
 needs_chromium = pytest.mark.skipif(

@@ -14,8 +14,8 @@ from mlflow import MlflowClient
 
 from kdflow.config import DataConfig
 from kdflow.errors import DataValidationError
+from kdflow.mlflow.tracking import RUN_TAG, find_or_create_run, record_validation
 from kdflow.steps import validate_data
-from kdflow.tracking import RUN_TAG, find_or_create_run, record_validation
 
 
 @pytest.fixture
@@ -103,7 +103,7 @@ def test_without_a_run_id_nothing_is_recorded(tmp_path: Path, store: str):
 
 
 def test_a_run_id_with_quotes_finds_its_own_run(store: str):
-    from kdflow.registry import _client, ensure_experiment
+    from kdflow.mlflow.registry import _client, ensure_experiment
 
     client, experiment = _client(store), ensure_experiment(store)
     first = find_or_create_run(client, experiment, "it's")
@@ -113,7 +113,7 @@ def test_a_run_id_with_quotes_finds_its_own_run(store: str):
 
 
 def test_training_curves_are_logged_per_epoch_on_the_same_run(tmp_path: Path, store: str):
-    from kdflow.tracking import record_training
+    from kdflow.mlflow.tracking import record_training
 
     opened = record_validation(store, "run-3", "builtin:digits", {"passed": True})
     result = {

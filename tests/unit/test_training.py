@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from kdflow.data import Split
-from kdflow.models import build_classifier
-from kdflow.training import (
+from kdflow.data.prepared import Split
+from kdflow.distill.training import (
     EpochStats,
     History,
     accuracy,
@@ -17,6 +16,7 @@ from kdflow.training import (
     predict_logits,
     train_epoch,
 )
+from kdflow.models.zoo import build_classifier
 
 CPU = torch.device("cpu")
 
@@ -188,7 +188,7 @@ def test_cpu_budget_without_a_limit_is_the_affinity(tmp_path, monkeypatch, files
 
 
 def test_limit_threads_lowers_torch_threads_to_the_budget_and_never_raises_them(monkeypatch):
-    import kdflow.training as training
+    import kdflow.distill.training as training
 
     before = torch.get_num_threads()
     try:

@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.datasets import load_digits
 
-from kdflow.contract import DataContract, FeatureSpec, default_contract, profile_contract
 from kdflow.errors import DataError, DataValidationError
-from kdflow.validation import (
+from kdflow.validation.contract import DataContract, FeatureSpec, default_contract, profile_contract
+from kdflow.validation.dataset import (
     Finding,
     ValidationReport,
     ValidationSettings,

@@ -7,7 +7,7 @@ promote` / `kdflow rollback` move it by hand).
 How registration stays consistent
 ---------------------------------
 * **Artifacts before versions.** The student is uploaded as two logged models of one MLflow
-  run, a pyfunc ("models from code", `kdflow/serving.py`, loading the safetensors folder: no
+  run, a pyfunc ("models from code", `kdflow/mlflow/serving.py`, loading the safetensors folder: no
   pickle) and an ONNX model. Their files are listed back from the artifact store and checked
   (names and byte sizes) before a model version is created from the pyfunc, and aliases are
   set only once that version is READY. So an outage at any point leaves no version without
@@ -553,7 +553,7 @@ def register_student(
 
 def _pipeline_run(client: Any, experiment_id: str, tags: dict[str, str]) -> str:
     """The pipeline run's MLflow run (the validate step may have opened it), with `tags`."""
-    from kdflow.tracking import RUN_TAG, find_or_create_run
+    from kdflow.mlflow.tracking import RUN_TAG, find_or_create_run
 
     if not tags.get(RUN_TAG):
         return str(client.create_run(experiment_id, tags=tags).info.run_id)
@@ -618,7 +618,7 @@ def _input_example(student_dir: Path) -> Any:
     import pandas as pd
     from safetensors.numpy import load_file
 
-    from kdflow.artifacts import read_spec
+    from kdflow.models.artifacts import read_spec
 
     spec = read_spec(student_dir)
     mean = load_file(str(student_dir / "model.safetensors"))["mean"].astype("float32")
@@ -678,8 +678,8 @@ def _log_onnx(
     from mlflow.entities import LoggedModelOutput
     from mlflow.models import infer_signature
 
-    from kdflow.artifacts import read_spec
-    from kdflow.onnx_export import INPUT_NAME, OUTPUT_NAME
+    from kdflow.models.artifacts import read_spec
+    from kdflow.models.onnx import INPUT_NAME, OUTPUT_NAME
 
     spec = read_spec(student_dir)
     example = _input_example(student_dir).to_numpy(np.float32)

@@ -1,9 +1,9 @@
 """Cluster mode: the distill step as a Ray job on a running Ray cluster.
 
 The step stages its inputs (the dataset and teacher folders) to the shared storage, writes
-a job spec next to them and submits `python -m kdflow.ray_job --spec URI` to the cluster's
+a job spec next to them and submits `python -m kdflow.distill.cluster --spec URI` to the cluster's
 dashboard with `JobSubmissionClient`. On the cluster the job runs
-`kdflow.distill.run_distillation`, the code local mode runs in-process, and writes the
+`kdflow.distill.driver.run_distillation`, the code local mode runs in-process, and writes the
 models and a result file to the storage; the step streams the job's log into its own and
 copies the models into its output artifacts. A failed or stopped job fails the step with
 the job id and the job's last log lines.
@@ -29,8 +29,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from kdflow import storage
 from kdflow.config import DistillConfig
+from kdflow.data import storage
 from kdflow.errors import KdflowError
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ def submit_distillation(
         log.info("Ray job %s of run %s is still running: following it", job_id, run_name)
     else:
         job_id = client.submit_job(
-            entrypoint=f"python -m kdflow.ray_job --spec {shlex.quote(spec_uri)}",
+            entrypoint=f"python -m kdflow.distill.cluster --spec {shlex.quote(spec_uri)}",
             submission_id=f"kdflow-{_safe(run_name)[:40]}-{uuid.uuid4().hex[:8]}",
             runtime_env={"env_vars": job_env()},
             metadata={"kdflow_run": run_name},
@@ -175,8 +175,8 @@ def follow(client: Any, job_id: str, poll_s: float = 1.0) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the Ray job: `python -m kdflow.ray_job --spec URI`."""
-    from kdflow.distill import run_distillation
+    """Entry point of the Ray job: `python -m kdflow.distill.cluster --spec URI`."""
+    from kdflow.distill.driver import run_distillation
 
     parser = argparse.ArgumentParser(prog="python -m kdflow.ray_job", description=__doc__)
     parser.add_argument("--spec", required=True, help="job spec JSON (a path or s3:// URI)")

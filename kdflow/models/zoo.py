@@ -335,6 +335,34 @@ ARCHITECTURES: dict[str, tuple[Callable[..., nn.Module], set[str]]] = {
 }
 
 
+AUTO = "auto"
+"""The teacher spec that stands for `default_teachers(input_shape)`."""
+
+DEFAULT_TEACHERS: dict[int, list[str]] = {
+    # C,H,W images: three CNN families of different widths and depths.
+    3: ["cnn:channels=32-64", "cnn:channels=16-32,hidden=64", "cnn:channels=32-32-64,hidden=128"],
+    # C,L sequences: 1-D CNNs.
+    2: [
+        "cnn1d:channels=16-32,kernel=5,hidden=64",
+        "cnn1d:channels=32-64,kernel=3,hidden=128",
+        "cnn1d:channels=16-32-64,kernel=5,hidden=64",
+    ],
+    # Flat feature columns: MLPs (benchmarks/results/methods.md, tabular).
+    1: ["mlp:hidden=256-256,dropout=0.2", "mlp:hidden=512,dropout=0.3",
+        "mlp:hidden=128-128-128,dropout=0.2"],
+}
+
+
+def default_teachers(input_shape: list[int]) -> list[str]:
+    """Three zoo teachers that fit samples of `input_shape` (C,H,W; C,L; or flat)."""
+    return list(DEFAULT_TEACHERS[min(len(input_shape), 3)])
+
+
+def resolve_teachers(teachers: list[str], input_shape: list[int]) -> list[str]:
+    """The teacher specs of a run: `auto` alone becomes `default_teachers(input_shape)`."""
+    return default_teachers(input_shape) if teachers == [AUTO] else list(teachers)
+
+
 class Classifier(nn.Module):
     """Normalise flat features, reshape them to `input_shape`, and classify."""
 

@@ -79,7 +79,13 @@ def _best_effort(tracking_uri: str | None, run_id: str, what: str,
                  record: Callable[[Any, str], None]) -> str | None:
     """Find or open pipeline run `run_id`'s MLflow run and `record(client, mlflow_run)` on it,
     with no HTTP retries and a short timeout; a failure is a warning and None."""
-    from kdflow.registry import _client, _http, _short, ensure_experiment, resolve_tracking_uri
+    from kdflow.mlflow.registry import (
+        _client,
+        _http,
+        _short,
+        ensure_experiment,
+        resolve_tracking_uri,
+    )
 
     uri = resolve_tracking_uri(tracking_uri)
     try:
@@ -96,7 +102,7 @@ def _best_effort(tracking_uri: str | None, run_id: str, what: str,
 
 
 def _record_policy() -> Any:
-    from kdflow.registry import RetryPolicy
+    from kdflow.mlflow.registry import RetryPolicy
 
     return RetryPolicy(attempts=1, http_retries=RECORD_HTTP_RETRIES,
                        http_timeout_s=RECORD_HTTP_TIMEOUT_S)
@@ -168,14 +174,14 @@ def record_training(
 ) -> str | None:
     """Log the distill step's per-epoch curves on the pipeline run's MLflow run.
 
-    `result` is what `kdflow.distill.distill` returns: each role's `history` (one dict per
+    `result` is what `kdflow.distill.driver.distill` returns: each role's `history` (one dict per
     epoch) becomes metrics `<role>/<name>` at step = epoch (losses, validation accuracy,
     rows/s), beside the teachers' ensemble weights and agreement. Best effort, as
     `record_validation`.
     """
     from mlflow.entities import Metric
 
-    from kdflow.registry import _metric_safe
+    from kdflow.mlflow.registry import _metric_safe
 
     now = int(time.time() * 1000)
     metrics = []

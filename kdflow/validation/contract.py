@@ -2,7 +2,7 @@
 
 A contract is written by hand (YAML, checked on load), profiled from a trusted reference
 dataset (`profile_contract`, `profile_dataset`), or the lenient `default_contract` the
-pipeline runs when the user gives none. `kdflow.validation` turns it into a GX suite.
+pipeline runs when the user gives none. `kdflow.validation.dataset` turns it into a GX suite.
 
 The dataclasses below are the only place a default lives; the string literal under each
 field is its documentation (`field_docs` reads it for YAML comments and `--help`).
@@ -238,8 +238,8 @@ def profile_contract(
     df: pd.DataFrame, label_column: str = "label", input_shape: list[int] | None = None
 ) -> DataContract:
     """Profile a contract from a trusted in-memory reference dataset."""
-    # Lazy: kdflow.validation imports this module for DataContract.
-    from kdflow.validation import scan_frame
+    # Lazy: kdflow.validation.dataset imports this module for DataContract.
+    from kdflow.validation.dataset import scan_frame
 
     return contract_from_scan(scan_frame(df, label_column), input_shape)
 
@@ -248,13 +248,13 @@ def profile_dataset(
     uri: str, label_column: str = "label", input_shape: list[int] | None = None
 ) -> DataContract:
     """Profile a contract from a reference file (Parquet/CSV, local or s3://) in bounded memory."""
-    from kdflow.validation import scan_uri
+    from kdflow.validation.dataset import scan_uri
 
     return contract_from_scan(scan_uri(uri, label_column), input_shape)
 
 
 def contract_from_scan(scan: Any, input_shape: list[int] | None = None) -> DataContract:
-    """Turn a reference split's scan (`kdflow.validation.SplitScan`) into a contract.
+    """Turn a reference split's scan (`kdflow.validation.dataset.SplitScan`) into a contract.
 
     Classes and feature types as observed; ranges widened by PROFILE_RANGE_MARGIN; null
     fractions, duplicates and imbalance observed times PROFILE_SLACK; per-class minimum half

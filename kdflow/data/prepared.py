@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from kdflow.config import BUILTIN_PREFIX
+from kdflow.data.tables import read_table
 from kdflow.errors import ConfigError, DataError
-from kdflow.io import read_table
 
 BUILTIN_SHAPES = {"digits": [1, 8, 8]}
 

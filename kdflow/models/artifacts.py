@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from kdflow import __version__
 from kdflow.errors import ModelFormatError
-from kdflow.models import Classifier, build_classifier, parse_spec
+from kdflow.models.zoo import Classifier, build_classifier, parse_spec
 
 WEIGHTS = "model.safetensors"
 SPEC = "spec.json"

@@ -1,7 +1,7 @@
 """The registered student as an MLflow pyfunc, logged as "models from code".
 
 MLflow runs this file to build the model, so nothing is pickled: `load_context` rebuilds
-the network from the safetensors artifact with `kdflow.artifacts.load_model`.
+the network from the safetensors artifact with `kdflow.models.artifacts.load_model`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ class StudentModel(PythonModel):
     """Predicts the class name and its probability for each row of feature columns."""
 
     def load_context(self, context: Any) -> None:
-        from kdflow.artifacts import load_model
+        from kdflow.models.artifacts import load_model
 
         self.model, self.spec = load_model(context.artifacts["student"])
 

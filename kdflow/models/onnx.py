@@ -3,7 +3,7 @@ ONNX Runtime, and prove both give the same predictions.
 
 The exported graph takes `features` (float32, batch × n_features, the batch axis dynamic)
 and returns `logits` (batch × n_classes); the feature normalisation and the reshape to the
-sample's input shape are inside the graph, as they are inside `kdflow.models.Classifier`.
+sample's input shape are inside the graph, as they are inside `kdflow.models.zoo.Classifier`.
 An ONNX file is a protobuf: like safetensors, loading it executes no code.
 """
 

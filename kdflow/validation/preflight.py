@@ -8,7 +8,13 @@ from pathlib import Path
 
 from kdflow.config import BUILTIN_PREFIX, RunConfig
 from kdflow.errors import ConfigError
-from kdflow.models import MLFLOW_URI_PREFIX, build_classifier, parse_spec
+from kdflow.models.zoo import (
+    AUTO,
+    MLFLOW_URI_PREFIX,
+    build_classifier,
+    parse_spec,
+    resolve_teachers,
+)
 
 REMOTE_SCHEMES = ("s3://", "gs://", "http://", "https://")
 
@@ -38,7 +44,7 @@ def table_columns(uri: str, option: str) -> list[str] | None:
 
 def check_run(cfg: RunConfig) -> None:
     """Raise ConfigError for anything that would make the pipeline fail on its first steps."""
-    from kdflow.data import BUILTIN_SHAPES, default_input_shape
+    from kdflow.data.prepared import BUILTIN_SHAPES, default_input_shape
 
     data = cfg.data
     if data.data.startswith(BUILTIN_PREFIX):
@@ -78,8 +84,14 @@ def check_run(cfg: RunConfig) -> None:
             f"{data.data} has {n_features} feature columns",
             option="--input-shape",
         )
+    sample = shape or ([n_features] if n_features else None)
+    teachers = (
+        resolve_teachers(cfg.teachers.teachers, sample)
+        if sample
+        else [t for t in cfg.teachers.teachers if t != AUTO]
+    )
     specs = [("--student", cfg.distill.student)] + [
-        ("--teachers", t) for t in cfg.teachers.teachers if not t.startswith(MLFLOW_URI_PREFIX)
+        ("--teachers", t) for t in teachers if not t.startswith(MLFLOW_URI_PREFIX)
     ]
     for option, text in specs:
         spec = parse_spec(text, option)
@@ -89,15 +101,17 @@ def check_run(cfg: RunConfig) -> None:
                 build_classifier(spec, shape or [n_features], 2, n_features)
             except ConfigError as exc:
                 raise ConfigError(f"{option}: {text}: {exc}", option=option) from exc
-    _check_methods(cfg, shape or ([n_features] if n_features else None), n_features)
+    _check_methods(cfg, teachers, sample, n_features)
 
 
-def _check_methods(cfg: RunConfig, shape: list[int] | None, n_features: int | None) -> None:
+def _check_methods(
+    cfg: RunConfig, teachers: list[str], shape: list[int] | None, n_features: int | None
+) -> None:
     """Distillation-method settings that depend on the teachers: weight count, hint teacher,
     and (for a zoo hint teacher, on the real shapes) the hint layers."""
-    from kdflow.hints import Settings, make_plan
+    from kdflow.distill.hints import Settings, make_plan
 
-    distill, teachers = cfg.distill, cfg.teachers.teachers
+    distill = cfg.distill
     if distill.teacher_weights and len(distill.teacher_weights) != len(teachers):
         raise ConfigError(
             f"--teacher-weights: {len(distill.teacher_weights)} weights for {len(teachers)} "

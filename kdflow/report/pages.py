@@ -249,7 +249,8 @@ def _registry_html(summary: dict[str, Any], mlflow_url: str | None) -> str:
 def render_html(summary: dict[str, Any], pictures: dict[str, bytes],
                 artifacts: dict[str, str] | None = None, mlflow_url: str | None = None) -> str:
     """The run's report: verdict, models, gates, data, registry entry, every picture, and
-    where each artifact lies. `pictures` maps a picture's name (`kdflow.plots.NAMES`) to PNG."""
+    where each artifact lies. `pictures` maps a picture's name (`kdflow.report.plots.NAMES`)
+    to PNG."""
     student = summary.get("student") or {}
     body = [
         "<h1>kdflow distillation report</h1>",
@@ -269,7 +270,7 @@ def render_html(summary: dict[str, Any], pictures: dict[str, bytes],
         "<h2>Data</h2>",
         _dataset_html(summary),
     ]
-    from kdflow.plots import NAMES
+    from kdflow.report.plots import NAMES
 
     names = [n for n in NAMES if n in pictures] + [n for n in pictures if n not in NAMES]
     if names:
@@ -307,7 +308,7 @@ def write_report(run_dir: Path, output: Path | None = None,
                  mlflow_url: str | None = None) -> Path:
     """Draw the run's pictures into `run_dir/plots/` and write its report page (default
     `run_dir/report.html`); returns the page's path."""
-    from kdflow.plots import render_all
+    from kdflow.report.plots import render_all
 
     summary = load_summary(run_dir)
     written = render_all(summary, run_dir / PLOTS)
@@ -324,7 +325,7 @@ def write_report(run_dir: Path, output: Path | None = None,
 def history_page(title: str, history: dict[str, Any], rows: list[list[str]],
                  headers: list[str]) -> str:
     """A step's page: its numbers as a table, and its training curves."""
-    from kdflow.plots import png_bytes, training_curves
+    from kdflow.report.plots import png_bytes, training_curves
 
     body = [f"<h1>{esc(title)}</h1>", table_html(headers, [[esc(c) for c in r] for r in rows])]
     if any(history.get(k) for k in ("teachers", "student", "baseline")):
@@ -359,7 +360,7 @@ def distill_page(result: dict[str, Any]) -> str:
 
 def profile_page(info: dict[str, Any]) -> str:
     """The validate step's page: the data's verdict, its splits and its profile picture."""
-    from kdflow.plots import data_profile, png_bytes
+    from kdflow.report.plots import data_profile, png_bytes
 
     rows = [[split, f"{n:,}"] for split, n in (info.get("splits") or {}).items()]
     body = [
@@ -374,7 +375,7 @@ def profile_page(info: dict[str, Any]) -> str:
 
 def summary_page(summary: dict[str, Any]) -> str:
     """The evaluate step's page: the run's report with every picture."""
-    from kdflow.plots import figures, png_bytes
+    from kdflow.report.plots import figures, png_bytes
 
     return render_html(summary, {n: png_bytes(f) for n, f in figures(summary).items()})
 

@@ -3,7 +3,7 @@
 Offline KD (the default): each teacher's logits over the training split are computed once,
 in parallel Ray tasks (a GPU each where the cluster has GPUs), and cached as float16
 (optionally top-k) under the storage path, keyed by the data and the teacher's weights
-(`kdflow.teacher_cache`); later runs reuse them. Online KD (`teacher_mode="online"`) runs
+(`kdflow.distill.cache`); later runs reuse them. Online KD (`teacher_mode="online"`) runs
 the teachers on every batch instead, which augmentation needs. Both modes round the
 teachers' logits to float16 (and top-k) the same way, so on the same data they train the
 same student.
@@ -16,8 +16,8 @@ named after the pipeline run, so a retried pipeline run resumes too. With `worke
 same loop runs in this process (Ray Train's local mode: no Ray start, no worker processes);
 its checkpoints are then written by the loop itself, to the same place and in the same
 format, and a rerun of the same run resumes from them. Checkpoints and caches
-go to a folder or S3 (`kdflow.storage`). With `ray_address` set, `kdflow.ray_job` submits
-the same code as a Ray job to a running cluster.
+go to a folder or S3 (`kdflow.data.storage`). With `ray_address` set,
+`kdflow.distill.cluster` submits the same code as a Ray job to a running cluster.
 """
 
 from __future__ import annotations
@@ -37,19 +37,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from kdflow import hints, storage, teacher_cache
-from kdflow.artifacts import (
-    flatten_optimizer_state,
-    load_model,
-    load_tensors,
-    save_model,
-    save_tensors,
-    unflatten_optimizer_state,
-)
 from kdflow.config import DistillConfig
-from kdflow.data import DatasetMeta, Split
-from kdflow.errors import ConfigError, DataError, KdflowError
-from kdflow.losses import (
+from kdflow.data import storage
+from kdflow.data.prepared import DatasetMeta, Split
+from kdflow.distill import cache as teacher_cache
+from kdflow.distill import hints
+from kdflow.distill.losses import (
     attention_loss,
     densify,
     entropy,
@@ -58,14 +51,23 @@ from kdflow.losses import (
     soft_targets,
     sparse_soft_targets,
 )
-from kdflow.models import Classifier, build_classifier, count_params, parse_spec
-from kdflow.training import (
+from kdflow.distill.training import (
     accuracy,
     cpu_budget,
     limit_threads,
     predict_logits,
     seed_everything,
 )
+from kdflow.errors import ConfigError, DataError, KdflowError
+from kdflow.models.artifacts import (
+    flatten_optimizer_state,
+    load_model,
+    load_tensors,
+    save_model,
+    save_tensors,
+    unflatten_optimizer_state,
+)
+from kdflow.models.zoo import Classifier, build_classifier, count_params, parse_spec
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +225,7 @@ def ensemble_targets(
 
     `separate` (multi_teacher="separate") keeps the same targets but sets each row's
     `entropy` to Σ_k w_k H(p_k): the loop then reports Σ_k w_k KL(p_k ‖ q), the per-teacher
-    loss, whose gradient is that of KL(p̄ ‖ q) (`kdflow.losses.separate_kd_loss`).
+    loss, whose gradient is that of KL(p̄ ‖ q) (`kdflow.distill.losses.separate_kd_loss`).
     """
     if "train" in parts[0]:
         logits = [p["train"] for p in parts]
@@ -1107,7 +1109,7 @@ def run_distillation(
     """Teacher outputs (cached or not), then the Ray Train run; inputs and outputs are URIs.
 
     The same function runs in-process (local mode) and as the entry point of a Ray job on
-    a cluster (`kdflow.ray_job`). Returns each role's result, the teachers' cache use, the
+    a cluster (`kdflow.distill.cluster`). Returns each role's result, the teachers' cache use, the
     ensemble's weights and agreement, and where the time went.
 
     With `generations` > 1 (born-again networks, Furlanello et al. 2018), generation 1 is
@@ -1226,7 +1228,7 @@ def distill(
     """
     outputs = {"student": str(student_dir), "baseline": str(baseline_dir)}
     if cfg.ray_address:
-        from kdflow.ray_job import submit_distillation
+        from kdflow.distill.cluster import submit_distillation
 
         return submit_distillation(
             str(dataset_dir),

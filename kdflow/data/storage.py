@@ -1,7 +1,7 @@
 """Shared storage for checkpoints, teacher caches and staged inputs: a folder or S3.
 
 A storage URI is a local path (`/data/kdflow`, `file:///data/kdflow`) or `s3://bucket/prefix`.
-S3 goes through `pyarrow.fs.S3FileSystem` like `kdflow.io`: credentials from the usual AWS
+S3 goes through `pyarrow.fs.S3FileSystem` like `kdflow.data.tables`: credentials from the usual AWS
 variables, the endpoint from `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL` (MinIO, moto).
 Ray Train gets the same filesystem object (`ray_storage`), so checkpoints land where the
 caches do. Files are written to a temporary name and moved into place: a reader never sees
@@ -26,8 +26,8 @@ import pyarrow as pa
 import pyarrow.fs as pa_fs
 import pyarrow.parquet as pq
 
+from kdflow.data.tables import resolve_uri
 from kdflow.errors import KdflowError
-from kdflow.io import resolve_uri
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from kdflow.data import Split
-from kdflow.losses import kd_loss
+from kdflow.data.prepared import Split
+from kdflow.distill.losses import kd_loss
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,18 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def member_seed(seed: int, index: int) -> int:
+    """The seed of ensemble member `index` in a run seeded `seed`.
+
+    Member 0 keeps the run's seed (a one-teacher run is what it always was); the others get
+    independent streams from numpy's SeedSequence, so `--teachers cnn cnn cnn` trains three
+    different models, not one model three times.
+    """
+    if index == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
 def cpu_budget(cgroup: Path = Path("/sys/fs/cgroup")) -> int:

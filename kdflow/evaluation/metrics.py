@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from kdflow.config import GateConfig
-from kdflow.data import Split
-from kdflow.report import fmt_or_dash as _num
-from kdflow.training import predict_logits
+from kdflow.data.prepared import Split
+from kdflow.distill.training import predict_logits
+from kdflow.report.pages import fmt_or_dash as _num
 
 # Accuracies are ratios of counts: 0.95 - 0.94 is 0.010000000000000009 in floating point.
 # Gates compare with this slack so a value shown as equal to its threshold is treated so.
@@ -168,8 +168,8 @@ def quality_metrics(
 
 
 def flops_per_sample(model: nn.Module, n_features: int) -> int:
-    """FLOPs of one batch-1 forward pass (`kdflow.models.flops` gives the convention)."""
-    from kdflow.models import flops
+    """FLOPs of one batch-1 forward pass (`kdflow.models.zoo.flops` gives the convention)."""
+    from kdflow.models.zoo import flops
 
     return flops(model.cpu(), [n_features])
 
@@ -192,7 +192,7 @@ def cpu_timings(
 
     The runners are timed round-robin in the same loop, so noise from a busy machine lands
     on all of them alike and their ratios stay meaningful. ONNX Runtime sessions must be
-    made with one intra-op thread (`kdflow.onnx_export.onnx_session` does) to compare fairly.
+    made with one intra-op thread (`kdflow.models.onnx.onnx_session` does) to compare fairly.
     `batch_repeats=0` skips the throughput measurement.
     """
     threads = torch.get_num_threads()

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import save_file
 
-from kdflow import storage
+from kdflow.data import storage
 
 CACHE_FOLDER = "teacher-cache"
 FORMAT_VERSION = 1

@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdflow.distill.losses import layer_map
 from kdflow.errors import ConfigError
-from kdflow.losses import layer_map
-from kdflow.models import Classifier, attention_modules, find_layer, penultimate_layer
+from kdflow.models.zoo import Classifier, attention_modules, find_layer, penultimate_layer
 
 PENULTIMATE = "penultimate"
 """Layer name meaning "the input of the classifier head" (the last Linear), in any family."""

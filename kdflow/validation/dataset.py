@@ -3,7 +3,7 @@
 How memory stays bounded (and the verdict stays exact)
 -------------------------------------------------------
 1. **Exact streaming scan.** Each split is read 16 columns × 64 Ki rows at a time
-   (`kdflow.io.TableSource.iter_batches`; CSV is first streamed into Parquet). The scan
+   (`kdflow.data.tables.TableSource.iter_batches`; CSV is first streamed into Parquet). The scan
    counts, over every row: nulls, ±inf, values outside the contract's range, class counts,
    text in numeric columns; it keeps the first few offending row numbers of each check and
    a 64-bit hash of every row (16 bytes a row: 16 MB for 1 M rows), from which duplicates,
@@ -41,9 +41,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from kdflow.contract import DataContract, class_sort_key
+from kdflow.data.tables import BATCH_ROWS, RowCollector, TableSource, column_groups, open_table
 from kdflow.errors import ConfigError, DataValidationError
-from kdflow.io import BATCH_ROWS, RowCollector, TableSource, column_groups, open_table
+from kdflow.validation.contract import DataContract, class_sort_key
 
 log = logging.getLogger(__name__)
 

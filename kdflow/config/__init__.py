@@ -1,0 +1,31 @@
+"""Settings: one dataclass per group (`settings`), and their reading from YAML and the CLI
+(`loading`). The dataclasses are the only place a default lives."""
+
+from kdflow.config.loading import build_config, field_docs, load_config, parse_input_shape
+from kdflow.config.settings import (
+    BUILTIN_PREFIX,
+    SECTIONS,
+    DataConfig,
+    DistillConfig,
+    GateConfig,
+    RegistryConfig,
+    RunConfig,
+    TeacherConfig,
+    option_name,
+)
+
+__all__ = [
+    "BUILTIN_PREFIX",
+    "SECTIONS",
+    "DataConfig",
+    "DistillConfig",
+    "GateConfig",
+    "RegistryConfig",
+    "RunConfig",
+    "TeacherConfig",
+    "build_config",
+    "field_docs",
+    "load_config",
+    "option_name",
+    "parse_input_shape",
+]

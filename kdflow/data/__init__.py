@@ -1,0 +1,1 @@
+"""Data sources, the prepared-dataset folder, table reading and storage (local, s3://)."""

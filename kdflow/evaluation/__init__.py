@@ -1,0 +1,1 @@
+"""Metrics, CPU timing and the gates."""

@@ -1,0 +1,1 @@
+"""Model sources (the zoo, `models:/`), model artifacts (safetensors + spec) and ONNX."""

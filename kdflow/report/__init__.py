@@ -1,0 +1,1 @@
+"""The run's pictures and its HTML and Markdown pages."""
