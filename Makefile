@@ -29,8 +29,9 @@ run: $(STAMP) ## Run the whole pipeline locally on the built-in digits dataset (
 	$(VENV)/bin/kdflow run $(ARGS)
 
 .PHONY: test
-test: $(STAMP) ## Lint, then run the whole test suite
+test: $(STAMP) ## Lint (ruff, the import-linter layering contracts), then run the whole test suite
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/python -m pytest $(ARGS)
 
 .PHONY: test-cluster
@@ -38,8 +39,9 @@ test-cluster: $(STAMP) ## Ray cluster mode against a real 2-node Ray cluster (ow
 	$(VENV)/bin/python -m pytest tests/integration/test_ray_cluster.py $(ARGS)
 
 .PHONY: lint
-lint: $(STAMP) ## ruff and mypy
+lint: $(STAMP) ## ruff, the import-linter layering contracts, and mypy
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/ruff format --check . || true
 	$(VENV)/bin/mypy
 

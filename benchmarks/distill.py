@@ -30,7 +30,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -65,12 +64,12 @@ def make_teachers(folder: Path, dataset: Path) -> list[Path]:
     from kdflow.config import TeacherConfig
     from kdflow.data.prepared import read_meta, read_split
     from kdflow.models.artifacts import save_model
-    from kdflow.models.zoo import build_classifier
+    from kdflow.models.zoo import build_classifier, resolve_teachers
 
     meta = read_meta(dataset)
     x = torch.from_numpy(read_split(dataset, "train").x)
     out = []
-    for i, spec in enumerate(TeacherConfig().teachers):
+    for i, spec in enumerate(resolve_teachers(TeacherConfig().teachers, meta.input_shape)):
         torch.manual_seed(i)
         model = build_classifier(spec, meta.input_shape, meta.n_classes, meta.n_features)
         model.set_normalisation(x.mean(0), x.std(0))
@@ -127,8 +126,9 @@ def bare_kd_epoch(model, opt, x, y, soft, order, batch_size, temperature, alpha)
 
 def fill_cache(dataset: Path, teachers: list[Path], storage: Path) -> dict[str, Any]:
     """Each teacher's cache entry, filled in this process, one thread; CPU seconds each."""
+    from kdflow.data.sources import load_meta
     from kdflow.distill import cache as teacher_cache
-    from kdflow.distill.driver import _teacher_task, load_meta
+    from kdflow.distill.teachers import _teacher_task
 
     torch.set_num_threads(1)
     meta = load_meta(str(dataset))
@@ -140,7 +140,7 @@ def fill_cache(dataset: Path, teachers: list[Path], storage: Path) -> dict[str, 
                       "rows": int(meta.rows["train"]), "classes": meta.n_classes}
         uri = teacher_cache.entry_uri(str(storage), key, spec["weights_sha256"], 0)
         started = time.thread_time()
-        _teacher_task(str(dataset), str(t), asdict(meta), uri, entry_meta)
+        _teacher_task(str(dataset), str(t), "classification", uri, entry_meta)
         fill.append(time.thread_time() - started)
         caches.append(uri)
     return {"fill_s": fill, "caches": caches, "bytes": [os.path.getsize(c) for c in caches]}
@@ -149,66 +149,61 @@ def fill_cache(dataset: Path, teachers: list[Path], storage: Path) -> dict[str, 
 def kd_overhead(dataset: Path, teachers: list[Path], caches: list[str], student: str,
                 rounds: int, online_rounds: int) -> dict[str, Any]:
     from kdflow.config import DistillConfig
-    from kdflow.distill.driver import (
-        BLOCK_BATCHES,
-        _batches,
-        _epoch,
-        _load_teacher,
-        _shard_targets,
-        epoch_order,
-        load_meta,
-        load_rows,
-    )
+    from kdflow.data.sources import load_meta, load_rows
+    from kdflow.distill.loop import BLOCK_BATCHES, WorkerJob, batches, epoch_order, run_epoch
+    from kdflow.distill.loop import shard_targets as cached_targets
+    from kdflow.distill.step import OnlineTeachers, Role
+    from kdflow.distill.targets import Ensemble
+    from kdflow.distill.tasks import Classification
+    from kdflow.distill.teachers import load_teacher
     from kdflow.models.zoo import build_classifier
 
     torch.set_num_threads(1)
     cfg = DistillConfig(student=student)
     meta = load_meta(str(dataset))
     rows = int(meta.rows["train"])
-    loop = {"caches": caches, "temperature": cfg.temperature, "ensemble": cfg.ensemble,
-            "weights": [1 / 3] * 3, "multi_teacher": cfg.multi_teacher}
-    targets = _shard_targets(loop, 0, rows, meta.n_classes)
+    task = Classification()
+    ensemble = Ensemble.of(cfg, meta.n_classes, [1 / 3] * 3, top_k=0)
+    job = WorkerJob(cfg, str(dataset), [], 0, "", ensemble=ensemble, caches=caches)
+    targets = cached_targets(job, task, 0, rows)
     train = load_rows(str(dataset), "train", meta)
     x, y = torch.from_numpy(train.x), torch.from_numpy(train.y)
     cpu = torch.device("cpu")
-    models = [_load_teacher(str(t), meta)[0].eval() for t in teachers]
-    ensemble = {"top_k": 0, "temperature": cfg.temperature, "ensemble": cfg.ensemble,
-                "weights": loop["weights"], "n_classes": meta.n_classes,
-                "multi_teacher": cfg.multi_teacher}
+    online = OnlineTeachers([load_teacher(str(t), meta)[0].eval() for t in teachers], ensemble,
+                            task)
 
-    def fresh():
+    def fresh(name: str) -> Role:
         torch.manual_seed(0)
         model = build_classifier(student, meta.input_shape, meta.n_classes, meta.n_features)
         model.set_normalisation(x.mean(0), x.std(0))
-        return model, torch.optim.Adam(model.parameters(), lr=cfg.student_lr)
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.student_lr)
+        kd = name in ("kd", "online")
+        return Role(name, model, model, optimizer, None, kd=kd, alpha=cfg.alpha if kd else 1.0)
 
-    state = {name: fresh() for name in ("bare", "kd", "plain", "online")}
+    state = {name: fresh(name) for name in ("bare", "kd", "plain", "online")}
     bs = cfg.student_batch_size
     chunk = BLOCK_BATCHES  # steps per timed chunk: one block gather each for kdflow
 
-    def batches(name: str) -> Iterator[Any]:
+    def stream(name: str) -> Iterator[Any]:
         """Endless batches of one variant, epoch after epoch."""
         for epoch in itertools.count():
             order = epoch_order(rows, rows, epoch)
             if name == "bare":
                 yield from (order[i : i + bs] for i in range(0, rows, bs))
             else:
-                yield from _batches(x, y, order, bs, cpu,
-                                    targets=targets if name == "kd" else None,
-                                    teachers=models if name == "online" else None,
-                                    ensemble=ensemble, entropy_sink=[])
+                yield from batches(x, y, order, bs, cpu, targets if name == "kd" else None)
 
-    streams = {name: batches(name) for name in state}
+    streams = {name: stream(name) for name in state}
 
     def run(name: str) -> float:
-        model, opt = state[name]
+        role = state[name]
         steps = itertools.islice(streams[name], chunk)
         started = time.thread_time()
         if name == "bare":
-            bare_steps(model, opt, x, y, steps)
+            bare_steps(role.model, role.optimizer, x, y, steps)
         else:
-            alpha = cfg.alpha if name != "plain" else 1.0
-            _epoch(model, steps, opt, cpu, cfg.temperature, alpha)
+            run_epoch(role, steps, task, cfg.temperature, cpu,
+                      online if name == "online" else None)
         return time.thread_time() - started
 
     times: dict[str, list[float]] = {name: [] for name in state}
@@ -239,8 +234,11 @@ def kd_overhead(dataset: Path, teachers: list[Path], caches: list[str], student:
 def bare_step(dataset: Path, storage: Path, student: str, epochs: int) -> float:
     """Student (KD on the cached targets) and baseline, `epochs` each, bare loops, 1 thread."""
     from kdflow.config import DistillConfig
+    from kdflow.data.sources import load_meta, load_rows
     from kdflow.distill.cache import CACHE_FOLDER
-    from kdflow.distill.driver import _shard_targets, epoch_order, load_meta, load_rows
+    from kdflow.distill.loop import WorkerJob, epoch_order, shard_targets
+    from kdflow.distill.targets import Ensemble
+    from kdflow.distill.tasks import Classification
     from kdflow.models.zoo import build_classifier
 
     torch.set_num_threads(1)
@@ -249,9 +247,9 @@ def bare_step(dataset: Path, storage: Path, student: str, epochs: int) -> float:
     rows = int(meta.rows["train"])
     caches = sorted(str(p) for p in (storage / CACHE_FOLDER).rglob("*.safetensors"))
     started = time.perf_counter()
-    loop = {"caches": caches, "temperature": cfg.temperature, "ensemble": cfg.ensemble,
-            "weights": [1 / len(caches)] * len(caches), "multi_teacher": cfg.multi_teacher}
-    soft = _shard_targets(loop, 0, rows, meta.n_classes).rows()
+    ensemble = Ensemble.of(cfg, meta.n_classes, [1 / len(caches)] * len(caches), top_k=0)
+    job = WorkerJob(cfg, str(dataset), [], 0, "", ensemble=ensemble, caches=caches)
+    soft = shard_targets(job, Classification(), 0, rows).rows()
     train = load_rows(str(dataset), "train", meta)
     x, y = torch.from_numpy(train.x), torch.from_numpy(train.y)
     roles = []
@@ -325,7 +323,8 @@ def main() -> None:
 def measure_and_write(ns: argparse.Namespace, root: Path) -> None:
     from kdflow.config import TeacherConfig
     from kdflow.distill import cache as teacher_cache
-    from kdflow.distill.driver import BLOCK_BATCHES
+    from kdflow.distill.loop import BLOCK_BATCHES
+    from kdflow.models.zoo import resolve_teachers
 
     command = " ".join(["python -m benchmarks.distill", *sys.argv[1:]])
     dataset = make_dataset(root / "dataset", ns.rows)
@@ -369,6 +368,7 @@ def measure_and_write(ns: argparse.Namespace, root: Path) -> None:
                         "training_s": result["seconds"]["training"]})
 
     rows = overhead[0]["rows"]
+    teacher_specs = resolve_teachers(TeacherConfig().teachers, [1, 8, 8])
     lines = [
         "# Distillation on Ray: speed and memory",
         "",
@@ -378,16 +378,16 @@ def measure_and_write(ns: argparse.Namespace, root: Path) -> None:
         f"(load average {os.getloadavg()[0]:.1f} at the end), torch "
         f"{torch.__version__} CPU, one thread per process. Data: make_classification, "
         f"{ns.rows:,} rows x {FEATURES} features, {CLASSES} classes, {rows:,} training rows. "
-        f"Teachers: {', '.join(f'`{s}`' for s in TeacherConfig().teachers)} "
+        f"Teachers: {', '.join(f'`{s}`' for s in teacher_specs)} "
         "on 1x8x8 inputs, untrained. Batch 64, T=2, Adam.",
         "",
         "## 1. KD overhead (one epoch, CPU time, same process, interleaved)",
         "",
         "`bare` is plain training as a bare loop is usually written (a random permutation, "
         "`x[idx]`, `F.cross_entropy`, Adam, the loss summed with `.item()`). `kdflow KD` is "
-        "the Ray Train worker's epoch (`_batches` + `_epoch`) on the ensemble of 3 cached "
-        "teachers; `kdflow plain` the same loop for the baseline (hard labels); `online` runs "
-        f"the 3 teachers on every batch. The variants take turns in chunks of "
+        "the loop's epoch (`kdflow.distill.loop.batches` + `run_epoch`) on the ensemble of 3 "
+        "cached teachers; `kdflow plain` the same loop for the baseline (hard labels); "
+        f"`online` runs the 3 teachers on every batch. The variants take turns in chunks of "
         f"{BLOCK_BATCHES} steps ({ns.rounds} rounds, {ns.online_rounds} for "
         "online); an epoch is the median chunk scaled to the epoch's steps; a ratio is the "
         "median over rounds of the variant's chunk time over `bare`'s in the same round, so "

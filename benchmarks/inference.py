@@ -2,11 +2,12 @@
 
     python -m benchmarks.inference [--repeats 1000] [--batch-repeats 50]
 
-Builds the default run's models (`DistillConfig().student`, `TeacherConfig().teachers`) for
-the digits shape (64 features, 10 classes), exports each to ONNX as the evaluate step does,
-checks that ONNX Runtime predicts what PyTorch predicts, and times all of them round-robin
-on one thread (batch-1 latency p50/p95, throughput at batch 256) with
-`kdflow.evaluation.metrics.cpu_timings`. Weights are untrained: the time does not depend on them.
+Builds the default run's models (`DistillConfig().student`, and `TeacherConfig().teachers`,
+`auto`, resolved for 8x8 images) for the digits shape (64 features, 10 classes), exports
+each to ONNX as the evaluate step does, checks that ONNX Runtime predicts what PyTorch
+predicts, and times all of them round-robin on one thread (batch-1 latency p50/p95,
+throughput at batch 256) with
+`kdflow.evaluation.timing.cpu_timings`. Weights are untrained: the time does not depend on them.
 The table goes to stdout and to benchmarks/results/inference.md.
 """
 
@@ -22,17 +23,9 @@ import numpy as np
 import torch
 
 from kdflow.config import DistillConfig, TeacherConfig
-from kdflow.evaluation.metrics import THROUGHPUT_BATCH, cpu_timings, flops_per_sample, torch_runner
-from kdflow.models.onnx import (
-    INPUT_NAME,
-    OUTPUT_NAME,
-    check_parity,
-    export_onnx,
-    onnx_session,
-    require_parity,
-    run_onnx,
-)
-from kdflow.models.zoo import build_classifier, count_params
+from kdflow.evaluation.timing import THROUGHPUT_BATCH, cpu_timings, flops_per_sample, torch_runner
+from kdflow.models.onnx import INPUT_NAME, OUTPUT_NAME, export_with_parity
+from kdflow.models.zoo import build_classifier, count_params, resolve_teachers
 
 RESULTS = Path(__file__).parent / "results" / "inference.md"
 SHAPE, FEATURES, CLASSES = [1, 8, 8], 64, 10
@@ -46,7 +39,8 @@ def main(argv: list[str] | None = None) -> None:
     load = os.getloadavg()[0]
 
     specs = {"student": DistillConfig().student} | {
-        f"teacher {i}": spec for i, spec in enumerate(TeacherConfig().teachers)
+        f"teacher {i}": spec
+        for i, spec in enumerate(resolve_teachers(TeacherConfig().teachers, SHAPE))
     }
     runners, rows = {}, []
     x = np.random.default_rng(0).standard_normal((512, FEATURES)).astype(np.float32)
@@ -54,12 +48,10 @@ def main(argv: list[str] | None = None) -> None:
         for label, spec in specs.items():
             torch.manual_seed(0)
             model = build_classifier(spec, SHAPE, CLASSES, FEATURES).eval()
-            path = export_onnx(model, FEATURES, Path(tmp) / f"{len(rows)}.onnx")
-            session = onnx_session(path)
-            with torch.inference_mode():
-                expected = model(torch.from_numpy(x)).numpy()
-            parity = check_parity(expected, run_onnx(session, x))
-            require_parity(parity, f"the ONNX export of {spec}")
+            path = Path(tmp) / f"{len(rows)}.onnx"
+            session, parity = export_with_parity(
+                model, FEATURES, path, x, what=f"the ONNX export of {spec}"
+            )
             runners[f"{label}/torch"] = torch_runner(model)
             runners[f"{label}/onnx"] = (
                 lambda s: lambda b: s.run([OUTPUT_NAME], {INPUT_NAME: b})

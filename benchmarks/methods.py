@@ -163,8 +163,8 @@ def split_accuracy(model_dir: Path, dataset: Path) -> tuple[float, np.ndarray]:
     import torch
 
     from kdflow.data.prepared import read_split
-    from kdflow.distill.training import predict_logits
     from kdflow.models.artifacts import load_model
+    from kdflow.models.inference import predict_logits
 
     model, _ = load_model(model_dir)
     test = read_split(dataset, "test")
@@ -196,7 +196,7 @@ def latency_ms(model_dir: Path, repeats: int = 300) -> float:
 def run_method(name: str, method: str, dataset: Path, teachers: list[Path], seed: int,
                overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     from kdflow.config import DistillConfig
-    from kdflow.distill.driver import distill
+    from kdflow.distill.run import distill
     spec = DATASETS[name]
     settings: dict[str, Any] = {"student": spec["student"], "workers": WORKERS,
                                 "student_epochs": spec["student_epochs"], **METHODS[method]}
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
         spec["student_epochs"] = ns.student_epochs or spec["student_epochs"]
     if ns.student_epochs:
         HINTON["student_epochs"] = ns.student_epochs
-    from kdflow.distill.driver import ensure_ray
+    from kdflow.distill.runtime import ensure_ray
 
     ensure_ray()
     started = time.perf_counter()

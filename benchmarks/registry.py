@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from kdflow.mlflow import registry
+from kdflow.mlflow import promotion, registry, versions
 from kdflow.models.artifacts import save_model
 from kdflow.models.onnx import export_onnx
 from kdflow.models.zoo import build_classifier
@@ -70,9 +70,9 @@ def measure(uri: str, student: Path, onnx: Path, repeat: int) -> dict[str, float
     return {
         "first": times[0],
         "register": statistics.median(times[1:]),
-        "promote": timed(lambda: registry.promote(uri, name, 1)),
-        "rollback": timed(lambda: registry.rollback(uri, name)),
-        "list": timed(lambda: registry.list_versions(uri, name)),
+        "promote": timed(lambda: promotion.promote(uri, name, 1)),
+        "rollback": timed(lambda: promotion.rollback(uri, name)),
+        "list": timed(lambda: versions.list_versions(uri, name)),
     }
 
 

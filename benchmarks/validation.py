@@ -7,9 +7,9 @@ default row groups) and measures, each in a fresh Python process so peak memory 
 process's own `ru_maxrss`:
 
 - read: `pyarrow.parquet.read_table` of the whole file (the floor);
-- scan: `kdflow.validation.dataset.scan_uri`, the exact streaming pass alone;
+- scan: `kdflow.validation.scan.scan_uri`, the exact streaming pass alone;
 - gx: importing GX Core alone (a fixed cost, whatever the data);
-- validate: `kdflow.validation.dataset.validate_dataset` with the default contract (scan, GX Core
+- validate: `kdflow.validation.checks.validate_dataset` with the default contract (scan, GX Core
   suite on the sample, findings), GX import included: it runs in a thread while the scan
   reads the file.
 
@@ -46,7 +46,7 @@ def child(kind: str, path: str) -> dict[str, float]:
         start, cpu_start = time.perf_counter(), _cpu_seconds()
         pq.read_table(path)
     elif kind == "scan":
-        from kdflow.validation.dataset import scan_uri
+        from kdflow.validation.scan import scan_uri
 
         start, cpu_start = time.perf_counter(), _cpu_seconds()
         scan_uri(path, "label")
@@ -55,8 +55,8 @@ def child(kind: str, path: str) -> dict[str, float]:
         start, cpu_start = time.perf_counter(), _cpu_seconds()
         import great_expectations.expectations  # noqa: F401
     else:
+        from kdflow.validation.checks import validate_dataset
         from kdflow.validation.contract import default_contract
-        from kdflow.validation.dataset import validate_dataset
 
         os.environ["GX_ANALYTICS_ENABLED"] = "false"
         start, cpu_start = time.perf_counter(), _cpu_seconds()

@@ -6,17 +6,15 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import tempfile
 import threading
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from kdflow import progress
 from kdflow.config import BUILTIN_PREFIX, DataConfig, DistillConfig, GateConfig, TeacherConfig
 from kdflow.data import storage
-from kdflow.errors import DataValidationError, KdflowError
+from kdflow.errors import KdflowError
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +88,8 @@ def validate_data(
         write_prepared,
     )
     from kdflow.mlflow.tracking import record_validation
+    from kdflow.validation.checks import validate_dataset, validate_frames
     from kdflow.validation.contract import DataContract, default_contract
-    from kdflow.validation.dataset import validate_dataset, validate_frames
 
     progress.emit("validate data", 0, 3, "contract checks")
     input_shape = cfg.input_shape or default_input_shape(cfg.data)
@@ -167,7 +165,7 @@ def plan_teachers(dataset_dir: Path, cfg: TeacherConfig, seed: int) -> list[dict
     the prepared data's shape), its position, and its own seed (derived from `seed` and the
     position, so identical specs still train different models)."""
     from kdflow.data.prepared import read_meta
-    from kdflow.distill.training import member_seed
+    from kdflow.distill.runtime import member_seed
     from kdflow.models.zoo import AUTO, resolve_teachers
 
     meta = read_meta(dataset_dir)
@@ -190,83 +188,39 @@ def train_teacher(
     tracking_uri: str | None = None,
     index: int = 0,
 ) -> dict[str, Any]:
-    """Train ensemble member `index` from a zoo spec with its own `seed` (`plan_teachers`),
-    or import it from MLflow (`models:/name@alias`)."""
-    import torch
+    """Train ensemble member `index` with its own `seed` (`plan_teachers`) through the
+    distillation loop, or fetch an existing one (`models:/name@alias`) and use it as it is."""
+    from kdflow.data.sources import open_source
+    from kdflow.distill.driver import train_teacher as train_in_loop
+    from kdflow.distill.teachers import load_teacher
+    from kdflow.models.inference import accuracy
+    from kdflow.models.sources import source_for
+    from kdflow.models.zoo import count_params
 
-    from kdflow.data.prepared import read_meta, read_split
-    from kdflow.distill.training import accuracy, fit, limit_threads, seed_everything
-    from kdflow.models.artifacts import load_model, save_model
-    from kdflow.models.zoo import MLFLOW_URI_PREFIX, build_classifier, count_params, parse_spec
-
-    limit_threads()  # a pod's CPU limit, not the node's cores
-    meta = read_meta(dataset_dir)
-    val = read_split(dataset_dir, "val")
-    if spec.startswith(MLFLOW_URI_PREFIX):
-        from kdflow.mlflow.registry import download_model, resolve_tracking_uri
-
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = download_model(resolve_tracking_uri(tracking_uri), spec, Path(tmp))
-            model, saved = load_model(folder)
-            if saved["n_features"] != meta.n_features or saved["n_classes"] != meta.n_classes:
-                raise DataValidationError(
-                    f"teacher {spec} takes {saved['n_features']} features and "
-                    f"{saved['n_classes']} classes; this data has {meta.n_features} and "
-                    f"{meta.n_classes}"
-                )
-            shutil.copytree(folder, model_dir, dirs_exist_ok=True)
-        return {
-            "spec": spec,
-            "val_accuracy": accuracy(model, val),
+    source = source_for(spec)
+    source.check(spec, "--teachers")
+    member = {"spec": spec, "seed": seed, "index": index}
+    if source.fetches:
+        data = open_source(str(dataset_dir))
+        source.fetch(spec, model_dir, tracking_uri)
+        model, _ = load_teacher(str(model_dir), data.meta)
+        return member | {
+            "val_accuracy": accuracy(model, data.read("val")),
             "params": count_params(model),
             "epochs": 0,
-            "seed": seed,
-            "index": index,
             "history": [],
         }
-    train = read_split(dataset_dir, "train")
-    seed_everything(seed)
-    model = build_classifier(
-        parse_spec(spec, "--teachers"), meta.input_shape, meta.n_classes, meta.n_features
-    )
-    # The split is a read-only view: its statistics come from numpy, no tensor over it.
-    model.set_normalisation(
-        torch.from_numpy(train.x.mean(0)), torch.from_numpy(train.x.std(0, ddof=1))
-    )
-    history = fit(
-        model,
-        train,
-        val,
-        epochs=cfg.teacher_epochs,
-        lr=cfg.teacher_lr,
-        batch_size=cfg.batch_size,
-        seed=seed,
-        on_epoch=lambda s: _teacher_epoch(spec, s, cfg.teacher_epochs),
-    )
-    save_model(
-        model,
-        model_dir,
-        meta.classes,
-        meta.feature_columns,
-        {"role": "teacher", "seed": seed, "index": index},
-    )
-    return {
-        "spec": spec,
-        "val_accuracy": history.best.val_accuracy,
-        "params": count_params(model),
-        "epochs": cfg.teacher_epochs,
-        "seed": seed,
-        "index": index,
-        "history": [asdict(e) for e in history.epochs],
-    }
 
+    def on_epoch(stats: dict[str, Any]) -> None:
+        epoch, acc = stats["epoch"], stats["teacher/val_accuracy"]
+        log.info("teacher %s epoch %d loss %.4f val_acc %.4f", spec, epoch,
+                 stats["teacher/loss"], acc)
+        progress.emit(f"teacher {spec}", epoch, cfg.teacher_epochs, f"val acc {acc:.3f}")
 
-def _teacher_epoch(spec: str, stats: Any, epochs: int) -> None:
-    log.info(
-        "teacher %s epoch %d loss %.4f val_acc %.4f",
-        spec, stats.epoch, stats.loss, stats.val_accuracy,
+    result = train_in_loop(
+        str(dataset_dir), spec, cfg, seed, model_dir, {"seed": seed, "index": index}, on_epoch
     )
-    progress.emit(f"teacher {spec}", stats.epoch, epochs, f"val acc {stats.val_accuracy:.3f}")
+    return member | result | {"epochs": cfg.teacher_epochs}
 
 
 def distill(
@@ -281,9 +235,9 @@ def distill(
     tracking_uri: str | None = None,
     record_as: str | None = None,
 ) -> dict[str, Any]:
-    """Distil (`kdflow.distill.driver.distill`), with progress per epoch; with `record_as` (the
+    """Distil (`kdflow.distill.run.distill`), with progress per epoch; with `record_as` (the
     pipeline run id) the per-epoch curves go to that run's MLflow run too."""
-    from kdflow.distill.driver import distill as run_distill
+    from kdflow.distill.run import distill as run_distill
     from kdflow.mlflow.tracking import record_training
 
     progress.emit("teacher inference", 0, len(teacher_dirs))
@@ -313,7 +267,7 @@ class _EpochWatcher(threading.Thread):
     """
 
     def __init__(self, run_dir: str, epochs: int, every_s: float = 1.0) -> None:
-        from kdflow.distill.driver import IN_PROCESS_LATEST
+        from kdflow.distill.checkpoints import IN_PROCESS_LATEST
 
         super().__init__(name="kdflow-epoch-watcher", daemon=True)
         self.snapshot = storage.join(run_dir, "checkpoint_manager_snapshot.json")
@@ -374,153 +328,13 @@ def evaluate(
     teacher, recorded with the version it resolves to); `onnx_dir` receives the student's
     ONNX export (`model.onnx`), checked against PyTorch on the whole test split.
     """
-    import torch
+    from kdflow.evaluation.summary import evaluate_models
+    from kdflow.report.markdown import report_markdown
 
-    from kdflow.data.prepared import read_meta, read_split
-    from kdflow.evaluation.metrics import (
-        cpu_timings,
-        decide_gates,
-        ensemble_probabilities,
-        flops_per_sample,
-        logits_on,
-        quality_metrics,
-        report_markdown,
-        torch_runner,
+    summary = evaluate_models(
+        dataset_dir, teacher_dirs, student_dir, baseline_dir, gates_cfg, tracking_uri,
+        model_name, dataset_info, teacher_sources, onnx_dir, histories,
     )
-    from kdflow.mlflow.registry import champion_version, resolve_model_uri, resolve_tracking_uri
-    from kdflow.models.artifacts import WEIGHTS, load_model
-    from kdflow.models.onnx import (
-        INPUT_NAME,
-        ONNX_FILE,
-        OUTPUT_NAME,
-        check_parity,
-        export_onnx,
-        onnx_session,
-        require_parity,
-        run_onnx,
-    )
-    from kdflow.models.zoo import MLFLOW_URI_PREFIX, count_params
-
-    progress.emit("evaluate", 0, 3, "test-split predictions")
-    meta = read_meta(dataset_dir)
-    test = read_split(dataset_dir, "test")
-    teachers = [load_model(d) for d in teacher_dirs]
-    student, student_spec = load_model(student_dir)
-    baseline, baseline_spec = load_model(baseline_dir)
-    teacher_z = [logits_on(m, test) for m, _ in teachers]
-    ensemble = ensemble_probabilities(teacher_z)
-    ensemble_pred = ensemble.argmax(-1).numpy()
-    student_z = logits_on(student, test)
-
-    progress.emit("evaluate", 1, 3, "ONNX export and CPU timing")
-    with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = export_onnx(student, meta.n_features, (onnx_dir or Path(tmp)) / ONNX_FILE)
-        session = onnx_session(onnx_path)
-        parity = check_parity(student_z.numpy(), run_onnx(session, test.x))
-        require_parity(parity, "the student's ONNX export")
-        runners = {f"t{i}": torch_runner(m) for i, (m, _) in enumerate(teachers)} | {
-            "student": torch_runner(student),
-            "baseline": torch_runner(baseline),
-            "onnx": lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: x}),
-        }
-        timings = cpu_timings(runners, meta.n_features)
-        onnx_bytes = onnx_path.stat().st_size
-
-    def describe(spec: dict[str, Any]) -> str:
-        from kdflow.models.zoo import ModelSpec
-
-        source = spec.get("source")
-        return (
-            str(source)
-            if source
-            else str(
-                ModelSpec(
-                    spec["model"]["arch"], {k: v for k, v in spec["model"].items() if k != "arch"}
-                )
-            )
-        )
-
-    def entry(name: str, spec: str, model: Any, folder: Path, probs: Any) -> dict[str, Any]:
-        quality = quality_metrics(probs, test.y, meta.classes, ensemble_pred)
-        timing = timings[name]
-        return {
-            "spec": spec,
-            "accuracy": quality["accuracy"],
-            "params": count_params(model),
-            "latency_ms": timing.latency_ms,
-            "latency_p95_ms": timing.latency_p95_ms,
-            "throughput_per_s": timing.throughput_per_s,
-            "macro_f1": quality["macro_f1"],
-            "ece": quality["ece"],
-            "nll": quality["nll"],
-            "agreement": quality["agreement"],
-            "file_bytes": (folder / WEIGHTS).stat().st_size,
-            "flops": flops_per_sample(model, meta.n_features),
-            **(
-                {k: quality[k] for k in ("per_class_accuracy", "confusion_matrix", "reliability")}
-                if name == "student"
-                else {}
-            ),
-        }
-
-    uri = resolve_tracking_uri(tracking_uri)
-    sources = list(teacher_sources or [])
-    summary: dict[str, Any] = {"dataset": dataset_info, "teachers": []}
-    for i, ((model, spec), z, folder) in enumerate(
-        zip(teachers, teacher_z, teacher_dirs, strict=True)
-    ):
-        given = sources[i] if i < len(sources) and sources[i] else describe(spec)
-        teacher = entry(f"t{i}", given, model, folder, torch.softmax(z, -1))
-        if given.startswith(MLFLOW_URI_PREFIX):
-            teacher["registry"] = resolve_model_uri(uri, given)
-        summary["teachers"].append(teacher)
-    ensemble_quality = quality_metrics(ensemble, test.y, meta.classes)
-    summary["ensemble"] = {
-        k: ensemble_quality[k]
-        for k in ("accuracy", "macro_f1", "ece", "nll", "per_class_accuracy", "reliability")
-    }
-    summary["baseline"] = entry(
-        "baseline",
-        describe(baseline_spec),
-        baseline,
-        baseline_dir,
-        torch.softmax(logits_on(baseline, test), -1),
-    )
-    summary["student"] = entry(
-        "student", describe(student_spec), student, student_dir, torch.softmax(student_z, -1)
-    )
-    onnx_timing = timings["onnx"]
-    summary["student"]["onnx"] = {
-        "latency_ms": onnx_timing.latency_ms,
-        "latency_p95_ms": onnx_timing.latency_p95_ms,
-        "throughput_per_s": onnx_timing.throughput_per_s,
-        "file_bytes": onnx_bytes,
-        "speedup_vs_pytorch": (
-            timings["student"].latency_ms / onnx_timing.latency_ms
-            if onnx_timing.latency_ms > 0
-            else None
-        ),
-        "parity": parity.to_dict(),
-    }
-    progress.emit("evaluate", 2, 3, "champion and gates")
-    seen = champion_version(uri, model_name)
-    summary["champion_seen"] = None if seen is None else int(seen.version)
-    summary["champion"] = champion_on_test(tracking_uri, model_name, meta, test, seen=seen)
-    gates = decide_gates(
-        gates_cfg,
-        student=summary["student"],
-        baseline=summary["baseline"],
-        ensemble_acc=summary["ensemble"]["accuracy"],
-        teachers=summary["teachers"],
-        champion=summary["champion"],
-    )
-    summary["gates"] = {
-        g.name: {k: v for k, v in g.to_dict().items() if k != "name"} for g in gates
-    }
-    summary["passed"] = all(g.passed for g in gates)
-    summary["registered"] = None
-    summary["history"] = histories or {}
-    progress.emit("evaluate", 3, 3, "gates passed" if summary["passed"] else "a gate failed")
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(report_markdown(summary))
     return summary
@@ -529,43 +343,11 @@ def evaluate(
 def champion_on_test(
     tracking_uri: str | None, model_name: str, meta: Any, test: Any, seen: Any = None
 ) -> dict[str, Any] | None:
-    """The current champion's metrics on this test split, or None when there is none.
+    """The current champion's metrics on this test split, or None when there is none
+    (`kdflow.evaluation.summary.champion_on_test`)."""
+    from kdflow.evaluation.summary import champion_on_test as on_test
 
-    `seen` is the champion's ModelVersion when the caller has read it already; the version
-    is downloaded by number, so the numbers belong to exactly that version.
-    """
-    import torch
-
-    from kdflow.evaluation.metrics import logits_on, quality_metrics
-    from kdflow.mlflow.registry import (
-        DATASET_TAG,
-        champion_version,
-        download_model,
-        resolve_tracking_uri,
-    )
-    from kdflow.models.artifacts import load_model
-
-    uri = resolve_tracking_uri(tracking_uri)
-    version = seen if seen is not None else champion_version(uri, model_name)
-    if version is None:
-        return None
-    with tempfile.TemporaryDirectory() as tmp:
-        model, spec = load_model(
-            download_model(uri, f"models:/{model_name}/{version.version}", Path(tmp))
-        )
-    if spec["feature_names"] != meta.feature_columns or spec["class_names"] != meta.classes:
-        log.warning(
-            "champion v%s was trained on other features or classes: not compared", version.version
-        )
-        return None
-    quality = quality_metrics(torch.softmax(logits_on(model, test), -1), test.y, meta.classes)
-    return {
-        "version": int(version.version),
-        "accuracy": quality["accuracy"],
-        "macro_f1": quality["macro_f1"],
-        "ece": quality["ece"],
-        "dataset_sha256": (version.tags or {}).get(DATASET_TAG),
-    }
+    return on_test(tracking_uri, model_name, meta, test, seen=seen)
 
 
 def register(
@@ -584,7 +366,9 @@ def register(
     `onnx_path` is the evaluate step's ONNX export; without it the student is exported
     again here. `policy` is a `kdflow.mlflow.registry.RetryPolicy` (default: its defaults).
     """
-    from kdflow.mlflow.registry import code_version, register_student, resolve_tracking_uri
+    from kdflow.mlflow.client import resolve_tracking_uri
+    from kdflow.mlflow.registry import code_version, register_student
+    from kdflow.models.onnx import export_checked
 
     if not summary.get("passed"):
         raise KdflowError("refusing to register: a gate failed (see the evaluation report)")
@@ -605,7 +389,7 @@ def register(
     summary = dict(summary)
     with tempfile.TemporaryDirectory() as tmp:
         if onnx_path is None:
-            onnx_path = _export_checked(student_dir, Path(tmp))
+            onnx_path = export_checked(student_dir, Path(tmp))
         summary["registered"] = register_student(
             student_dir,
             summary,
@@ -623,32 +407,3 @@ def register(
     if registered.get("run_id"):
         log_summary_to_mlflow(registered["tracking_uri"], registered["run_id"], summary)
     return summary
-
-
-def _export_checked(student_dir: Path, folder: Path) -> Path:
-    """Export the student to ONNX and check it on rows drawn around the training mean."""
-    import numpy as np
-    import torch
-
-    from kdflow.models.artifacts import load_model
-    from kdflow.models.onnx import (
-        ONNX_FILE,
-        check_parity,
-        export_onnx,
-        onnx_session,
-        require_parity,
-        run_onnx,
-    )
-
-    model, spec = load_model(student_dir)
-    path = export_onnx(model, int(spec["n_features"]), folder / ONNX_FILE)
-    state = model.state_dict()
-    rng = np.random.default_rng(0)
-    x = (
-        rng.standard_normal((256, int(spec["n_features"]))) * state["std"].numpy()
-        + state["mean"].numpy()
-    ).astype(np.float32)
-    with torch.inference_mode():
-        expected = model(torch.from_numpy(x)).numpy()
-    require_parity(check_parity(expected, run_onnx(onnx_session(path), x)))
-    return path

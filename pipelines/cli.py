@@ -130,7 +130,7 @@ def run_locally(
 
     from kfp import local
 
-    from kdflow.mlflow.registry import resolve_tracking_uri
+    from kdflow.mlflow.client import resolve_tracking_uri
     from pipelines.distillation.pipeline import build_pipeline
 
     out = Path(cfg.output).resolve()
@@ -184,7 +184,7 @@ def _view(ns: argparse.Namespace, cfg: RunConfig) -> View:
 
 
 def cmd_run(ns: argparse.Namespace) -> int:
-    from kdflow.validation.preflight import check_run
+    from kdflow.preflight import check_run
 
     cfg = config_from_args(ns)
     check_run(cfg)
@@ -243,7 +243,7 @@ def mlflow_run_of(summary: dict[str, Any]) -> tuple[str | None, str | None]:
     run_id = (summary.get("dataset") or {}).get("mlflow_run_id")
     if not run_id:
         return None, None
-    from kdflow.mlflow.registry import resolve_tracking_uri
+    from kdflow.mlflow.client import resolve_tracking_uri
 
     return resolve_tracking_uri(config.get("tracking_uri")), run_id
 
@@ -424,7 +424,7 @@ def _add_package_options(parser: argparse.ArgumentParser, default_image: str) ->
 
 def cmd_contract_profile(ns: argparse.Namespace) -> int:
     from kdflow.config import parse_input_shape
-    from kdflow.validation.contract import profile_dataset
+    from kdflow.validation.profile import profile_dataset
 
     shape = parse_input_shape(ns.input_shape) if ns.input_shape else None
     contract = profile_dataset(ns.data, label_column=ns.label_column, input_shape=shape)

@@ -75,7 +75,7 @@ def _tracking(parser: argparse.ArgumentParser) -> None:
 
 
 def _uri(ns: argparse.Namespace) -> str:
-    from kdflow.mlflow.registry import resolve_tracking_uri
+    from kdflow.mlflow.client import resolve_tracking_uri
 
     return resolve_tracking_uri(ns.tracking_uri)
 
@@ -104,7 +104,8 @@ def cmd_list(ns: argparse.Namespace) -> int:
     from rich import box
     from rich.table import Table
 
-    from kdflow.mlflow.registry import INTERACTIVE, list_versions
+    from kdflow.mlflow.client import INTERACTIVE
+    from kdflow.mlflow.versions import list_versions
 
     uri = _uri(ns)
     rows = list_versions(uri, ns.name, INTERACTIVE)
@@ -135,7 +136,8 @@ def cmd_list(ns: argparse.Namespace) -> int:
 
 
 def cmd_promote(ns: argparse.Namespace) -> int:
-    from kdflow.mlflow.registry import INTERACTIVE, promote
+    from kdflow.mlflow.client import INTERACTIVE
+    from kdflow.mlflow.promotion import promote
 
     result = promote(_uri(ns), ns.name, ns.version, INTERACTIVE)
     if not result["changed"]:
@@ -147,7 +149,8 @@ def cmd_promote(ns: argparse.Namespace) -> int:
 
 
 def cmd_rollback(ns: argparse.Namespace) -> int:
-    from kdflow.mlflow.registry import INTERACTIVE, rollback
+    from kdflow.mlflow.client import INTERACTIVE
+    from kdflow.mlflow.promotion import rollback
 
     result = rollback(_uri(ns), ns.name, INTERACTIVE)
     print(
@@ -160,7 +163,8 @@ def cmd_rollback(ns: argparse.Namespace) -> int:
 def cmd_compare(ns: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from kdflow.mlflow.registry import INTERACTIVE, compare_versions
+    from kdflow.mlflow.client import INTERACTIVE
+    from kdflow.mlflow.versions import compare_versions
 
     result = compare_versions(_uri(ns), ns.name, ns.first, ns.second, INTERACTIVE)
     first, second = result["versions"]

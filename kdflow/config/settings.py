@@ -150,6 +150,11 @@ class DistillConfig:
     """Born-again rounds (Furlanello et al. 2018): generation k, distilled, teaches
     generation k+1 of the same architecture; the last one is the student. 1: off."""
 
+    @property
+    def uses_hints(self) -> bool:
+        """Whether feature or attention distillation is on (both need online teachers)."""
+        return self.feature_weight > 0 or self.attention_weight > 0
+
     def __post_init__(self) -> None:
         _require(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
         _require(0.0 <= self.alpha <= 1.0, "alpha", f"must be in [0, 1], got {self.alpha}")
@@ -237,15 +242,9 @@ class DistillConfig:
                 "feature_layers",
                 f"write TEACHER_LAYER=STUDENT_LAYER (e.g. net.3=net.1), got {pair!r}",
             )
-        if self.attention_weight:
-            from kdflow.models.zoo import parse_spec
-
-            arch = parse_spec(self.student).arch
-            _require(
-                arch == "transformer",
-                "attention_weight",
-                f"attention distillation needs a transformer student, got {self.student!r}",
-            )
+        # Whether the student has attention maps is its model source's to say: the hint
+        # plan (`kdflow.distill.hints.make_plan`) refuses a model without them, at preflight
+        # and again before training.
         _require(self.hint_teacher >= 0, "hint_teacher", f"must be >= 0, got {self.hint_teacher}")
         _require(self.generations >= 1, "generations", f"must be >= 1, got {self.generations}")
         if self.storage_path:

@@ -17,16 +17,18 @@ they train with the student's optimizer and are checkpointed, but the exported s
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdflow.config import DistillConfig
 from kdflow.distill.losses import layer_map
 from kdflow.errors import ConfigError
-from kdflow.models.zoo import Classifier, attention_modules, find_layer, penultimate_layer
+from kdflow.models.sources import ModelSource, source_for
+from kdflow.models.zoo import Classifier
 
 PENULTIMATE = "penultimate"
 """Layer name meaning "the input of the classifier head" (the last Linear), in any family."""
@@ -34,25 +36,13 @@ FEATURE_OPTION = "--feature-layers"
 ATTENTION_OPTION = "--attention-weight"
 
 
-@dataclass
-class Settings:
-    """The hint part of a DistillConfig, as plain values the Ray workers receive."""
-
-    feature_weight: float = 0.0
-    feature_layers: list[str] = field(default_factory=list)
-    attention_weight: float = 0.0
-    hint_teacher: int = 0
-
-    @property
-    def active(self) -> bool:
-        return self.feature_weight > 0 or self.attention_weight > 0
-
-    def pairs(self) -> list[tuple[str, str]]:
-        if not self.feature_weight:
-            return []
-        if not self.feature_layers:
-            return [(PENULTIMATE, PENULTIMATE)]
-        return [tuple(p.split("=", 1)) for p in self.feature_layers]  # type: ignore[misc]
+def feature_pairs(cfg: DistillConfig) -> list[tuple[str, str]]:
+    """The (teacher layer, student layer) pairs of the FitNets hints (none when off)."""
+    if not cfg.feature_weight:
+        return []
+    if not cfg.feature_layers:
+        return [(PENULTIMATE, PENULTIMATE)]
+    return [tuple(p.split("=", 1)) for p in cfg.feature_layers]  # type: ignore[misc]
 
 
 class Recorder:
@@ -93,10 +83,21 @@ class Recorder:
             handle.remove()
 
 
-def _layer(model: Classifier, name: str, role: str) -> tuple[nn.Module, bool]:
+def _layer(model: nn.Module, source: ModelSource, name: str, role: str) -> tuple[nn.Module, bool]:
+    """The layer `name` of a model as its source names them; True where the hint is the
+    layer's input (the penultimate features), not its output."""
     if name == PENULTIMATE:
-        return penultimate_layer(model), True
-    return find_layer(model, name, FEATURE_OPTION, role), False
+        return source.head(model), True
+    layers = source.layers(model)
+    if name in layers:
+        return layers[name], False
+    known = [n for n, _ in model.named_modules() if n]
+    shown = ", ".join(known[:40]) + (" ..." if len(known) > 40 else "")
+    raise ConfigError(
+        f"{FEATURE_OPTION}: no layer {name!r} in the {role} ({getattr(model, 'spec', '')}); "
+        f"layers: {shown}",
+        option=FEATURE_OPTION,
+    )
 
 
 def pool(
@@ -130,17 +131,15 @@ class Pair:
 
 @dataclass
 class Plan:
-    """The resolved hints of one (teacher, student) pair of models."""
+    """The resolved hints of one (teacher, student) pair of models, and the sources that
+    name those models' layers."""
 
     pairs: list[Pair]
     attention_map: list[int]  # teacher layer for each student attention layer
     feature_weight: float
     attention_weight: float
-
-
-def _channels_last(model: Classifier) -> bool:
-    # Transformers carry tokens as B × L × D; the CNN families as B × C × L (or × H × W).
-    return model.spec.arch == "transformer"
+    teacher_source: ModelSource
+    student_source: ModelSource
 
 
 def _probe(model: Classifier, modules: list[tuple[nn.Module, bool]]) -> list[torch.Tensor]:
@@ -157,27 +156,36 @@ def _probe(model: Classifier, modules: list[tuple[nn.Module, bool]]) -> list[tor
         model.train(was_training)
 
 
-def make_plan(settings: Settings, teacher: Classifier, student: Classifier) -> Plan:
+def make_plan(
+    cfg: DistillConfig,
+    teacher: Classifier,
+    student: Classifier,
+    teacher_source: ModelSource | None = None,
+    student_source: ModelSource | None = None,
+) -> Plan:
     """Resolve layer names and shapes with one dummy forward pass of each model; every
     mistake (a layer that does not exist, attention without transformers, different token
-    counts) is a ConfigError naming the option."""
+    counts) is a ConfigError naming the option. The sources name the models' layers
+    (default: the zoo's)."""
+    t_src = teacher_source or source_for("")
+    s_src = student_source or source_for("")
     pairs: list[Pair] = []
-    names = settings.pairs()
+    names = feature_pairs(cfg)
     if names:
-        t_layers = [_layer(teacher, t, "teacher") for t, _ in names]
-        s_layers = [_layer(student, s, "student") for _, s in names]
+        t_layers = [_layer(teacher, t_src, t, "teacher") for t, _ in names]
+        s_layers = [_layer(student, s_src, s, "student") for _, s in names]
         t_out, s_out = _probe(teacher, t_layers), _probe(student, s_layers)
         for (t_name, s_name), t, s in zip(names, t_out, s_out, strict=True):
             spatial = None
             if t.dim() == 4 and s.dim() == 4:
                 spatial = (min(t.shape[2], s.shape[2]), min(t.shape[3], s.shape[3]))
-            t_last, s_last = _channels_last(teacher), _channels_last(student)
+            t_last, s_last = t_src.tokens_last(teacher), s_src.tokens_last(student)
             t_width = pool(t, t_last, spatial).shape[1]
             s_width = pool(s, s_last, spatial).shape[1]
             pairs.append(Pair(t_name, s_name, t_last, s_last, spatial, s_width, t_width))
     mapping: list[int] = []
-    if settings.attention_weight:
-        t_att, s_att = attention_modules(teacher), attention_modules(student)
+    if cfg.attention_weight:
+        t_att, s_att = t_src.attention_maps(teacher), s_src.attention_maps(student)
         for role, model, found in (("teacher", teacher, t_att), ("student", student, s_att)):
             if not found:
                 raise ConfigError(
@@ -195,7 +203,7 @@ def make_plan(settings: Settings, teacher: Classifier, student: Classifier) -> P
                 option=ATTENTION_OPTION,
             )
         mapping = layer_map(len(s_att), len(t_att))
-    return Plan(pairs, mapping, settings.feature_weight, settings.attention_weight)
+    return Plan(pairs, mapping, cfg.feature_weight, cfg.attention_weight, t_src, s_src)
 
 
 class TeacherTaps:
@@ -204,10 +212,11 @@ class TeacherTaps:
 
     def __init__(self, teacher: Classifier, plan: Plan) -> None:
         self.plan = plan
+        source = plan.teacher_source
         self.features = Recorder(
-            *_unzip([_layer(teacher, p.teacher_layer, "teacher") for p in plan.pairs])
+            *_unzip([_layer(teacher, source, p.teacher_layer, "teacher") for p in plan.pairs])
         )
-        attention = attention_modules(teacher)
+        attention = source.attention_maps(teacher)
         used = sorted(set(plan.attention_map))
         self.slot = {layer: i for i, layer in enumerate(used)}
         self.attention = Recorder([attention[i] for i in used], [False] * len(used))
@@ -237,10 +246,11 @@ class HintedStudent(nn.Module):
         self.student = student
         self.projections = nn.ModuleList([p.projection() for p in plan.pairs])
         self.plan = plan
+        source = plan.student_source
         self._features = Recorder(
-            *_unzip([_layer(student, p.student_layer, "student") for p in plan.pairs])
+            *_unzip([_layer(student, source, p.student_layer, "student") for p in plan.pairs])
         )
-        attention = attention_modules(student) if plan.attention_map else []
+        attention = source.attention_maps(student) if plan.attention_map else []
         self._attention = Recorder(attention, [False] * len(attention))
 
     def forward(

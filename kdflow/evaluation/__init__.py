@@ -1,1 +1,1 @@
-"""Metrics, CPU timing and the gates."""
+"""Quality metrics, CPU timing, the gates, and the evaluate step's run summary."""

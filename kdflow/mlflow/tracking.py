@@ -22,36 +22,26 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kdflow.errors import KdflowError
+from kdflow.mlflow.client import (
+    DATA_TAG,
+    DATASET_TAG,
+    SCAN_TAG,
+    VALIDATION_TAG,
+    RetryPolicy,
+    ensure_experiment,
+    find_or_create_run,
+    http_settings,
+    metric_safe,
+    mlflow_client,
+    resolve_tracking_uri,
+    short_error,
+)
 
 log = logging.getLogger(__name__)
 
-RUN_TAG = "kdflow.run_id"
-DATASET_TAG = "kdflow.dataset_sha256"
-VALIDATION_TAG = "kdflow.validation_passed"
-SCAN_TAG = "kdflow.validation_content_sha256"
 # No retries and a short timeout: a record that cannot be made costs a warning, not minutes.
 RECORD_HTTP_RETRIES = 0
 RECORD_HTTP_TIMEOUT_S = 10
-
-
-def find_or_create_run(client: Any, experiment_id: str, run_id: str) -> str:
-    """The MLflow run id of pipeline run `run_id` in the experiment, created if missing."""
-    found = client.search_runs(
-        [experiment_id], filter_string=f"tags.`{RUN_TAG}` = {_quoted(run_id)}", max_results=1
-    )
-    if found:
-        return str(found[0].info.run_id)
-    run = client.create_run(experiment_id, run_name=run_id or None, tags={RUN_TAG: run_id})
-    return str(run.info.run_id)
-
-
-def _quoted(value: str) -> str:
-    """`value` as an MLflow filter string literal (MLflow's filter syntax has no escapes)."""
-    for quote in ("'", '"'):
-        if quote not in value:
-            return f"{quote}{value}{quote}"
-    raise KdflowError(f"a run id cannot hold both kinds of quote: {value!r}")
 
 
 def record_validation(
@@ -79,31 +69,21 @@ def _best_effort(tracking_uri: str | None, run_id: str, what: str,
                  record: Callable[[Any, str], None]) -> str | None:
     """Find or open pipeline run `run_id`'s MLflow run and `record(client, mlflow_run)` on it,
     with no HTTP retries and a short timeout; a failure is a warning and None."""
-    from kdflow.mlflow.registry import (
-        _client,
-        _http,
-        _short,
-        ensure_experiment,
-        resolve_tracking_uri,
-    )
-
     uri = resolve_tracking_uri(tracking_uri)
     try:
-        with _http.applied(_record_policy()):
-            client = _client(uri)
+        with http_settings.applied(_record_policy()):
+            client = mlflow_client(uri)
             mlflow_run = find_or_create_run(client, ensure_experiment(uri), run_id)
             record(client, mlflow_run)
     except Exception as exc:  # the record is best effort here; registration retries
         log.warning("could not record %s in MLflow at %s: %s", what, uri,
-                    _short(exc) or type(exc).__name__)
+                    short_error(exc) or type(exc).__name__)
         return None
     log.info("recorded %s on MLflow run %s", what, mlflow_run)
     return mlflow_run
 
 
-def _record_policy() -> Any:
-    from kdflow.mlflow.registry import RetryPolicy
-
+def _record_policy() -> RetryPolicy:
     return RetryPolicy(attempts=1, http_retries=RECORD_HTTP_RETRIES,
                        http_timeout_s=RECORD_HTTP_TIMEOUT_S)
 
@@ -116,7 +96,7 @@ def _record(client: Any, mlflow_run: str, data: str, info: dict[str, Any],
     # The prepared dataset's hash (what the registry compares) exists once the data passed
     # or was let through; the scan's content hash exists for every readable file.
     sha = info.get("sha256") or ""
-    tags = {VALIDATION_TAG: str(bool(info.get("passed"))).lower(), "kdflow.data": data}
+    tags = {VALIDATION_TAG: str(bool(info.get("passed"))).lower(), DATA_TAG: data}
     if sha:
         tags[DATASET_TAG] = sha
     if validation.get("dataset_hash"):
@@ -174,14 +154,12 @@ def record_training(
 ) -> str | None:
     """Log the distill step's per-epoch curves on the pipeline run's MLflow run.
 
-    `result` is what `kdflow.distill.driver.distill` returns: each role's `history` (one dict per
+    `result` is what `kdflow.distill.run.distill` returns: each role's `history` (one dict per
     epoch) becomes metrics `<role>/<name>` at step = epoch (losses, validation accuracy,
     rows/s), beside the teachers' ensemble weights and agreement. Best effort, as
     `record_validation`.
     """
     from mlflow.entities import Metric
-
-    from kdflow.mlflow.registry import _metric_safe
 
     now = int(time.time() * 1000)
     metrics = []
@@ -189,7 +167,7 @@ def record_training(
         for epoch in (result.get(role) or {}).get("history") or []:
             step = int(epoch.get("epoch", 0))
             metrics += [
-                Metric(_metric_safe(f"{role}/{key}"), float(value), now, step)
+                Metric(metric_safe(f"{role}/{key}"), float(value), now, step)
                 for key, value in epoch.items()
                 if key != "epoch" and isinstance(value, int | float) and math.isfinite(value)
             ]

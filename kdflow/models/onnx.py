@@ -141,3 +141,44 @@ def require_parity(parity: Parity, what: str = "the ONNX export") -> None:
             f"{parity.max_abs_diff:.2e} (tolerance {ATOL} + {RTOL}·|logit|); "
             "report this with the model's spec.json"
         )
+
+
+def export_with_parity(
+    model: nn.Module,
+    n_features: int,
+    path: Path,
+    x: np.ndarray,
+    expected: np.ndarray | None = None,
+    what: str = "the ONNX export",
+) -> tuple[Any, Parity]:
+    """Export `model` to `path` and require ONNX Runtime to predict what PyTorch predicts on
+    the rows `x` (`expected`: PyTorch's logits for them, computed here when not given).
+
+    Returns the ONNX Runtime session (one thread) and the parity; ModelFormatError when
+    they disagree.
+    """
+    export_onnx(model, n_features, path)
+    session = onnx_session(path)
+    if expected is None:
+        with torch.inference_mode():
+            expected = model(torch.from_numpy(x)).numpy()
+    parity = check_parity(expected, run_onnx(session, x))
+    require_parity(parity, what)
+    return session, parity
+
+
+def export_checked(model_dir: Path, folder: Path) -> Path:
+    """Export a saved model to `folder/model.onnx`, checked on 256 rows drawn around its
+    training mean (its normalisation buffers); returns the file's path."""
+    from kdflow.models.artifacts import load_model
+
+    model, spec = load_model(model_dir)
+    n_features = int(spec["n_features"])
+    state = model.state_dict()
+    rng = np.random.default_rng(0)
+    x = (
+        rng.standard_normal((256, n_features)) * state["std"].numpy() + state["mean"].numpy()
+    ).astype(np.float32)
+    path = folder / ONNX_FILE
+    export_with_parity(model, n_features, path, x)
+    return path

@@ -85,6 +85,11 @@ def parse_spec(spec: str | dict[str, Any], option: str = "--student") -> ModelSp
     return ModelSpec(arch, kwargs)
 
 
+def describe(saved: dict[str, Any]) -> str:
+    """The spec string of a saved model from its spec.json: `mlp:hidden=12`."""
+    return str(parse_spec(saved["model"], option="spec.json"))
+
+
 def _as_list(value: Any) -> list[int]:
     return [int(v) for v in (value if isinstance(value, list) else [value])]
 
@@ -447,22 +452,6 @@ def attention_modules(model: nn.Module) -> list[nn.Module]:
     """The softmax of every self-attention layer, in depth order (empty when none):
     a forward hook on each sees that layer's attention maps."""
     return [m.softmax for m in model.modules() if isinstance(m, SelfAttention)]
-
-
-def find_layer(model: nn.Module, name: str, option: str, role: str) -> nn.Module:
-    """The submodule called `name` (as `named_modules` spells it, the Classifier's `net.`
-    prefix optional); a ConfigError listing the names when there is none."""
-    modules = dict(model.named_modules())
-    for candidate in (name, f"net.{name}"):
-        if candidate and candidate in modules:
-            return modules[candidate]
-    known = [n for n in modules if n]
-    shown = ", ".join(known[:40]) + (" ..." if len(known) > 40 else "")
-    raise ConfigError(
-        f"{option}: no layer {name!r} in the {role} ({getattr(model, 'spec', '')}); "
-        f"layers: {shown}",
-        option=option,
-    )
 
 
 def penultimate_layer(model: nn.Module) -> nn.Module:

@@ -1,8 +1,8 @@
 """Data contracts: what a dataset must look like before any teacher trains on it.
 
 A contract is written by hand (YAML, checked on load), profiled from a trusted reference
-dataset (`profile_contract`, `profile_dataset`), or the lenient `default_contract` the
-pipeline runs when the user gives none. `kdflow.validation.dataset` turns it into a GX suite.
+dataset (`kdflow.validation.profile`), or the lenient `default_contract` the pipeline runs
+when the user gives none. `kdflow.validation.gx_suite` turns it into a GX suite.
 
 The dataclasses below are the only place a default lives; the string literal under each
 field is its documentation (`field_docs` reads it for YAML comments and `--help`).
@@ -21,10 +21,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 
 from kdflow.config import field_docs
-from kdflow.errors import ConfigError, DataError
-
-if typing.TYPE_CHECKING:
-    import pandas as pd
+from kdflow.errors import ConfigError
 
 FeatureDtype = Literal["float", "int"]
 ConstantPolicy = Literal["fail", "warn"]
@@ -225,73 +222,6 @@ def check_input_shape(input_shape: list[int], n_features: int) -> None:
         )
 
 
-# Slack added to a profiled reference so that a fresh sample of the same source passes.
-PROFILE_RANGE_MARGIN = 0.5
-"""Ranges widen by this fraction of (max - min) on each side: fresh data from the same
-source passes (a Gaussian feature's profiled range is then about ±5σ), while unit and
-sentinel errors (0-255 instead of 0-1, -999 for missing) still fail."""
-PROFILE_SLACK = 1.5
-"""Observed null fractions, duplicate fractions and class imbalance are multiplied by this."""
-
-
-def profile_contract(
-    df: pd.DataFrame, label_column: str = "label", input_shape: list[int] | None = None
-) -> DataContract:
-    """Profile a contract from a trusted in-memory reference dataset."""
-    # Lazy: kdflow.validation.dataset imports this module for DataContract.
-    from kdflow.validation.dataset import scan_frame
-
-    return contract_from_scan(scan_frame(df, label_column), input_shape)
-
-
-def profile_dataset(
-    uri: str, label_column: str = "label", input_shape: list[int] | None = None
-) -> DataContract:
-    """Profile a contract from a reference file (Parquet/CSV, local or s3://) in bounded memory."""
-    from kdflow.validation.dataset import scan_uri
-
-    return contract_from_scan(scan_uri(uri, label_column), input_shape)
-
-
-def contract_from_scan(scan: Any, input_shape: list[int] | None = None) -> DataContract:
-    """Turn a reference split's scan (`kdflow.validation.dataset.SplitScan`) into a contract.
-
-    Classes and feature types as observed; ranges widened by PROFILE_RANGE_MARGIN; null
-    fractions, duplicates and imbalance observed times PROFILE_SLACK; per-class minimum half
-    the smallest class, so an 80% training split of the same source still passes.
-    """
-    problems = scan.profile_problems()
-    if problems:
-        raise DataError(f"{scan.name}: cannot profile a contract from it: " + "; ".join(problems))
-    counts = scan.label.counts
-    features = {}
-    for name, col in scan.numeric.items():
-        low, high = col.finite_min, col.finite_max
-        pad = (high - low) * PROFILE_RANGE_MARGIN or max(abs(high) * PROFILE_RANGE_MARGIN, 1.0)
-        null_fraction = col.nulls / scan.rows
-        features[name] = FeatureSpec(
-            dtype="int" if col.integer and not col.nulls else "float",
-            min=_round_down(low - pad),
-            max=_round_up(high + pad),
-            max_null_fraction=min(1.0, _round_up(null_fraction * PROFILE_SLACK))
-            if null_fraction
-            else None,
-        )
-    imbalance = max(counts.values()) / min(counts.values())
-    duplicates = scan.duplicate_rows / scan.rows
-    return DataContract(
-        label_column=scan.label_column,
-        classes=sorted(counts, key=class_sort_key),
-        features=features,
-        max_null_fraction=0.0,
-        min_rows_per_class=max(1, min(counts.values()) // 2),
-        max_class_imbalance=_round_up(max(imbalance * PROFILE_SLACK, 1.5)),
-        max_duplicate_fraction=min(1.0, _round_up(max(duplicates * PROFILE_SLACK, 0.01))),
-        on_constant_feature="warn" if scan.constant_features() else "fail",
-        input_shape=input_shape,
-    )
-
-
 def _typed_values(cls: type, data: Any, source: str, prefix: str = "") -> dict[str, Any]:
     """Check a mapping's keys and value types against the dataclass `cls`."""
     if not isinstance(data, dict):
@@ -380,16 +310,3 @@ def _check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
 
 def class_sort_key(value: str | int) -> tuple[int, Any]:
     return (0, value) if isinstance(value, int) else (1, str(value))
-
-
-def _round_down(x: float) -> float:
-    return -_round_up(-x)
-
-
-def _round_up(x: float) -> float:
-    """x rounded up to 4 significant digits, so profiled YAML stays readable."""
-    if x == 0 or not math.isfinite(x):
-        return x
-    quantum = 10.0 ** (math.floor(math.log10(abs(x))) - 3)
-    # -1e-9: 0.1 * 1.5 is 0.15000000000000002, which must stay 0.15
-    return float(f"{math.ceil(x / quantum - 1e-9) * quantum:.4g}")

@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def run(dataset: Path, teachers: list[Path], cfg: DistillConfig, root: Path, name: str) -> dict:
-    from kdflow.distill.driver import distill
+    from kdflow.distill.run import distill
 
     return distill(
         dataset, teachers, cfg, root / "student", root / "baseline", root / "work", name, seed=0
@@ -69,7 +69,7 @@ def test_killed_worker_resumes_hints_with_their_projections(
 ):
     """The projections and their optimizer state are in the checkpoint: a worker killed
     after epoch 1 ends where the undisturbed run ends."""
-    from kdflow.distill.driver import distill
+    from kdflow.distill.run import distill
 
     root, undisturbed = hinted_run
     resumed = distill(

@@ -33,7 +33,7 @@ def _weights(folder: Path) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def offline_run(digits_dataset, small_teachers, tmp_path_factory, ray_tmp):
     """An undisturbed offline run: the reference the other runs are compared with."""
-    from kdflow.distill.driver import distill
+    from kdflow.distill.run import distill
 
     root = tmp_path_factory.mktemp("offline")
     cfg = DistillConfig(student_epochs=3, max_failures=1)
@@ -82,7 +82,7 @@ def test_killed_worker_resumes_from_checkpoint_and_matches_undisturbed_run(
 ):
     """A worker process dies after epoch 2; Ray Train restarts it from the epoch-2
     checkpoint and the run ends where an undisturbed run ends. It also reuses the cache."""
-    from kdflow.distill.driver import distill
+    from kdflow.distill.run import distill
 
     root, cfg, _ = offline_run
     resumed = distill(
@@ -112,7 +112,7 @@ def test_killed_worker_resumes_from_checkpoint_and_matches_undisturbed_run(
 def test_online_mode_trains_the_same_student_as_offline_on_unaugmented_data(
     offline_run, digits_dataset, small_teachers, tmp_path
 ):
-    from kdflow.distill.driver import distill
+    from kdflow.distill.run import distill
 
     root, cfg, offline = offline_run
     online = distill(
@@ -135,7 +135,7 @@ def test_online_mode_trains_the_same_student_as_offline_on_unaugmented_data(
 def test_failure_beyond_max_failures_is_a_clear_error(
     offline_run, digits_dataset, small_teachers, tmp_path
 ):
-    from kdflow.distill.driver import distill
+    from kdflow.distill.run import distill
     from kdflow.errors import KdflowError
 
     root, _, _ = offline_run
@@ -156,7 +156,7 @@ def test_failure_beyond_max_failures_is_a_clear_error(
 
 
 def test_two_workers_train_data_parallel(offline_run, digits_dataset, small_teachers, tmp_path):
-    from kdflow.distill.driver import distill
+    from kdflow.distill.run import distill
 
     root, _, _ = offline_run
     cfg = DistillConfig(student_epochs=2, workers=2)
@@ -179,7 +179,7 @@ def test_in_process_run_trains_the_same_student_as_a_ray_train_worker(
 ):
     """`workers=0` runs the same loop in this process (Ray Train's local mode): the same
     batches, losses and checkpoints, so the same weights as the worker process's."""
-    from kdflow.distill.driver import distill
+    from kdflow.distill.run import distill
 
     root, cfg, offline = offline_run
     result = distill(
@@ -207,7 +207,7 @@ def test_in_process_run_that_fails_resumes_on_rerun_and_matches_undisturbed_run(
 ):
     """In-process, a failure is not retried inside the step: it fails with the run's name,
     and rerunning the same run (what a KFP retry does) resumes after the last epoch saved."""
-    from kdflow.distill.driver import distill
+    from kdflow.distill.run import distill
     from kdflow.errors import KdflowError
 
     root, cfg, _ = offline_run
@@ -243,7 +243,7 @@ def test_in_process_run_with_cached_teachers_starts_no_ray(
         "from pathlib import Path\n"
         "import ray\n"
         "from kdflow.config import DistillConfig\n"
-        "from kdflow.distill.driver import distill\n"
+        "from kdflow.distill.run import distill\n"
         "a = json.loads(sys.argv[1])\n"
         "r = distill(Path(a['data']), [Path(t) for t in a['teachers']], "
         "DistillConfig(student_epochs=1, workers=0), Path(a['out']) / 's', Path(a['out']) / 'b', "
@@ -273,7 +273,7 @@ def test_augmented_online_run_is_reproducible_and_trains_on_noisy_rows(
 ):
     """--augment-noise: the teachers label noisy copies of the rows, the baseline trains on
     the same noisy rows; a rerun with the same seed trains the same weights."""
-    from kdflow.distill.driver import distill
+    from kdflow.distill.run import distill
 
     root, cfg, _ = offline_run
     cfg = replace(cfg, workers=0, teacher_mode="online", augment_noise=0.5)

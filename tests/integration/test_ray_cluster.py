@@ -151,7 +151,7 @@ def test_distill_runs_as_a_ray_job_on_a_two_node_cluster(
     from ray.job_submission import JobSubmissionClient
 
     from kdflow.config import DistillConfig
-    from kdflow.distill.driver import distill
+    from kdflow.distill.run import distill
 
     cfg = DistillConfig(
         student_epochs=2, workers=2, ray_address=ray_cluster, storage_path=str(tmp_path / "nfs")
@@ -184,7 +184,7 @@ def test_failed_job_fails_the_step_with_the_job_id_and_its_last_log_lines(
     ray_cluster, digits_dataset, small_teachers, tmp_path
 ):
     from kdflow.config import DistillConfig
-    from kdflow.distill.driver import distill
+    from kdflow.distill.run import distill
     from kdflow.errors import KdflowError
 
     tampered = tmp_path / "tampered-teacher"

@@ -22,8 +22,14 @@ import pytest
 import torch
 
 from kdflow.errors import RegistryError
-from kdflow.mlflow import registry
-from kdflow.mlflow.registry import RetryPolicy
+from kdflow.mlflow import promotion, registry
+from kdflow.mlflow.client import (
+    ACCURACY_TAG,
+    DATASET_TAG,
+    HISTORY_TAG,
+    RetryPolicy,
+    mlflow_client,
+)
 from tests.integration.servers import (
     MlflowServer,
     moto_s3,
@@ -258,10 +264,10 @@ def test_promote_rollback_list_and_compare_from_the_cli(
     assert c.get_model_version_by_alias(name, "champion").version == "1"
     # What a concurrent promotion compares is on every version.
     tags = c.get_model_version(name, "2").tags
-    assert tags[registry.DATASET_TAG] == summary_for(students.medium, digits_dataset)[
+    assert tags[DATASET_TAG] == summary_for(students.medium, digits_dataset)[
         "dataset"]["sha256"]
-    assert float(tags[registry.ACCURACY_TAG]) < float(
-        c.get_model_version(name, "1").tags[registry.ACCURACY_TAG])
+    assert float(tags[ACCURACY_TAG]) < float(
+        c.get_model_version(name, "1").tags[ACCURACY_TAG])
 
     code, out, _ = kdflow_cli(monkeypatch, capsys, "promote", name, "2",
                               "--tracking-uri", server.uri)
@@ -304,13 +310,13 @@ def test_two_runs_finishing_together_both_register_and_the_better_is_champion(
     name = fresh_name()
     register(server, name, students.weak, digits_dataset)  # v1: the champion both saw
     together = threading.Barrier(2)
-    real_lock = registry.promotion_lock
+    real_lock = promotion.promotion_lock
 
     def at_the_same_moment(*args, **kwargs):
         together.wait(timeout=120)
         return real_lock(*args, **kwargs)
 
-    monkeypatch.setattr(registry, "promotion_lock", at_the_same_moment)
+    monkeypatch.setattr(promotion, "promotion_lock", at_the_same_moment)
     results: dict[str, dict] = {}
     errors: list[BaseException] = []
 
@@ -332,7 +338,7 @@ def test_two_runs_finishing_together_both_register_and_the_better_is_champion(
     assert int(champion.version) == results["good"]["version"]
     assert results["good"]["promoted"]
     # The medium run either never promoted (good was first) or was replaced by good.
-    history = json.loads(client(server).get_registered_model(name).tags[registry.HISTORY_TAG])
+    history = json.loads(client(server).get_registered_model(name).tags[HISTORY_TAG])
     assert history[-1] == results["good"]["version"]
     assert_complete(client(server), servers.s3, name)
 
@@ -344,7 +350,7 @@ def test_outage_mid_registration_is_retried_then_fails_cleanly(
 
     server = servers.by_backend["sqlite"]
     name = fresh_name()
-    caplog.set_level(logging.WARNING, logger="kdflow.registry")
+    caplog.set_level(logging.WARNING, logger="kdflow.mlflow.client")
 
     # A short outage: the server dies while the model files upload and comes back.
     upload = MlflowClient.log_model_artifacts
@@ -392,7 +398,7 @@ def test_outage_mid_registration_is_retried_then_fails_cleanly(
     monkeypatch.setattr(MlflowClient, "create_model_version", create)
 
     # Read the outcome from the backend database itself: the server is still down.
-    c = registry._client(server.backend_uri)
+    c = mlflow_client(server.backend_uri)
     # (the store answers with int versions where the REST client gives strings)
     assert [str(v.version) for v in c.search_model_versions(f"name='{name}'")] == ["1"]
     aliases = c.get_registered_model(name).aliases

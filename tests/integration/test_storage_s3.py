@@ -123,7 +123,7 @@ def test_in_process_distill_keeps_its_checkpoints_on_s3_and_resumes_from_them(
     """`workers=0` writes its own checkpoints: to the bucket, the last two kept, and a
     rerun of a failed run resumes from the bucket."""
     from kdflow.config import DistillConfig
-    from kdflow.distill.driver import distill
+    from kdflow.distill.run import distill
     from kdflow.errors import KdflowError
 
     cfg = DistillConfig(student_epochs=3, workers=0, storage_path=f"s3://{s3.bucket}/kd0")

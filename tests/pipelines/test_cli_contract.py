@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 from sklearn.datasets import load_digits
 
+from kdflow.validation.checks import validate_dataset
 from kdflow.validation.contract import DataContract
-from kdflow.validation.dataset import validate_dataset
 from pipelines.cli import main
 
 

@@ -260,4 +260,8 @@ def test_distill_step_accepts_hints_that_resolve(saved_teachers):
     cfg = DistillConfig(student="mlp:hidden=12", teacher_mode="online", feature_weight=1.0,
                         feature_layers=["net.5=net.1"], ensemble="weighted_probs",
                         teacher_weights=[1.0, 2.0])
-    check_teacher_settings(cfg, folders, meta)
+    check_teacher_settings(cfg, folders, meta)  # no ConfigError
+    # It did resolve the layers: the same settings with one the teacher lacks are refused.
+    cfg.feature_layers = ["net.50=net.1"]
+    with pytest.raises(ConfigError, match=r"^--feature-layers: no layer 'net.50' in the teacher"):
+        check_teacher_settings(cfg, folders, meta)

@@ -12,10 +12,8 @@ from kdflow.models.zoo import (
     attention_modules,
     build_classifier,
     count_params,
-    find_layer,
     flops,
     parse_spec,
-    penultimate_layer,
     profile,
 )
 
@@ -242,20 +240,3 @@ def test_transformer_exposes_one_attention_map_per_layer():
     assert [tuple(m.shape) for m in maps] == [(5, 2, 4, 4)] * 3
     torch.testing.assert_close(maps[0].sum(-1), torch.ones(5, 2, 4))
     assert attention_modules(build_classifier("mlp", [4], 2, 4)) == []
-
-
-def test_layers_are_found_by_name_with_or_without_the_net_prefix():
-    model = build_classifier("cnn:channels=4-8,hidden=16", [1, 8, 8], 3, 64)
-    assert find_layer(model, "net.2", "--feature-layers", "teacher") is model.net[2]
-    assert find_layer(model, "2", "--feature-layers", "teacher") is model.net[2]
-    assert penultimate_layer(model) is model.net[-1]
-
-
-def test_unknown_layer_name_lists_the_layers_and_names_the_option():
-    model = build_classifier("mlp:hidden=8", [4], 2, 4)
-    with pytest.raises(ConfigError) as err:
-        find_layer(model, "blocks.0", "--feature-layers", "student")
-    assert str(err.value).startswith(
-        "--feature-layers: no layer 'blocks.0' in the student (mlp:hidden=8); layers: net, net.0"
-    )
-    assert err.value.option == "--feature-layers"

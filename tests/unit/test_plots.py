@@ -1,4 +1,4 @@
-"""The run's pictures, drawn from a real run summary (tests/unit/conftest.py)."""
+"""The run's pictures (`kdflow.report.plots`), drawn from a real run summary (tests/runs.py)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,8 @@ from mlflow import MlflowClient
 
 from kdflow.config import DataConfig
 from kdflow.errors import DataValidationError
-from kdflow.mlflow.tracking import RUN_TAG, find_or_create_run, record_validation
+from kdflow.mlflow.client import RUN_TAG
+from kdflow.mlflow.tracking import record_training, record_validation
 from kdflow.steps import validate_data
 
 
@@ -84,7 +85,7 @@ def test_an_unreachable_tracking_server_costs_a_warning_not_the_step(
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with caplog.at_level(logging.WARNING, logger="kdflow.tracking"):
+    with caplog.at_level(logging.WARNING, logger="kdflow.mlflow.tracking"):
         info = validate_data(DataConfig(data="builtin:digits"), 0, tmp_path / "dataset",
                              tmp_path / "report.md",
                              tracking_uri=f"http://127.0.0.1:{port}", run_id="run-2")
@@ -102,19 +103,7 @@ def test_without_a_run_id_nothing_is_recorded(tmp_path: Path, store: str):
     assert not (tmp_path / "mlflow.db").exists()
 
 
-def test_a_run_id_with_quotes_finds_its_own_run(store: str):
-    from kdflow.mlflow.registry import _client, ensure_experiment
-
-    client, experiment = _client(store), ensure_experiment(store)
-    first = find_or_create_run(client, experiment, "it's")
-    other = find_or_create_run(client, experiment, "it")
-    assert first != other
-    assert find_or_create_run(client, experiment, "it's") == first
-
-
 def test_training_curves_are_logged_per_epoch_on_the_same_run(tmp_path: Path, store: str):
-    from kdflow.mlflow.tracking import record_training
-
     opened = record_validation(store, "run-3", "builtin:digits", {"passed": True})
     result = {
         "student": {"history": [{"epoch": e, "loss": 1.0 / e, "val_accuracy": 0.5 + e / 10,

@@ -1,29 +1,15 @@
-"""Data contracts: YAML checked on load, cross-field rules, profiling, the lenient default."""
+"""Data contracts: YAML checked on load, cross-field rules, the lenient default."""
 
 from __future__ import annotations
 
 from dataclasses import fields
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
-from sklearn.datasets import load_digits
 
-from kdflow.errors import ConfigError, DataError
-from kdflow.validation.contract import (
-    DataContract,
-    FeatureSpec,
-    default_contract,
-    field_docs,
-    profile_contract,
-    profile_dataset,
-)
-
-
-@pytest.fixture(scope="module")
-def digits() -> pd.DataFrame:
-    return load_digits(as_frame=True).frame.rename(columns={"target": "label"})
+from kdflow.config import field_docs
+from kdflow.errors import ConfigError
+from kdflow.validation.contract import DataContract, FeatureSpec, default_contract
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -152,39 +138,3 @@ def test_default_contract_is_lenient_but_checks_the_basics() -> None:
 def test_every_field_is_documented() -> None:
     for cls in (DataContract, FeatureSpec):
         assert set(field_docs(cls)) == {f.name for f in fields(cls)}
-
-
-def test_profile_of_digits_widens_ranges_and_keeps_classes(digits: pd.DataFrame) -> None:
-    contract = profile_contract(digits, "label", input_shape=[1, 8, 8])
-    assert contract.classes == list(range(10))
-    assert contract.features is not None and len(contract.features) == 64
-    pixel = contract.features["pixel_3_3"]
-    assert pixel.dtype == "float" and pixel.min is not None and pixel.max is not None
-    assert (pixel.min, pixel.max) == (-8.0, 24.0)  # 0..16 widened by half the range
-    assert 1.0 < contract.max_class_imbalance < 2.0
-    assert contract.min_rows_per_class == digits["label"].value_counts().min() // 2
-    assert contract.on_constant_feature == "warn"  # pixel_0_0 is always 0
-
-
-def test_profile_allows_observed_nulls_with_slack() -> None:
-    rng = np.random.default_rng(0)
-    frame = pd.DataFrame({"a": rng.normal(size=100), "label": [0, 1] * 50})
-    frame.loc[:9, "a"] = np.nan
-    contract = profile_contract(frame)
-    assert contract.features is not None
-    assert contract.features["a"].max_null_fraction == pytest.approx(0.15)
-    assert contract.on_constant_feature == "fail"
-
-
-def test_profile_refuses_a_reference_with_null_labels() -> None:
-    frame = pd.DataFrame({"a": [1.0, 2.0, 3.0], "label": [0, 1, None]})
-    with pytest.raises(DataError, match="cannot profile a contract.*1 nulls"):
-        profile_contract(frame)
-
-
-def test_profile_from_a_file_equals_profile_from_the_frame(
-    tmp_path: Path, digits: pd.DataFrame
-) -> None:
-    path = tmp_path / "digits.parquet"
-    digits.to_parquet(path)
-    assert profile_dataset(str(path), "label") == profile_contract(digits, "label")

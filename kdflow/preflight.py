@@ -109,7 +109,7 @@ def _check_methods(
 ) -> None:
     """Distillation-method settings that depend on the teachers: weight count, hint teacher,
     and (for a zoo hint teacher, on the real shapes) the hint layers."""
-    from kdflow.distill.hints import Settings, make_plan
+    from kdflow.distill.hints import make_plan
 
     distill = cfg.distill
     if distill.teacher_weights and len(distill.teacher_weights) != len(teachers):
@@ -129,14 +129,8 @@ def _check_methods(
     teacher = teachers[distill.hint_teacher]
     if teacher.startswith(MLFLOW_URI_PREFIX) or shape is None or n_features is None:
         return  # checked by the distill step once the teacher is at hand
-    settings = Settings(
-        distill.feature_weight,
-        list(distill.feature_layers),
-        distill.attention_weight,
-        distill.hint_teacher,
-    )
     make_plan(
-        settings,
+        distill,
         build_classifier(parse_spec(teacher, "--teachers"), shape, 2, n_features),
         build_classifier(parse_spec(distill.student), shape, 2, n_features),
     )

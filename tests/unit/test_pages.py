@@ -1,4 +1,5 @@
-"""The run's HTML report: one self-contained page, checked in a real headless Chromium."""
+"""The run's HTML pages (`kdflow.report.pages`): one self-contained report page, checked in a
+real headless Chromium, and the small pages each step shows in Kubeflow."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Reading tables: local and S3, streaming, and a clear DataError for every unreadable file."""
+"""Reading tables (`kdflow.data.tables`): local and S3, streaming, and a clear DataError for
+every unreadable file."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The student's ONNX export: same predictions as PyTorch, dynamic batch, refusals."""
+"""The student's ONNX export (`kdflow.models.onnx`): same predictions as PyTorch, dynamic
+batch, refusals."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ import pytest
 import torch
 
 from kdflow.errors import ModelFormatError
+from kdflow.models.artifacts import save_model
 from kdflow.models.onnx import (
     check_parity,
+    export_checked,
     export_onnx,
+    export_with_parity,
     onnx_session,
     require_parity,
     run_onnx,
@@ -113,3 +117,35 @@ def test_onnx_export_of_every_zoo_family_matches_pytorch(tmp_path, spec, shape):
     session = onnx_session(path)
     assert session.get_inputs()[0].shape == ["batch", 64]
     require_parity(check_parity(expected, run_onnx(session, x)))
+
+
+def test_export_with_parity_returns_a_session_that_predicts_like_pytorch(mlp_export, tmp_path):
+    model, _ = mlp_export
+    x = np.random.default_rng(3).uniform(0, 16, (9, 64)).astype(np.float32)
+    session, parity = export_with_parity(model, 64, tmp_path / "m.onnx", x)
+    assert (parity.rows, parity.predictions_match, parity.logits_close) == (9, True, True)
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(run_onnx(session, x), expected, atol=1e-4, rtol=1e-3)
+
+
+def test_export_with_parity_refuses_an_export_that_disagrees_naming_what(mlp_export, tmp_path):
+    model, _ = mlp_export
+    x = np.random.default_rng(4).uniform(0, 16, (5, 64)).astype(np.float32)
+    with torch.inference_mode():
+        wrong = -model(torch.from_numpy(x)).numpy()  # what PyTorch "said": the opposite
+    with pytest.raises(ModelFormatError, match=r"^the student's export disagrees with the "
+                                               r"PyTorch model: 5 of 5 predictions differ"):
+        export_with_parity(model, 64, tmp_path / "m.onnx", x, wrong, "the student's export")
+
+
+def test_export_checked_writes_model_onnx_of_a_saved_student(mlp_export, tmp_path):
+    model, _ = mlp_export
+    save_model(model, tmp_path / "student", [str(c) for c in range(10)],
+               [f"f{i}" for i in range(64)])
+    path = export_checked(tmp_path / "student", tmp_path / "out")
+    assert path == tmp_path / "out" / "model.onnx"
+    x = np.random.default_rng(5).uniform(0, 16, (12, 64)).astype(np.float32)
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(x)).numpy()
+    require_parity(check_parity(expected, run_onnx(onnx_session(path), x)))

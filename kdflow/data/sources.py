@@ -1,0 +1,142 @@
+"""Data sources: what the loop and the teacher tasks read rows through.
+
+A data source yields a split's inputs and labels, in row ranges (a worker's shard) or in
+batches that stream over the whole split (teacher inference), and gives the statistics the
+models normalise with. Nothing reads all of a split at once unless it asks for it.
+
+`open_source(dataset_uri)` picks the implementation named by the prepared dataset's
+`meta.json` (`kind`, default `columns`); today that is `ColumnSource`, numeric feature
+columns in Parquet. The next kinds (text, image files, corpora) add an implementation and
+an entry in `KINDS`; the loop does not change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+import numpy as np
+
+from kdflow.data import storage
+from kdflow.data.prepared import DatasetMeta, Split
+from kdflow.errors import ConfigError, DataError
+
+STREAM_ROWS = 65_536
+"""Rows per batch when a split is streamed (teacher inference, statistics)."""
+
+
+class DataSource(Protocol):
+    """A prepared dataset, read by split."""
+
+    uri: str
+    meta: DatasetMeta
+
+    def rows(self, split: str) -> int:
+        """How many rows `split` has."""
+        ...
+
+    def read(self, split: str, start: int = 0, stop: int | None = None) -> Split:
+        """Rows [start, stop) of `split`: inputs and class indices."""
+        ...
+
+    def stream(self, split: str, batch_rows: int = STREAM_ROWS) -> Iterator[np.ndarray]:
+        """The inputs of `split` in order, `batch_rows` at a time (bounded memory)."""
+        ...
+
+    def input_stats(self) -> tuple[list[float], list[float]]:
+        """Per-input mean and standard deviation over the training split."""
+        ...
+
+
+class ColumnSource:
+    """Numeric feature columns and a `label` column of class indices, in Parquet (the
+    validate step's output: `train/val/test.parquet` + `meta.json`)."""
+
+    def __init__(self, uri: str, meta: DatasetMeta) -> None:
+        self.uri, self.meta = uri, meta
+
+    def rows(self, split: str) -> int:
+        return int(self.meta.rows[split])
+
+    def read(self, split: str, start: int = 0, stop: int | None = None) -> Split:
+        return load_rows(self.uri, split, self.meta, start, stop)
+
+    def stream(self, split: str, batch_rows: int = STREAM_ROWS) -> Iterator[np.ndarray]:
+        columns = self.meta.feature_columns
+        with storage.parquet_file(storage.join(self.uri, f"{split}.parquet")) as pf:
+            for batch in pf.iter_batches(batch_rows, columns=columns):
+                yield _features(batch, columns)
+
+    def input_stats(self) -> tuple[list[float], list[float]]:
+        return feature_stats(self.uri, self.meta)
+
+
+KINDS: dict[str, type] = {"columns": ColumnSource}
+"""Data source kinds, by the `kind` a prepared dataset's meta.json names."""
+
+
+def open_source(dataset_uri: str) -> DataSource:
+    """The data source of a prepared dataset (a folder or s3:// prefix)."""
+    values: dict[str, Any] = dict(_read_meta_json(dataset_uri))
+    kind = values.pop("kind", "columns")
+    if kind not in KINDS:
+        raise ConfigError(
+            f"{dataset_uri}: data of kind {kind!r}; this kdflow reads {', '.join(KINDS)}"
+        )
+    source: DataSource = KINDS[kind](dataset_uri, DatasetMeta(**values))
+    return source
+
+
+def _read_meta_json(dataset_uri: str) -> dict[str, Any]:
+    uri = storage.join(dataset_uri, "meta.json")
+    if not storage.exists(uri):
+        raise DataError(f"{dataset_uri}: not a prepared kdflow dataset (no meta.json)")
+    meta: dict[str, Any] = storage.read_json(uri)
+    return meta
+
+
+def load_meta(dataset_uri: str) -> DatasetMeta:
+    """A prepared dataset's meta.json (a folder or s3:// prefix)."""
+    return open_source(dataset_uri).meta
+
+
+def _features(table: Any, columns: list[str]) -> np.ndarray:
+    if table.num_rows == 0:
+        return np.zeros((0, len(columns)), np.float32)
+    return np.stack(
+        [table.column(c).to_numpy(zero_copy_only=False) for c in columns], axis=1
+    ).astype(np.float32, copy=False)
+
+
+def load_rows(
+    dataset_uri: str, split: str, meta: DatasetMeta, start: int = 0, stop: int | None = None
+) -> Split:
+    """Rows [start, stop) of a split, reading only the Parquet row groups that hold them."""
+    table = storage.read_parquet_rows(
+        storage.join(dataset_uri, f"{split}.parquet"),
+        start,
+        stop,
+        columns=[*meta.feature_columns, "label"],
+    )
+    y = table.column("label").to_numpy(zero_copy_only=False).astype(np.int64)
+    return Split(x=_features(table, meta.feature_columns), y=y)
+
+
+def feature_stats(dataset_uri: str, meta: DatasetMeta) -> tuple[list[float], list[float]]:
+    """Mean and (unbiased) standard deviation of each feature over the whole training split.
+
+    Streamed in float64, so every worker normalises with the same statistics whatever its
+    shard, and memory stays at one batch of rows.
+    """
+    total = np.zeros(meta.n_features)
+    squares = np.zeros(meta.n_features)
+    n = 0
+    with storage.parquet_file(storage.join(dataset_uri, "train.parquet")) as pf:
+        for batch in pf.iter_batches(STREAM_ROWS, columns=meta.feature_columns):
+            x = _features(batch, meta.feature_columns).astype(np.float64)
+            total += x.sum(0)
+            squares += (x * x).sum(0)
+            n += len(x)
+    mean = total / max(n, 1)
+    var = (squares - n * mean * mean) / max(n - 1, 1)
+    return mean.tolist(), np.sqrt(np.maximum(var, 0.0)).tolist()

@@ -1,0 +1,389 @@
+"""The training loop: every role of one run, side by side, epoch by epoch.
+
+The roles train from the same initial weights and on the same batches: `student` on the
+KD loss against the ensemble's soft targets, `baseline` on the labels alone, so that the
+comparison isolates what distillation adds; a `teacher` trains as the baseline does and
+keeps its best validation epoch. Each step is `kdflow.distill.step.kd_step`.
+
+The loop runs wherever a `Reporter` puts it: in a Ray Train worker (each rank reads its
+contiguous shard of the rows and of the cache; `kdflow.distill.ray_train`), in the step's
+own process through Ray Train's local mode, or plainly in-process for a teacher. The
+reporter gives the rank, the device and the checkpoint to resume from, and takes each
+epoch's report.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from kdflow.config import DistillConfig
+from kdflow.data.prepared import Split
+from kdflow.data.sources import DataSource, open_source
+from kdflow.distill import cache as teacher_cache
+from kdflow.distill import hints
+from kdflow.distill.checkpoints import restore_training, restore_weights
+from kdflow.distill.runtime import seed_everything
+from kdflow.distill.step import Batch, OnlineTeachers, Role, kd_step
+from kdflow.distill.targets import Ensemble, Targets
+from kdflow.distill.tasks import Task, task_named
+from kdflow.distill.teachers import load_teacher
+from kdflow.errors import KdflowError
+from kdflow.models.sources import build, source_for, source_of_folder
+
+log = logging.getLogger(__name__)
+
+BLOCK_BATCHES = 64
+"""Batches the loop gathers at once (64 × 64 rows × 64 float32 features: 1 MB)."""
+
+
+@dataclass
+class WorkerJob:
+    """What every worker of one run receives: the run's settings as themselves (the same
+    DistillConfig the CLI and the component built), and what the driver learned."""
+
+    cfg: DistillConfig
+    dataset: str
+    """The prepared dataset (a folder or s3:// prefix)."""
+    roles: list[str]
+    """Which roles train: `student` and `baseline`, or one `teacher`."""
+    seed: int
+    run_dir: str
+    """Where this run's checkpoints go (local or S3)."""
+    in_process: bool = False
+    task: str = "classification"
+    ensemble: Ensemble | None = None
+    caches: list[str] = field(default_factory=list)
+    """Offline KD: each teacher's cache entry."""
+    teachers: list[str] = field(default_factory=list)
+    """Online KD: each teacher's folder."""
+    stats: tuple[list[float], list[float]] | None = None
+    """Per-input mean and std over the training split (every rank normalises the same)."""
+    fail_at_epoch: int | None = None
+    """Test hook: fail once after this epoch's checkpoint."""
+
+
+class Reporter(Protocol):
+    rank: int
+    world: int
+    device: torch.device
+
+    def resume(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        """The tensors and state of the checkpoint to resume from, or None."""
+        ...
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """The model on this worker's device (wrapped for data parallelism where needed)."""
+        ...
+
+    def report(
+        self, stats: dict[str, Any], roles: list[Role], epoch: int, history: list[dict[str, Any]]
+    ) -> None:
+        """One epoch's metrics, with a checkpoint of every role."""
+        ...
+
+
+class InProcess:
+    """The plain reporter: this process's device, no checkpoints (a teacher's training);
+    `on_epoch(stats)` sees each epoch's metrics."""
+
+    rank, world = 0, 1
+
+    def __init__(
+        self, device: torch.device, on_epoch: Callable[[dict[str, Any]], None] | None = None
+    ) -> None:
+        self.device, self.on_epoch = device, on_epoch
+
+    def resume(self) -> None:
+        return None
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        return model.to(self.device)
+
+    def report(
+        self, stats: dict[str, Any], roles: list[Role], epoch: int, history: list[dict[str, Any]]
+    ) -> None:
+        if self.on_epoch is not None:
+            self.on_epoch(stats)
+
+
+def shard_bounds(rows: int, rank: int, world: int) -> tuple[int, int]:
+    """Rank `rank`'s contiguous rows [start, stop); shard sizes differ by at most one.
+
+    Contiguous shards let each worker read one byte range of the Parquet file and of the
+    cache; the prepared train split is already shuffled, so a shard is a random sample.
+    """
+    return rows * rank // world, rows * (rank + 1) // world
+
+
+def epoch_order(shard_rows: int, per_rank: int, seed: int) -> torch.Tensor:
+    """This epoch's order of a shard's rows, padded by wrapping to `per_rank` rows so every
+    rank takes the same number of steps (DDP all-reduces once per step).
+
+    It depends only on (seed, epoch) through `seed`: a resumed run sees the batches an
+    undisturbed one would, and every role sees the same batches.
+    """
+    order = torch.randperm(shard_rows, generator=torch.Generator().manual_seed(seed))
+    if per_rank > shard_rows:
+        order = torch.cat([order, order[: per_rank - shard_rows]])
+    return order
+
+
+def shard_targets(job: WorkerJob, task: Task, start: int, stop: int) -> Targets:
+    """This shard's ensemble soft targets from the cache: one ranged read per teacher."""
+    assert job.ensemble is not None
+    parts = []
+    for uri in job.caches:
+        entry = teacher_cache.CacheEntry.open(uri)
+        if entry is None:
+            raise KdflowError(f"teacher cache {uri} disappeared during the run")
+        parts.append({k: torch.from_numpy(v) for k, v in entry.train_rows(start, stop).items()})
+    return task.targets(parts, job.ensemble)
+
+
+def batches(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    order: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    targets: Targets | None = None,
+    noise: tuple[torch.Tensor, torch.Generator] | None = None,
+) -> Iterator[Batch]:
+    """Batches of the rows in `order`, with their cached soft targets when given.
+
+    Rows are gathered BLOCK_BATCHES batches at a time and then sliced: one large gather
+    costs about what one small one does, and a slice is a view. On GPU each block goes
+    through pinned memory in one copy. `noise` (per-feature scale, generator) adds
+    Gaussian noise to each batch's inputs before anything sees them; the same generator
+    seed gives every role the same rows.
+    """
+    pin = device.type == "cuda"
+    for start in range(0, len(order), batch_size * BLOCK_BATCHES):
+        idx = order[start : start + batch_size * BLOCK_BATCHES]
+        block = [x[idx], y[idx]] + ([targets.rows(idx)] if targets is not None else [])
+        if pin:
+            block = [t.pin_memory().to(device, non_blocking=True) for t in block]
+        for i in range(0, len(idx), batch_size):
+            parts = [t[i : i + batch_size] for t in block]
+            if noise is not None:
+                scale, generator = noise
+                draw = torch.randn(parts[0].shape, generator=generator)
+                parts[0] = parts[0] + (draw * scale).to(parts[0].device)
+            yield Batch(parts[0], parts[1], parts[2] if len(parts) > 2 else None)
+
+
+def run_epoch(
+    role: Role,
+    steps: Iterator[Batch],
+    task: Task,
+    temperature: float,
+    device: torch.device,
+    teachers: OnlineTeachers | None = None,
+    entropy: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """One pass of `role` over `steps`: the row means of the loss and its parts.
+
+    `soft_loss` is the KL to the teachers' targets, the cross-entropy less their mean
+    entropy (`entropy`: the cached targets' Σ H(p_T) over the epoch's rows; online, each
+    step's). `loss` is then what `kd_loss` reports, with the teachers' entropy. Losses stay
+    on the device until the end: a `.item()` per step would stall a GPU on every batch.
+    """
+    role.model.train()
+    kept: dict[str, list[torch.Tensor]] = {
+        k: [] for k in ("total", "hard", "soft", "feature", "attention")
+    }
+    deferred: list[tuple[torch.Tensor, torch.Tensor]] = []
+    entropies = [] if entropy is None else [entropy]
+    sizes: list[int] = []
+    for batch in steps:
+        out = kd_step(role, batch, task, temperature, device, teachers)
+        for name in kept:
+            value = out.parts.total.detach() if name == "total" else getattr(out.parts, name)
+            if value is not None:
+                kept[name].append(value)
+        if out.parts.hard is None:  # pure KD: the label loss is computed for the epoch at once
+            deferred.append((out.logits, batch.y))
+        if out.entropy is not None:
+            entropies.append(out.entropy)
+        sizes.append(len(batch.y))
+    seen = sum(sizes)
+    if not seen:
+        return {"loss": 0.0, "hard_loss": 0.0, "soft_loss": 0.0, "rows": 0}
+    weights = torch.tensor(sizes, dtype=torch.float32, device=kept["total"][0].device)
+
+    def mean(values: list[torch.Tensor]) -> float:
+        return float((torch.stack(values).float() * weights).sum() / weights.sum())
+
+    means = {name: mean(v) for name, v in kept.items() if v}
+    if deferred:
+        with torch.no_grad():
+            means["hard"] = float(
+                task.hard_loss(
+                    torch.cat([z for z, _ in deferred]), torch.cat([y for _, y in deferred])
+                )
+            )
+    mean_entropy = float(torch.stack(entropies).sum()) / seen if entropies else 0.0
+    kd_share = (1.0 - role.alpha) * temperature**2 if role.kd else 0.0
+    result = {
+        "loss": means["total"] - kd_share * mean_entropy,
+        "hard_loss": means.get("hard", 0.0),
+        "soft_loss": means.get("soft", 0.0) - mean_entropy if role.kd and role.alpha < 1 else 0.0,
+        "rows": seen,
+    }
+    for name in ("feature", "attention"):
+        if name in means:
+            result[f"{name}_loss"] = means[name]
+    return result
+
+
+def build_roles(
+    job: WorkerJob, source: DataSource, device: torch.device, teachers: OnlineTeachers | None
+) -> list[Role]:
+    """Each role's model, optimizer and schedule, from the same seed: identical initial
+    weights (DDP broadcasts rank 0's anyway), so the roles differ only by their loss. A
+    student with hints is a `HintedStudent`; its projections are drawn after its weights,
+    so they do not change them."""
+    cfg = job.cfg
+    mean, std = job.stats or source.input_stats()
+    roles = []
+    for name in job.roles:
+        seed_everything(job.seed)
+        kd = name == "student"
+        plan = None
+        if kd and cfg.uses_hints and teachers is not None and teachers.taps is not None:
+            plan = teachers.taps.plan
+            seed_everything(job.seed)
+        classifier = build(cfg.student, source.meta, (mean, std))
+        model = classifier if plan is None else hints.HintedStudent(classifier, plan)  # type: ignore[arg-type]
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.student_lr)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.student_epochs)
+        roles.append(
+            Role(
+                name,
+                model,
+                classifier,
+                optimizer,
+                scheduler,
+                kd=kd,
+                alpha=cfg.alpha if kd else 1.0,
+                plan=plan,
+                keep_best=name == "teacher",
+            )
+        )
+    return roles
+
+
+def online_teachers(
+    job: WorkerJob, source: DataSource, task: Task, device: torch.device
+) -> OnlineTeachers | None:
+    """The teachers on this worker's device, when the student learns from them online;
+    with hints, the hint teacher's taps and the plan pairing its layers with the student's."""
+    cfg = job.cfg
+    if cfg.teacher_mode != "online" or "student" not in job.roles:
+        return None
+    assert job.ensemble is not None
+    loaded = [load_teacher(u, source.meta) for u in job.teachers]
+    models = [m.to(device).eval() for m, _ in loaded]
+    taps = None
+    if cfg.uses_hints:
+        seed_everything(job.seed)
+        student = build(cfg.student, source.meta).to(device)
+        teacher, saved = models[cfg.hint_teacher], loaded[cfg.hint_teacher][1]
+        plan = hints.make_plan(
+            cfg,
+            teacher,  # type: ignore[arg-type]
+            student,  # type: ignore[arg-type]
+            source_of_folder(saved, job.teachers[cfg.hint_teacher]),
+            source_for(cfg.student),
+        )
+        taps = hints.TeacherTaps(teacher, plan)  # type: ignore[arg-type]
+    return OnlineTeachers(models, job.ensemble, task, taps)
+
+
+def train(job: WorkerJob, reporter: Reporter) -> tuple[list[Role], list[dict[str, Any]]]:
+    """Train every role of `job` for its epochs (resuming where the reporter says), and
+    return the roles (teachers with their best epoch's weights) and the history."""
+    cfg, task = job.cfg, task_named(job.task)
+    rank, world, device = reporter.rank, reporter.world, reporter.device
+    source = open_source(job.dataset)
+    rows = source.rows("train")
+    start, stop = shard_bounds(rows, rank, world)
+    train_rows = source.read("train", start, stop)
+    val: Split | None = source.read("val") if rank == 0 else None
+    teachers = online_teachers(job, source, task, device)
+    targets = (
+        shard_targets(job, task, start, stop)
+        if cfg.teacher_mode == "offline" and "student" in job.roles
+        else None
+    )
+    roles = build_roles(job, source, device, teachers)
+    first_epoch, history = 1, []
+    resumed = reporter.resume()
+    if resumed:
+        tensors, state = resumed
+        restore_weights(roles, tensors)
+        first_epoch, history = state["epoch"] + 1, state["history"]
+        log.info("rank %d resumes at epoch %d", rank, first_epoch)
+    for r in roles:
+        r.model = reporter.prepare(r.model)
+    if resumed:
+        restore_training(roles, *resumed)
+
+    x, y = torch.from_numpy(train_rows.x), torch.from_numpy(train_rows.y)
+    _, std = job.stats or source.input_stats()
+    noise_scale = cfg.augment_noise * torch.tensor(std)  # --augment-noise, in feature stds
+    batch_size = max(1, cfg.student_batch_size // world)
+    per_rank = math.ceil(rows / world)
+    for epoch in range(first_epoch, cfg.student_epochs + 1):
+        order = epoch_order(len(x), per_rank, job.seed * 100_003 + epoch)
+        # The cached targets' entropy over this epoch's rows, for the reported KL.
+        entropy = targets.entropy[order].sum() if targets is not None else None
+        stats: dict[str, Any] = {"epoch": epoch}
+        for r in roles:
+            noise = None
+            if cfg.augment_noise:
+                # A fresh generator per role: every role sees the same noisy rows.
+                seed = job.seed * 100_003 + epoch * 1_009 + rank
+                noise = (noise_scale, torch.Generator().manual_seed(seed))
+            steps = batches(x, y, order, batch_size, device, targets if r.kd else None, noise)
+            started = time.perf_counter()
+            losses = run_epoch(
+                r, steps, task, cfg.temperature, device, teachers, entropy if r.kd else None
+            )
+            seconds = time.perf_counter() - started
+            r.scheduler.step()
+            seen = losses.pop("rows")
+            stats |= {f"{r.name}/{k}": v for k, v in losses.items()} | {
+                f"{r.name}/seconds": seconds,
+                f"{r.name}/rows_per_s": seen * world / seconds,
+            }
+            if val is not None:
+                stats |= _validate(r, task, val)
+        history.append(stats)
+        reporter.report(stats, roles, epoch, history)
+    for r in roles:
+        if r.keep_best and r.best_state is not None:
+            r.classifier.load_state_dict(r.best_state)
+    return roles, history
+
+
+def _validate(role: Role, task: Task, val: Split) -> dict[str, float]:
+    score = task.score(role.classifier, val)
+    if score > role.best_acc:
+        role.best_acc = score
+        if role.keep_best:
+            role.best_state = {
+                k: v.detach().clone() for k, v in role.classifier.state_dict().items()
+            }
+    return {
+        f"{role.name}/val_{task.metric}": score,
+        f"{role.name}/best_val_{task.metric}": role.best_acc,
+    }

@@ -1,0 +1,155 @@
+"""One knowledge-distillation step, top to bottom, in the manner of torchtune's KD recipe
+(`recipes/knowledge_distillation_single_device.py`, `_loss_step`):
+
+1. the student's forward pass (bf16 autocast on a GPU);
+2. the teachers' targets: cached with the batch (offline), or computed now under
+   `torch.no_grad()` (online), rounded as the cache rounds them;
+3. the loss, composed from named parts (`LossParts`): the task's KD loss, then the hint
+   losses a plan asks for;
+4. backward and the optimizer's step.
+
+One step serves every role the loop trains: the distilled student, the no-distillation
+baseline (the same step without targets) and the teachers themselves (hard labels, best
+validation epoch kept).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdflow.distill.hints import HintedStudent, Plan, TeacherTaps
+from kdflow.distill.losses import attention_loss, hint_loss
+from kdflow.distill.targets import Ensemble, Targets
+from kdflow.distill.tasks import LossParts, Task
+
+
+@dataclass
+class Role:
+    """One model the loop trains, with its optimizer and schedule."""
+
+    name: str
+    """`student`, `baseline` or `teacher`: the checkpoint's key prefix and the report's."""
+    model: nn.Module
+    """What trains: the classifier, or a `HintedStudent` around it (or its DDP wrapper)."""
+    classifier: nn.Module
+    """What is validated, checkpointed and saved (never the hint projections)."""
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    kd: bool
+    """Learns from the teachers' targets (the student); otherwise from labels alone."""
+    alpha: float
+    """Weight of the label loss (1 for roles without teachers)."""
+    plan: Plan | None = None
+    keep_best: bool = False
+    """Hand back the best validation epoch's weights (teachers) rather than the last."""
+    best_acc: float = -1.0
+    best_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+
+    @property
+    def aux(self) -> nn.Module | None:
+        """The hint projections, trained and checkpointed with the role, never exported."""
+        inner = getattr(self.model, "module", self.model)  # DDP wraps the trained module
+        return inner.projections if isinstance(inner, HintedStudent) else None
+
+
+@dataclass
+class Batch:
+    x: torch.Tensor
+    y: torch.Tensor
+    soft: torch.Tensor | None = None
+    """The ensemble's cached soft targets of these rows (offline KD), N × C."""
+
+
+@dataclass
+class OnlineTeachers:
+    """Teachers that run on every batch (online KD: augmentation, hints)."""
+
+    models: list[nn.Module]
+    ensemble: Ensemble
+    task: Task
+    taps: TeacherTaps | None = None
+    """Hooks on the hint teacher: its features and attention maps of the same pass."""
+
+    @torch.no_grad()
+    def targets(self, x: torch.Tensor) -> Targets:
+        # The cache's rounding (float16, top-k) applies here too, so offline and online
+        # runs on the same rows train the same student.
+        parts = [self.task.cache_parts(t(x).float(), self.ensemble.top_k) for t in self.models]
+        return self.task.targets(parts, self.ensemble)
+
+
+@dataclass
+class StepOutput:
+    parts: LossParts
+    logits: torch.Tensor
+    """The student's logits, detached (the epoch's deferred label loss uses them)."""
+    entropy: torch.Tensor | None
+    """Σ H(p_T) of the batch's online targets (offline: counted once per epoch)."""
+
+
+def kd_step(
+    role: Role,
+    batch: Batch,
+    task: Task,
+    temperature: float,
+    device: torch.device,
+    teachers: OnlineTeachers | None = None,
+) -> StepOutput:
+    # 1. The student's forward pass.
+    if device.type == "cuda":
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = role.model(batch.x)
+    else:
+        out = role.model(batch.x)
+    logits, features, maps = out if isinstance(out, tuple) else (out, [], [])
+    logits = logits.float()
+
+    # 2. The teachers' targets: cached, or online under no_grad.
+    soft, entropy, taps = (batch.soft if role.kd else None), None, None
+    if role.kd and teachers is not None:
+        online = teachers.targets(batch.x)
+        soft = online.rows()
+        entropy = online.entropy.sum() if online.entropy is not None else None
+        taps = teachers.taps.take() if teachers.taps is not None else None
+
+    # 3. The loss, by named parts.
+    parts = task.loss(logits, batch.y, soft, temperature, role.alpha)
+    if role.plan is not None:
+        parts = with_hints(parts, role.plan, features, maps, taps)
+
+    # 4. Backward and step.
+    role.optimizer.zero_grad(set_to_none=True)
+    parts.total.backward()
+    role.optimizer.step()
+    return StepOutput(parts, logits.detach(), entropy)
+
+
+def with_hints(
+    parts: LossParts,
+    plan: Plan,
+    features: list[torch.Tensor],
+    maps: list[torch.Tensor],
+    taps: dict[str, list[torch.Tensor]] | None,
+) -> LossParts:
+    """`parts` plus feature_weight · `hint_loss` and attention_weight · `attention_loss`."""
+    if taps is None:
+        raise RuntimeError("hint losses need the hint teacher's taps (online teachers)")
+    total = parts.total
+    feature = attention = None
+    if plan.pairs:
+        feature = hint_loss(features, taps["features"])
+        total = total + plan.feature_weight * feature
+    if plan.attention_map:
+        attention = attention_loss(maps, taps["attention"])
+        total = total + plan.attention_weight * attention
+    return LossParts(
+        total=total,
+        hard=parts.hard,
+        soft=parts.soft,
+        feature=None if feature is None else feature.detach(),
+        attention=None if attention is None else attention.detach(),
+    )

@@ -1,0 +1,174 @@
+"""Teachers: their saved folders, and their outputs over the data, computed once.
+
+Offline KD fills each teacher's cache entry (`kdflow.distill.cache`) in a Ray task of its
+own (a GPU each where the cluster has GPUs); a later run with the same data and teacher
+reuses it. Either mode reads each teacher's validation logits for the ensemble's weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from kdflow.config import DistillConfig
+from kdflow.data import storage
+from kdflow.data.prepared import DatasetMeta
+from kdflow.data.sources import open_source
+from kdflow.distill import cache as teacher_cache
+from kdflow.distill.runtime import ensure_ray, local_device
+from kdflow.distill.tasks import Task, task_named
+from kdflow.errors import DataError, KdflowError
+from kdflow.models.inference import predict_logits
+from kdflow.models.sources import load_saved
+from kdflow.models.zoo import describe
+
+log = logging.getLogger(__name__)
+
+
+def load_teacher(uri: str, meta: DatasetMeta) -> tuple[nn.Module, dict[str, Any]]:
+    """A teacher's saved folder (local or s3://), loaded by its source, checked against
+    the data's inputs and classes."""
+    with storage.local_dir(uri) as folder:
+        model, spec = load_saved(folder)
+    if spec["n_features"] != meta.n_features or spec["n_classes"] != meta.n_classes:
+        raise KdflowError(
+            f"teacher {uri} expects {spec['n_features']} features and {spec['n_classes']} "
+            f"classes; the data has {meta.n_features} and {meta.n_classes}"
+        )
+    return model, spec
+
+
+def _teacher_task(
+    dataset_uri: str,
+    teacher_uri: str,
+    task_name: str,
+    cache_uri: str | None,
+    entry_meta: dict[str, Any],
+) -> dict[str, Any]:
+    """One teacher's validation logits and, for the cache, its outputs over the train split.
+
+    Runs as a Ray task (a GPU when the cluster has them); the train split streams through
+    its data source in batches, so memory is the cache entry plus one batch.
+    """
+    started = time.monotonic()
+    source = open_source(dataset_uri)
+    task = task_named(task_name)
+    model, _ = load_teacher(teacher_uri, source.meta)
+    model.to(local_device())
+    val_logits = predict_logits(model, source.read("val").x).half().numpy()
+    if cache_uri:
+        top_k = int(entry_meta["top_k"])
+        rows = int(entry_meta["rows"])
+        arrays: dict[str, np.ndarray] = {}
+        done = 0
+        for x in source.stream("train"):
+            parts = task.cache_parts(predict_logits(model, x), top_k)
+            for name, t in parts.items():
+                if name not in arrays:
+                    arrays[name] = np.empty((rows, t.shape[1]), t.numpy().dtype)
+                arrays[name][done : done + len(x)] = t.numpy()
+            done += len(x)
+        if done != rows:
+            raise DataError(f"{dataset_uri}: train.parquet has {done} rows, meta.json says {rows}")
+        teacher_cache.write_entry(cache_uri, arrays, val_logits, entry_meta)
+    return {"val_logits": val_logits, "seconds": time.monotonic() - started}
+
+
+@dataclass
+class TeacherOutputs:
+    uri: str
+    spec: dict[str, Any]
+    val_logits: np.ndarray
+    cache: str | None
+    cache_hit: bool
+    seconds: float
+
+
+def _ray_get(refs: list[Any]) -> list[Any]:
+    """ray.get, re-raising a task's KdflowError as itself rather than wrapped."""
+    import ray
+    from ray.exceptions import RayTaskError
+
+    try:
+        return ray.get(refs)
+    except RayTaskError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, KdflowError):
+            raise type(cause)(str(cause)) from exc
+        raise
+
+
+def teacher_outputs(
+    dataset_uri: str,
+    teacher_uris: list[str],
+    meta: DatasetMeta,
+    cfg: DistillConfig,
+    storage_root: str,
+    top_k: int,
+    task: Task,
+) -> list[TeacherOutputs]:
+    """Each teacher's validation logits; offline, also its cache entry, filled if missing.
+
+    Cached teachers cost one read of their validation logits; the others run in parallel,
+    one Ray task each. Online mode writes no cache but reads validation logits from one.
+    """
+    offline = cfg.teacher_mode == "offline"
+    key = teacher_cache.dataset_key(dataset_uri)
+    outputs: dict[int, TeacherOutputs] = {}
+    pending: dict[int, tuple[str, dict[str, Any], str, dict[str, Any]]] = {}
+    for i, uri in enumerate(teacher_uris):
+        spec = teacher_spec(uri)
+        entry_meta = {
+            "dataset_key": key,
+            "teacher_sha256": spec["weights_sha256"],
+            "top_k": top_k,
+            "rows": int(meta.rows["train"]),
+            "classes": meta.n_classes,
+        }
+        cache = teacher_cache.entry_uri(storage_root, key, spec["weights_sha256"], top_k)
+        entry = teacher_cache.CacheEntry.open(cache)
+        if entry is not None and entry.matches(entry_meta):
+            log.info("teacher %d (%s): cached outputs %s", i, describe(spec), cache)
+            outputs[i] = TeacherOutputs(
+                uri, spec, entry.rows("val"), cache if offline else None, True, 0.0
+            )
+            continue
+        pending[i] = (uri, spec, cache, entry_meta)
+    done = []
+    if pending:
+        import ray
+
+        ensure_ray()
+        gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+        remote = ray.remote(_teacher_task)
+        refs = [
+            remote.options(num_cpus=1, num_gpus=gpus, name=f"kdflow-teacher-{i}").remote(
+                dataset_uri, uri, task.name, cache if offline else None, entry_meta
+            )
+            for i, (uri, _, cache, entry_meta) in pending.items()
+        ]
+        done = _ray_get(refs)
+    for (i, (uri, spec, cache, _)), out in zip(pending.items(), done, strict=True):
+        outputs[i] = TeacherOutputs(
+            uri, spec, out["val_logits"], cache if offline else None, False, out["seconds"]
+        )
+    return [outputs[i] for i in range(len(teacher_uris))]
+
+
+def teacher_spec(uri: str) -> dict[str, Any]:
+    from kdflow.errors import ModelFormatError
+
+    spec_uri = storage.join(uri, "spec.json")
+    if not storage.exists(spec_uri):
+        raise ModelFormatError(
+            f"{uri}: no spec.json; a kdflow model is a folder with model.safetensors and spec.json"
+        )
+    spec: dict[str, Any] = storage.read_json(spec_uri)
+    if "weights_sha256" not in spec or "model" not in spec:
+        raise ModelFormatError(f"{spec_uri}: missing keys model / weights_sha256")
+    return spec

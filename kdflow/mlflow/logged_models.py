@@ -1,0 +1,229 @@
+"""The student's two MLflow logged models, uploaded and checked, and downloaded back.
+
+The student is uploaded as two logged models of one MLflow run: a pyfunc ("models from
+code", `kdflow/mlflow/serving.py`, loading the safetensors folder: no pickle) and an ONNX
+model. Their files are listed back from the artifact store and checked (names and byte
+sizes) before the registry creates a version from the pyfunc; an upload that breaks off or
+arrives incomplete raises IncompleteUpload, which `call` retries as a new logged model.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import kdflow
+from kdflow.errors import RegistryError
+from kdflow.mlflow.client import (
+    IncompleteUpload,
+    RetryPolicy,
+    call,
+    http_settings,
+)
+
+PYFUNC_NAME = "student"
+ONNX_NAME = "student-onnx"
+
+
+def download_model(
+    tracking_uri: str, model_uri: str, dest: Path, policy: RetryPolicy | None = None
+) -> Path:
+    """Download a registered kdflow pyfunc and return its safetensors model folder."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    policy = policy or RetryPolicy()
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    try:
+        with http_settings.applied(policy):
+            local = Path(
+                call(
+                    policy,
+                    f"download {model_uri}",
+                    mlflow.artifacts.download_artifacts,
+                    artifact_uri=model_uri,
+                    dst_path=str(dest),
+                )
+            )
+    except MlflowException as exc:
+        raise RegistryError(f"cannot download {model_uri} from {tracking_uri}: {exc}") from exc
+    folder: Path | None = local / "artifacts" / PYFUNC_NAME
+    if folder is None or not folder.is_dir():
+        folder = _artifact_folder(local)
+    if folder is None or not (folder / "spec.json").is_file():
+        raise RegistryError(
+            f"{model_uri} is not a kdflow model (no `{PYFUNC_NAME}` artifact with a spec.json)"
+        )
+    return folder
+
+
+def _artifact_folder(local: Path) -> Path | None:
+    """The `student` artifact's folder as the MLmodel file records it (older kdflow
+    versions named it after the folder that was logged)."""
+    import yaml
+
+    try:
+        mlmodel = yaml.safe_load((local / "MLmodel").read_text())
+        path = mlmodel["flavors"]["python_function"]["artifacts"][PYFUNC_NAME]["path"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return None
+    return local / path
+
+
+def log_models(
+    client: Any,
+    policy: RetryPolicy,
+    experiment_id: str,
+    run_id: str,
+    student_dir: Path,
+    onnx_path: Path | None,
+    tags: dict[str, str],
+) -> tuple[str, str | None]:
+    """Upload both models of run `run_id`, each checked on arrival: their logged model ids
+    (the ONNX one None without `onnx_path`).
+
+    An upload that breaks off or arrives incomplete is retried as a new logged model; the
+    broken one is never registered.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        # MLflow names a pyfunc artifact folder after the local folder: stage it as `student`.
+        staged = Path(tmp) / PYFUNC_NAME
+        shutil.copytree(student_dir, staged)
+        expected: dict[str, int | None] = {"MLmodel": None}
+        for name in ("model.safetensors", "spec.json"):
+            expected[f"artifacts/{PYFUNC_NAME}/{name}"] = (staged / name).stat().st_size
+        pyfunc_id = call(policy, "upload the pyfunc model", _upload_checked, _log_pyfunc,
+                         expected, client, experiment_id, run_id, staged, tags)
+    onnx_id = None
+    if onnx_path is not None:
+        expected = {"MLmodel": None, "model.onnx": onnx_path.stat().st_size}
+        onnx_id = call(policy, "upload the ONNX model", _upload_checked, _log_onnx, expected,
+                       client, experiment_id, run_id, onnx_path, student_dir, tags)
+    return pyfunc_id, onnx_id
+
+
+def _upload_checked(
+    log_model: Callable[..., str], expected: dict[str, int | None], client: Any, *args: Any
+) -> str:
+    model_id = log_model(client, *args)
+    _check_uploaded(client, model_id, expected)
+    return model_id
+
+
+def _input_example(student_dir: Path) -> Any:
+    """One row at the training features' mean: a realistic example for the signature."""
+    import pandas as pd
+    from safetensors.numpy import load_file
+
+    from kdflow.models.artifacts import read_spec
+
+    spec = read_spec(student_dir)
+    mean = load_file(str(student_dir / "model.safetensors"))["mean"].astype("float32")
+    return pd.DataFrame([mean], columns=spec["feature_names"])
+
+
+def _pinned(*packages: str) -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for name in packages:
+        try:
+            pins.append(f"{name}=={version(name).split('+')[0]}")
+        except PackageNotFoundError:
+            pins.append(name)
+    return pins
+
+
+def _log_pyfunc(
+    client: Any, experiment_id: str, run_id: str, student_dir: Path, tags: dict[str, str]
+) -> str:
+    import mlflow
+    import pandas as pd
+    from mlflow.entities import LoggedModelOutput
+    from mlflow.models import infer_signature
+
+    example = _input_example(student_dir)
+    signature = infer_signature(example, pd.DataFrame({"label": ["0"], "probability": [0.5]}))
+    model = client.create_logged_model(
+        experiment_id, name=PYFUNC_NAME, source_run_id=run_id, tags=tags, model_type="kdflow"
+    )
+    mlflow.pyfunc.log_model(
+        name=PYFUNC_NAME,
+        model_id=model.model_id,
+        python_model=str(Path(__file__).with_name("serving.py")),
+        artifacts={PYFUNC_NAME: str(student_dir)},
+        code_paths=[str(Path(kdflow.__file__).parent)],
+        signature=signature,
+        input_example=example,
+        pip_requirements=_pinned("torch", "safetensors", "numpy", "pandas", "mlflow"),
+    )
+    client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
+    return str(model.model_id)
+
+
+def _log_onnx(
+    client: Any,
+    experiment_id: str,
+    run_id: str,
+    onnx_path: Path,
+    student_dir: Path,
+    tags: dict[str, str],
+) -> str:
+    import mlflow.onnx
+    import numpy as np
+    import onnx
+    from mlflow.entities import LoggedModelOutput
+    from mlflow.models import infer_signature
+
+    from kdflow.models.artifacts import read_spec
+    from kdflow.models.onnx import INPUT_NAME, OUTPUT_NAME
+
+    spec = read_spec(student_dir)
+    example = _input_example(student_dir).to_numpy(np.float32)
+    signature = infer_signature(
+        {INPUT_NAME: example},
+        {OUTPUT_NAME: np.zeros((1, int(spec["n_classes"])), np.float32)},
+    )
+    model = client.create_logged_model(
+        experiment_id, name=ONNX_NAME, source_run_id=run_id, tags=tags, model_type="kdflow-onnx"
+    )
+    mlflow.onnx.log_model(
+        onnx.load(str(onnx_path)),
+        name=ONNX_NAME,
+        model_id=model.model_id,
+        signature=signature,
+        input_example={INPUT_NAME: example},
+        save_as_external_data=False,
+        # The student is built for CPU serving; a GPU build of onnxruntime can override it.
+        onnx_execution_providers=["CPUExecutionProvider"],
+        pip_requirements=_pinned("onnx", "onnxruntime", "numpy", "mlflow"),
+    )
+    client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
+    return str(model.model_id)
+
+
+def _check_uploaded(client: Any, model_id: str, expected: dict[str, int | None]) -> None:
+    """Every expected file is in the artifact store (with its byte size, when given)."""
+    folders: dict[str, dict[str, int | None]] = {}
+    for path in expected:
+        parent = str(Path(path).parent)
+        if parent not in folders:
+            listing = client.list_logged_model_artifacts(
+                model_id, None if parent == "." else parent
+            )
+            folders[parent] = {str(Path(f.path).name): f.file_size for f in listing}
+    for path, size in expected.items():
+        found = folders[str(Path(path).parent)]
+        name = Path(path).name
+        if name not in found:
+            raise IncompleteUpload(f"uploaded model {model_id} lacks {path}")
+        uploaded = found[name]
+        if size is not None and uploaded is not None and int(uploaded) != size:
+            raise IncompleteUpload(
+                f"uploaded {path} of model {model_id} has {uploaded} bytes, expected {size}"
+            )
+

@@ -1,0 +1,134 @@
+"""Model sources: where a teacher or student comes from, chosen by the spec's prefix.
+
+A spec names its source the way `AutoConfig.for_model` names a class: a prefix picks the
+source, the rest is the source's own. Each source builds a fresh model for the data, or
+fetches an existing one; saves and loads it (safetensors + spec.json, never a pickle); and
+names its layers and attention maps for feature and attention distillation. The loop and
+the steps hold a `ModelSource` and never branch on which one it is.
+
+Today: the zoo (`mlp:hidden=256-256`, no prefix) and registered models (`models:/name@alias`,
+fetched from MLflow by `kdflow.mlflow.source`). Sources are listed by module path and
+imported when first asked for, so `kdflow.models` imports neither MLflow nor a model
+library until a spec needs it (transformers' auto mappings do the same).
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Protocol
+
+from torch import nn
+
+from kdflow.data.prepared import DatasetMeta
+from kdflow.errors import ConfigError
+
+
+class ModelSource(Protocol):
+    kind: str
+    """What a saved model's spec.json records as `kind`, so a load finds its source."""
+    fetches: bool
+    """Whether its models exist already (fetched, then used or fine-tuned) rather than
+    being built fresh from the spec and trained."""
+
+    def check(self, spec: str, option: str) -> None:
+        """Raise ConfigError (naming `option`) for a spec this source cannot take."""
+        ...
+
+    def build(
+        self, spec: str, meta: DatasetMeta, stats: tuple[list[float], list[float]] | None = None
+    ) -> nn.Module:
+        """A fresh, untrained model for samples and classes of `meta`. `stats` are the
+        training split's per-input mean and std, for a model that normalises its inputs
+        itself (the zoo's do; a pretrained model keeps its own preprocessing)."""
+        ...
+
+    def fetch(self, spec: str, folder: Path, tracking_uri: str | None) -> Path:
+        """Copy an existing model into `folder` (a saved model folder); ConfigError for a
+        source whose models are built, not fetched."""
+        ...
+
+    def save(
+        self, model: nn.Module, folder: Path, meta: DatasetMeta, extra: dict[str, Any]
+    ) -> Path:
+        """Write weights (safetensors) and spec.json; `extra` goes into the spec."""
+        ...
+
+    def load(self, folder: Path) -> tuple[nn.Module, dict[str, Any]]:
+        """The model saved in `folder`, in eval mode, and its spec."""
+        ...
+
+    def layers(self, model: nn.Module) -> dict[str, nn.Module]:
+        """The model's layers by name, as feature distillation names them."""
+        ...
+
+    def head(self, model: nn.Module) -> nn.Module:
+        """The classifier head, whose input is the penultimate features."""
+        ...
+
+    def attention_maps(self, model: nn.Module) -> list[nn.Module]:
+        """One module per self-attention layer, in depth order, whose output is that
+        layer's attention maps (B × heads × L × L); empty when it has none."""
+        ...
+
+    def tokens_last(self, model: nn.Module) -> bool:
+        """Whether 3-D activations are B × L × D (tokens) rather than B × C × L."""
+        ...
+
+
+SOURCES: dict[str, str] = {
+    "models:/": "kdflow.mlflow.source:RegisteredModels",
+    "": "kdflow.models.zoo_source:Zoo",
+}
+"""Spec prefix -> the source class, as `module:Class` (longest prefix first wins)."""
+
+KINDS: dict[str, str] = {"zoo": ""}
+"""A saved model's `kind` -> the prefix of the source that loads it."""
+
+
+def source_for(spec: str) -> ModelSource:
+    """The source of a spec, by its prefix."""
+    for prefix in sorted(SOURCES, key=len, reverse=True):
+        if spec.startswith(prefix):
+            return _instance(prefix)
+    raise ConfigError(f"no model source takes {spec!r}")  # unreachable: "" matches all
+
+
+def source_of_folder(spec: dict[str, Any], where: str) -> ModelSource:
+    """The source that loads a saved model, by the `kind` its spec.json records."""
+    kind = str(spec.get("kind", "zoo"))
+    if kind not in KINDS:
+        raise ConfigError(
+            f"{where}: a model of kind {kind!r}; this kdflow loads {', '.join(sorted(KINDS))}"
+        )
+    return _instance(KINDS[kind])
+
+
+_LOADED: dict[str, ModelSource] = {}
+
+
+def _instance(prefix: str) -> ModelSource:
+    if prefix not in _LOADED:
+        module, _, name = SOURCES[prefix].partition(":")
+        _LOADED[prefix] = getattr(importlib.import_module(module), name)()
+    return _LOADED[prefix]
+
+
+def load_saved(folder: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Load a saved model folder through the source that saved it."""
+    from kdflow.models.artifacts import read_spec
+
+    spec = read_spec(folder)
+    return source_of_folder(spec, str(folder)).load(Path(folder))
+
+
+def build(
+    spec: str,
+    meta: DatasetMeta,
+    stats: tuple[list[float], list[float]] | None = None,
+    option: str = "--student",
+) -> nn.Module:
+    """A fresh model of `spec` for the data of `meta` (see `ModelSource.build`)."""
+    source = source_for(spec)
+    source.check(spec, option)
+    return source.build(spec, meta, stats)
