@@ -11,14 +11,8 @@ def evaluate(
     student_model: dsl.Input[dsl.Model],
     baseline_model: dsl.Input[dsl.Model],
     dataset_info: str,
-    min_retention: float,
-    min_gain_over_baseline: float,
-    min_compression: float,
-    min_speedup: float,
-    max_regression: float,
-    max_ece: float,
-    tracking_uri: str,
-    model_name: str,
+    gate_config: str,
+    registry_config: str,
     metrics: dsl.Output[dsl.Metrics],
     confusion: dsl.Output[dsl.ClassificationMetrics],
     report: dsl.Output[dsl.Markdown],
@@ -29,27 +23,20 @@ def evaluate(
     from collections import namedtuple
     from pathlib import Path
 
-    from kdflow.config import GateConfig
+    from kdflow.config import GateConfig, RegistryConfig
     from kdflow.mlflow.registry import summary_metrics
     from kdflow.report.pages import summary_page
     from kdflow.steps import evaluate
 
-    gates = GateConfig(
-        min_retention=min_retention,
-        min_gain_over_baseline=min_gain_over_baseline,
-        min_compression=min_compression,
-        min_speedup=min_speedup,
-        max_regression=max_regression,
-        max_ece=max_ece,
-    )
+    registry = RegistryConfig(**json.loads(registry_config))
     summary = evaluate(
         Path(dataset.path),
         [Path(t.path) for t in teachers],
         Path(student_model.path),
         Path(baseline_model.path),
-        gates,
-        tracking_uri or None,
-        model_name,
+        GateConfig(**json.loads(gate_config)),
+        registry.tracking_uri,
+        registry.model_name,
         json.loads(dataset_info),
         Path(report.path),
         teacher_sources=[str(t.metadata.get("spec", "")) for t in teachers],

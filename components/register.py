@@ -7,28 +7,28 @@ def register(
     student_model: dsl.Input[dsl.Model],
     onnx_model: dsl.Input[dsl.Model],
     summary: str,
-    tracking_uri: str,
-    model_name: str,
-    promotion: str,
+    registry_config: str,
+    distill_config: str,
     run_id: str,
-    kd_settings: str,
     report: dsl.Output[dsl.Markdown],
     metrics: dsl.Output[dsl.Metrics],
 ) -> str:
     import json
     from pathlib import Path
 
+    from kdflow.config import RegistryConfig
     from kdflow.report.pages import registration_markdown
     from kdflow.steps import register
 
+    registry = RegistryConfig(**json.loads(registry_config))
     result = register(
         Path(student_model.path),
         json.loads(summary),
-        tracking_uri or None,
-        model_name,
-        promotion,
+        registry.tracking_uri,
+        registry.model_name,
+        registry.promotion,
         run_id,
-        json.loads(kd_settings),
+        json.loads(distill_config),  # the KD settings, for the version's lineage tags
         onnx_path=Path(onnx_model.path) / "model.onnx",
     )
     Path(report.path).write_text(registration_markdown(result))

@@ -1,4 +1,4 @@
-"""train_teacher: train one teacher from a zoo spec, or import it from MLflow."""
+"""train_teacher: train one member of the teacher ensemble, or import it from MLflow."""
 
 from kfp import dsl
 
@@ -6,32 +6,27 @@ from kfp import dsl
 def train_teacher(
     dataset: dsl.Input[dsl.Dataset],
     spec: str,
-    epochs: int,
-    lr: float,
-    batch_size: int,
     seed: int,
+    index: int,
+    teacher_config: str,
     tracking_uri: str,
     model: dsl.Output[dsl.Model],
     metrics: dsl.Output[dsl.Metrics],
     curves: dsl.Output[dsl.HTML],
 ):
+    import json
     from pathlib import Path
 
     from kdflow.config import TeacherConfig
     from kdflow.report.pages import teacher_page
     from kdflow.steps import compact_history, train_teacher
 
-    cfg = TeacherConfig(
-        teachers=[spec], teacher_epochs=epochs, teacher_lr=lr, batch_size=batch_size
-    )
-    result = train_teacher(
-        Path(dataset.path), spec, cfg, seed, Path(model.path), tracking_uri or None
-    )
+    cfg = TeacherConfig(**json.loads(teacher_config))
+    result = train_teacher(Path(dataset.path), spec, cfg, seed, Path(model.path),
+                           tracking_uri or None, index=index)
     # The history rides on the model to the evaluate step, which draws every curve.
-    model.metadata.update(
-        {"spec": spec, "params": result["params"],
-         "history": compact_history(result["history"])}
-    )
+    model.metadata.update({"spec": spec, "seed": seed, "index": index, "params": result["params"],
+                           "history": compact_history(result["history"])})
     Path(curves.path).write_text(teacher_page(result))
     metrics.log_metric("val_accuracy", result["val_accuracy"])
     metrics.log_metric("params", result["params"])

@@ -364,7 +364,7 @@ def register(
     """Register the student (only called when every gate passed) and return the summary.
 
     `onnx_path` is the evaluate step's ONNX export; without it the student is exported
-    again here. `policy` is a `kdflow.mlflow.registry.RetryPolicy` (default: its defaults).
+    again here. `policy` is a `kdflow.mlflow.client.RetryPolicy` (default: its defaults).
     """
     from kdflow.mlflow.client import resolve_tracking_uri
     from kdflow.mlflow.registry import code_version, register_student

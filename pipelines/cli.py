@@ -92,18 +92,11 @@ def config_from_args(ns: argparse.Namespace) -> RunConfig:
 
 
 def pipeline_arguments(cfg: RunConfig, tracking_uri: str) -> dict[str, Any]:
-    from pipelines.distillation.pipeline import PARAMETERS
+    from components.parameters import pipeline_values
 
-    values: dict[str, Any] = {}
-    for name, cls in PARAMETERS.items():
-        if cls is RunConfig:
-            values[name] = getattr(cfg, name)
-            continue
-        section = next(s for s, c in SECTIONS.items() if c is cls)
-        value = getattr(getattr(cfg, section), name)
-        if name == "input_shape":
-            value = ",".join(map(str, value)) if value else ""
-        values[name] = "" if value is None else value
+    values: dict[str, Any] = {"seed": cfg.seed}
+    for section in SECTIONS:
+        values.update(pipeline_values(getattr(cfg, section)))
     values["tracking_uri"] = tracking_uri
     values["data"] = _absolute(cfg.data.data)
     values["test_data"] = _absolute(cfg.data.test_data or "")
@@ -178,8 +171,8 @@ def _view(ns: argparse.Namespace, cfg: RunConfig) -> View:
     if ns.quiet or ns.json or ns.verbose:
         return View()
     if sys.stdout.isatty():
-        # validate, N teachers, distill, evaluate, then register or its else branch.
-        return RichView(sys.stdout, steps=len(cfg.teachers.teachers) + 4)
+        # settings, validate, N teachers, distill, evaluate, then register or its else branch.
+        return RichView(sys.stdout, steps=len(cfg.teachers.teachers) + 5)
     return PlainView(sys.stdout)
 
 

@@ -1,7 +1,7 @@
 """A real run summary without Ray or KFP: the digits data validated, two teachers trained,
-a student distilled from them (and a baseline without them) by the shared training loop,
-all evaluated by `kdflow.steps.evaluate`. The pictures, the report and the CLI use it
-(the fixtures are imported by tests/conftest.py)."""
+a student distilled from them (and a baseline without them) by the distill step's own loop
+in this process (`workers=0`), all evaluated by `kdflow.steps.evaluate`. The pictures, the
+report and the CLI use it (the fixtures are imported by tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -12,50 +12,38 @@ from typing import Any
 import pytest
 
 
-def _train_student(dataset: Path, teacher_dirs: list[Path], folder: Path, kd: bool,
-                   epochs: int = 4) -> list[dict[str, Any]]:
-    """An mlp:hidden=16 student, with the ensemble's soft targets (kd) or labels only."""
-    import numpy as np
-    import torch
+def _fill_teacher_cache(dataset: Path, teacher_dirs: list[Path], storage_root: Path) -> None:
+    """Each teacher's cache entry, computed in this process.
 
-    from kdflow.data.prepared import read_meta, read_split
-    from kdflow.distill.training import accuracy, make_loader, seed_everything, train_epoch
-    from kdflow.models.artifacts import load_model, save_model
-    from kdflow.models.zoo import build_classifier
+    `teacher_outputs` fills a missing entry in a Ray task, so it would start a local Ray
+    (about 10 s on two cores, and Ray's processes for the rest of the session). The task's
+    body, `_teacher_task`, is the only handle on it without Ray; the metadata is what
+    `teacher_outputs` matches (`run_dir` refuses to start Ray should it ever miss).
+    """
+    from kdflow.data.sources import load_meta
+    from kdflow.distill import cache as teacher_cache
+    from kdflow.distill.teachers import _teacher_task, teacher_spec
 
-    meta = read_meta(dataset)
-    train, val = read_split(dataset, "train"), read_split(dataset, "val")
-    temperature = 4.0
-    soft = None
-    if kd:
-        teachers = [load_model(d)[0].eval() for d in teacher_dirs]
-        with torch.no_grad():
-            x = torch.from_numpy(np.array(train.x))
-            soft = torch.stack([torch.softmax(t(x) / temperature, -1) for t in teachers]).mean(0)
-        soft = soft.numpy()
-    seed_everything(0)
-    model = build_classifier("mlp:hidden=16", meta.input_shape, meta.n_classes, meta.n_features)
-    model.set_normalisation(torch.from_numpy(train.x.mean(0)),
-                            torch.from_numpy(train.x.std(0, ddof=1)))
-    loader = make_loader(train, 64, 0, soft=soft)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    history = []
-    for epoch in range(1, epochs + 1):
-        loss, hard, soft_part = train_epoch(model, loader, optimizer, torch.device("cpu"),
-                                            temperature=temperature, alpha=0.5 if kd else 1.0,
-                                            use_soft=kd)
-        history.append({"epoch": epoch, "loss": loss, "hard_loss": hard,
-                        "soft_loss": soft_part, "val_accuracy": accuracy(model, val)})
-    model.eval()
-    save_model(model, folder, meta.classes, meta.feature_columns, {"role": "student"})
-    return history
+    meta = load_meta(str(dataset))
+    key = teacher_cache.dataset_key(str(dataset))
+    for folder in teacher_dirs:
+        sha = teacher_spec(str(folder))["weights_sha256"]
+        entry_meta = {"dataset_key": key, "teacher_sha256": sha, "top_k": 0,
+                      "rows": meta.rows["train"], "classes": meta.n_classes}
+        uri = teacher_cache.entry_uri(str(storage_root), key, sha, 0)
+        _teacher_task(str(dataset), str(folder), "classification", uri, entry_meta)
+
+
+def _no_ray(**_: Any) -> None:
+    raise RuntimeError("tests/runs.py: a teacher missed the cache the fixture filled")
 
 
 @pytest.fixture(scope="session")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run folder holding summary.json, as `kdflow run --output` leaves it."""
-    from kdflow.config import DataConfig, GateConfig, TeacherConfig
-    from kdflow.steps import evaluate, train_teacher, validate_data
+    from kdflow.config import DataConfig, DistillConfig, GateConfig, TeacherConfig
+    from kdflow.distill.run import distill
+    from kdflow.steps import compact_history, evaluate, train_teacher, validate_data
 
     root = tmp_path_factory.mktemp("run")
     dataset = root / "dataset"
@@ -65,9 +53,16 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         folder = root / f"teacher-{i}"
         result = train_teacher(dataset, spec, TeacherConfig(teacher_epochs=3), 0, folder)
         teacher_dirs.append(folder)
-        teacher_histories.append(result["history"])
-    student = _train_student(dataset, teacher_dirs, root / "student", kd=True)
-    baseline = _train_student(dataset, teacher_dirs, root / "baseline", kd=False)
+        teacher_histories.append(compact_history(result["history"]))
+    _fill_teacher_cache(dataset, teacher_dirs, root / "work")
+    cfg = DistillConfig(student="mlp:hidden=16", student_epochs=4, temperature=4.0, alpha=0.5,
+                        workers=0)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("kdflow.distill.teachers.ensure_ray", _no_ray)
+        result = distill(dataset, teacher_dirs, cfg, root / "student", root / "baseline",
+                         root / "work", "run-fixture", seed=0)
+    student = compact_history(result["student"]["history"])
+    baseline = compact_history(result["baseline"]["history"])
     lenient = GateConfig(min_retention=0, min_gain_over_baseline=-1, min_compression=1,
                          min_speedup=0, max_regression=1, max_ece=1)
     summary = evaluate(

@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the Ray job: `python -m kdflow.distill.cluster --spec URI`."""
     from kdflow.distill.driver import run_distillation
 
-    parser = argparse.ArgumentParser(prog="python -m kdflow.ray_job", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m kdflow.distill.cluster", description=__doc__)
     parser.add_argument("--spec", required=True, help="job spec JSON (a path or s3:// URI)")
     ns = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

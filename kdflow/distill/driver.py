@@ -134,7 +134,7 @@ def run_distillation(
     original teacher). The last generation is the student; the baseline trains once.
     """
     started = time.monotonic()
-    if cfg.workers:  # in-process runs start Ray only if a teacher cache must be filled
+    if cfg.workers:  # in-process runs (workers=0) never start Ray
         ensure_ray(num_cpus=max(cfg.workers, cpu_budget()))
     ray_started = time.monotonic()
     source = open_source(dataset_uri)

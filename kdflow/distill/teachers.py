@@ -115,7 +115,8 @@ def teacher_outputs(
     """Each teacher's validation logits; offline, also its cache entry, filled if missing.
 
     Cached teachers cost one read of their validation logits; the others run in parallel,
-    one Ray task each. Online mode writes no cache but reads validation logits from one.
+    one Ray task each (in-process runs, `workers=0`, run them here, one after the other).
+    Online mode writes no cache but reads validation logits from one.
     """
     offline = cfg.teacher_mode == "offline"
     key = teacher_cache.dataset_key(dataset_uri)
@@ -140,7 +141,13 @@ def teacher_outputs(
             continue
         pending[i] = (uri, spec, cache, entry_meta)
     done = []
-    if pending:
+    if pending and cfg.workers == 0:
+        # In-process runs start no Ray: the teachers fill their caches here, one by one.
+        done = [
+            _teacher_task(dataset_uri, uri, task.name, cache if offline else None, entry_meta)
+            for uri, _, cache, entry_meta in pending.values()
+        ]
+    elif pending:
         import ray
 
         ensure_ray()

@@ -46,7 +46,8 @@ class ClusterSettings:
     Off for local runs: kfp.local honours retries, and a local failure is not transient."""
     steps: dict[str, StepResources] = field(
         default_factory=lambda: {
-            # No retries: a contract that fails once fails again.
+            # No retries: a bad setting or a contract that fails once fails again.
+            "settings": StepResources("100m", "500m", "256Mi", "1Gi", timeout_s=600),
             "validate": StepResources("1", "2", "2Gi", "8Gi", timeout_s=3600),
             "teacher": StepResources("2", "8", "4Gi", "16Gi", timeout_s=6 * 3600, retries=2,
                                      gpu=True),

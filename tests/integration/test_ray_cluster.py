@@ -156,7 +156,7 @@ def test_distill_runs_as_a_ray_job_on_a_two_node_cluster(
     cfg = DistillConfig(
         student_epochs=2, workers=2, ray_address=ray_cluster, storage_path=str(tmp_path / "nfs")
     )
-    with caplog.at_level(logging.INFO, logger="kdflow.ray_job"):
+    with caplog.at_level(logging.INFO, logger="kdflow.distill.cluster"):
         result = distill(
             digits_dataset,
             small_teachers,
@@ -170,7 +170,7 @@ def test_distill_runs_as_a_ray_job_on_a_two_node_cluster(
     assert result["student"]["epochs"] == 2
     for role in ("student", "baseline"):
         assert (tmp_path / role / "model.safetensors").is_file()
-    streamed = [r.getMessage() for r in caplog.records if r.name == "kdflow.ray_job"]
+    streamed = [r.getMessage() for r in caplog.records if r.name == "kdflow.distill.cluster"]
     assert any("distillation finished" in line for line in streamed), "the job's log streams"
     jobs = JobSubmissionClient(ray_cluster).list_jobs()
     runs = [j for j in jobs if (j.metadata or {}).get("kdflow_run") == "cluster-run"]

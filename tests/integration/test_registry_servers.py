@@ -80,24 +80,25 @@ def server(request, servers) -> MlflowServer:
 @pytest.fixture(scope="module")
 def students(digits_dataset, tmp_path_factory) -> SimpleNamespace:
     """Three students of clearly different accuracy: untrained, 1 epoch, 8 epochs."""
+    from kdflow.config import TeacherConfig
     from kdflow.data.prepared import read_meta, read_split
-    from kdflow.distill.training import fit, seed_everything
+    from kdflow.distill.driver import train_teacher
+    from kdflow.distill.runtime import seed_everything
     from kdflow.models.artifacts import save_model
     from kdflow.models.zoo import build_classifier
 
     meta = read_meta(digits_dataset)
-    train, val = read_split(digits_dataset, "train"), read_split(digits_dataset, "val")
+    train = read_split(digits_dataset, "train")
     root = tmp_path_factory.mktemp("students")
-    folders = {}
-    for name, epochs in (("weak", 0), ("medium", 1), ("good", 8)):
-        seed_everything(0)
-        model = build_classifier("mlp:hidden=16", meta.input_shape, meta.n_classes,
-                                 meta.n_features)
-        x = torch.from_numpy(train.x)
-        model.set_normalisation(x.mean(0), x.std(0))
-        if epochs:
-            fit(model, train, val, epochs=epochs, lr=3e-3, batch_size=64, seed=0)
-        folders[name] = save_model(model, root / name, meta.classes, meta.feature_columns)
+    seed_everything(0)
+    model = build_classifier("mlp:hidden=16", meta.input_shape, meta.n_classes, meta.n_features)
+    x = torch.from_numpy(train.x)
+    model.set_normalisation(x.mean(0), x.std(0))
+    folders = {"weak": save_model(model, root / "weak", meta.classes, meta.feature_columns)}
+    for name, epochs in (("medium", 1), ("good", 8)):
+        cfg = TeacherConfig(teacher_epochs=epochs, teacher_lr=3e-3, batch_size=64)
+        train_teacher(str(digits_dataset), "mlp:hidden=16", cfg, 0, root / name)
+        folders[name] = root / name
     return SimpleNamespace(**folders)
 
 

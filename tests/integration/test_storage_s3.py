@@ -74,8 +74,11 @@ def test_distill_on_s3_resumes_from_s3_checkpoints_and_reuses_the_s3_cache(
     resumes from the S3 checkpoint; a later run finds every teacher in the S3 cache."""
     from kdflow.config import DistillConfig
     from kdflow.data import storage
+    from kdflow.data.sources import load_meta
     from kdflow.distill import cache as teacher_cache
-    from kdflow.distill.driver import distill, load_meta, teacher_outputs
+    from kdflow.distill.run import distill
+    from kdflow.distill.tasks import Classification
+    from kdflow.distill.teachers import teacher_outputs
 
     root = f"s3://{s3.bucket}"
     cfg = DistillConfig(
@@ -111,7 +114,8 @@ def test_distill_on_s3_resumes_from_s3_checkpoints_and_reuses_the_s3_cache(
     full = teacher_cache.entry_bytes(meta.rows["train"], meta.n_classes)
     assert all(storage.size(f"{root}/{k}") < full for k in cached), "top-3 of 10 is smaller"
     again = teacher_outputs(
-        str(digits_dataset), [str(t) for t in small_teachers], meta, cfg, f"{root}/kd", 3
+        str(digits_dataset), [str(t) for t in small_teachers], meta, cfg, f"{root}/kd", 3,
+        Classification(),
     )
     assert [t.cache_hit for t in again] == [True, True]
     assert os.environ["AWS_ENDPOINT_URL"] == s3.endpoint

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import yaml
 from kfp import compiler
 
+from components.parameters import pipeline_values
+from kdflow.config import SECTIONS, RunConfig, field_docs
 from pipelines.distillation.pipeline import DEFAULT_IMAGE, PARAMETERS, build_pipeline
 
 CHECKED_IN = Path(__file__).parents[2] / "pipelines" / "distillation.yaml"
@@ -35,18 +38,47 @@ def test_checked_in_yaml_is_current(compiled):
     )
 
 
-def test_every_parameter_has_a_default_and_a_description(compiled):
+def test_every_settings_field_is_a_parameter_with_its_default_and_docstring(compiled):
     params = compiled["root"]["inputDefinitions"]["parameters"]
-    assert set(params) == set(PARAMETERS)
+    fields = {f.name: cls for cls in SECTIONS.values() for f in dataclasses.fields(cls)}
+    assert set(params) == set(fields) | {"seed"} == set(PARAMETERS)
+    defaults = {name: value for cls in SECTIONS.values()
+                for name, value in pipeline_values(cls()).items()}  # each group's own
+    assert params["seed"]["defaultValue"] == RunConfig.seed
     for name, spec in params.items():
-        assert "defaultValue" in spec, f"{name} has no default"
         assert spec.get("description"), f"{name} has no description for the UI"
+        if name in fields:
+            assert spec["defaultValue"] == defaults[name], name
+        if name not in ("tracking_uri", "seed"):  # the cluster's default differs from the CLI's
+            assert spec["description"] == field_docs(fields[name])[name], name
+    # None and lists as the Kubeflow UI takes them.
+    assert (params["test_data"]["defaultValue"], params["input_shape"]["defaultValue"]) == ("", "")
+    assert params["teachers"]["defaultValue"] == ["auto"]
+    assert params["teachers"]["parameterType"] == "LIST"
 
 
-def test_teachers_fan_out_in_parallel_and_are_collected_for_distill(compiled):
+def test_each_step_takes_its_settings_group_from_the_settings_step(compiled):
+    tasks = compiled["root"]["dag"]["tasks"]
+    settings_inputs = tasks["settings"]["inputs"]["parameters"]
+    assert {name: p["componentInputParameter"] for name, p in settings_inputs.items()} == {
+        name: name for name in PARAMETERS if name != "seed"}
+    for task, group in (("validate-data", "data_config"), ("validate-data", "teacher_config"),
+                        ("distill", "distill_config"), ("evaluate", "gate_config"),
+                        ("evaluate", "registry_config")):
+        source = tasks[task]["inputs"]["parameters"][group]["taskOutputParameter"]
+        assert source == {"producerTask": "settings", "outputParameterKey": group}, task
+
+
+def test_teachers_fan_out_over_the_plan_and_are_collected_for_distill(compiled):
     dag = compiled["root"]["dag"]["tasks"]
     loop = next(t for t in dag.values() if "parameterIterator" in t)
-    assert loop["parameterIterator"]["items"]["inputParameter"].endswith("teachers")
+    assert loop["parameterIterator"]["items"]["inputParameter"] == (
+        "pipelinechannel--validate-data-Output")
+    body = compiled["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
+    inputs = body["train-teacher"]["inputs"]["parameters"]
+    for field in ("spec", "seed", "index", "teacher_config"):
+        assert inputs[field]["parameterExpressionSelector"] == (
+            f'parseJson(string_value)["{field}"]')
     distill_inputs = dag["distill"]["inputs"]["artifacts"]["teachers"]
     assert distill_inputs["taskOutputArtifact"]["producerTask"].startswith("for-loop")
 

@@ -1,6 +1,7 @@
 """Feature (FitNets) and attention (MiniLM) distillation around the models, without Ray:
 layer pairing across families, pooling, the projections' place, the loop's hint losses,
-and every mistake as a ConfigError naming its option."""
+and every mistake in a hint's layers as a ConfigError naming its option. The hint settings'
+own checks are DistillConfig's (tests/unit/test_distill_config.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,21 @@ import pytest
 import torch
 
 from kdflow.config import DistillConfig
-from kdflow.distill.driver import _batches, _build_role, _epoch, ensemble_targets, epoch_order
-from kdflow.distill.hints import HintedStudent, Settings, TeacherTaps, make_plan, pool
+from kdflow.data.sources import open_source
+from kdflow.distill.hints import HintedStudent, TeacherTaps, feature_pairs, make_plan, pool
+from kdflow.distill.loop import (
+    WorkerJob,
+    batches,
+    build_roles,
+    epoch_order,
+    online_teachers,
+    run_epoch,
+)
 from kdflow.distill.losses import hint_loss
+from kdflow.distill.targets import Ensemble
+from kdflow.distill.tasks import Classification
 from kdflow.errors import ConfigError
+from kdflow.models.artifacts import save_model
 from kdflow.models.zoo import build_classifier
 
 SHAPE = [1, 8, 8]
@@ -22,8 +34,19 @@ def model(spec: str, shape: list[int] = SHAPE):
     return build_classifier(spec, shape, 3, 64).eval()
 
 
-def features(weight: float = 1.0, layers: list[str] | None = None) -> Settings:
-    return Settings(feature_weight=weight, feature_layers=layers or [])
+def features(weight: float = 1.0, layers: list[str] | None = None) -> DistillConfig:
+    return DistillConfig(teacher_mode="online", feature_weight=weight, feature_layers=layers or [])
+
+
+ATTENTION = DistillConfig(teacher_mode="online", attention_weight=1.0)
+
+
+def test_hint_pairs_are_the_given_layers_or_the_penultimate_features():
+    assert feature_pairs(DistillConfig()) == []
+    assert feature_pairs(features()) == [("penultimate", "penultimate")]
+    assert feature_pairs(features(layers=["net.5=net.1", "net.2=net.0"])) == [
+        ("net.5", "net.1"), ("net.2", "net.0")
+    ]
 
 
 def test_cnn_teacher_guides_an_mlp_student_through_pooled_vectors():
@@ -92,7 +115,7 @@ def test_projections_are_not_part_of_the_exported_student():
 def test_attention_pairs_student_layers_with_teacher_layers_uniformly():
     teacher = model("transformer:dim=16,heads=4,depth=4,patch=4")
     student = model("transformer:dim=8,heads=2,depth=2,patch=4")
-    plan = make_plan(Settings(attention_weight=1.0), teacher, student)
+    plan = make_plan(ATTENTION, teacher, student)
     assert plan.attention_map == [1, 3]
     taps, hinted = TeacherTaps(teacher, plan), HintedStudent(student, plan)
     x = torch.randn(3, 64)
@@ -106,7 +129,7 @@ def test_attention_pairs_student_layers_with_teacher_layers_uniformly():
 
 def test_attention_distillation_with_a_cnn_teacher_names_the_option():
     with pytest.raises(ConfigError) as err:
-        make_plan(Settings(attention_weight=1.0), model("cnn:channels=4"), model("transformer"))
+        make_plan(ATTENTION, model("cnn:channels=4"), model("transformer"))
     assert str(err.value) == (
         "--attention-weight: attention distillation needs transformer teacher and student; "
         "the teacher is cnn:channels=4"
@@ -114,10 +137,17 @@ def test_attention_distillation_with_a_cnn_teacher_names_the_option():
     assert err.value.option == "--attention-weight"
 
 
+def test_attention_distillation_with_an_mlp_student_names_the_student():
+    with pytest.raises(ConfigError) as err:
+        make_plan(ATTENTION, model("transformer:dim=8,heads=2"), model("mlp:hidden=12"))
+    assert str(err.value).endswith("the student is mlp:hidden=12")
+    assert err.value.option == "--attention-weight"
+
+
 def test_attention_over_different_token_counts_is_refused():
     with pytest.raises(ConfigError, match="attends over 16 tokens, the student .* over 4"):
         make_plan(
-            Settings(attention_weight=1.0),
+            ATTENTION,
             model("transformer:dim=8,heads=2,patch=2"),
             model("transformer:dim=8,heads=2,patch=4"),
         )
@@ -136,132 +166,43 @@ def test_a_feature_layer_that_does_not_exist_names_the_option_and_the_model(pair
 # ------------------------------------------------------------------ the loop, without Ray
 
 
-def test_epoch_adds_the_weighted_hint_loss_and_trains_the_projections():
-    teacher = model("cnn:channels=4-8,hidden=16")
-    plan = make_plan(features(weight=0.5), teacher, model("mlp:hidden=12"))
-    cfg = {"student": "mlp:hidden=12", "mean": [0.0] * 64, "std": [1.0] * 64,
-           "lr": 1e-2, "epochs": 2}
-    meta = type("Meta", (), {"input_shape": SHAPE, "n_classes": 3, "n_features": 64})()
-    role = _build_role(cfg, meta, plan)  # type: ignore[arg-type]
-    assert isinstance(role["model"], HintedStudent)
-    assert role["aux"] is role["model"].projections
-    before = [p.detach().clone() for p in role["aux"].parameters()]
-    x, y = torch.randn(40, 64), torch.randint(0, 3, (40,))
-    ensemble = {"top_k": 0, "n_classes": 3, "temperature": 2.0, "ensemble": "mean_probs",
-                "weights": [1.0], "multi_teacher": "average"}
-    batches = _batches(x, y, epoch_order(40, 40, 0), 8, torch.device("cpu"),
-                       teachers=[teacher], ensemble=ensemble, taps=TeacherTaps(teacher, plan))
-    loss, hard, soft_ce, seen, aux = _epoch(
-        role["model"], batches, role["optimizer"], torch.device("cpu"), 2.0, 0.0, plan
-    )
-    assert seen == 40 and set(aux) == {"feature_loss"} and aux["feature_loss"] > 0
-    # total = T²·H(p, q) + 0.5·hint, averaged over the same batches
-    assert loss == pytest.approx(4.0 * soft_ce + 0.5 * aux["feature_loss"], rel=1e-4)
-    after = list(role["aux"].parameters())
-    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
-
-
-def test_separate_targets_report_each_teachers_entropy_not_the_mixtures():
-    a = {"train": torch.tensor([[4.0, 0.0, 0.0], [0.0, 0.0, 0.0]]).half()}
-    b = {"train": torch.tensor([[0.0, 0.0, 4.0], [0.0, 4.0, 0.0]]).half()}
-    mixed = ensemble_targets([a, b], 3, 1.0, "weighted_probs", [0.25, 0.75])
-    separate = ensemble_targets([a, b], 3, 1.0, "weighted_probs", [0.25, 0.75], separate=True)
-    assert torch.equal(mixed.rows(), separate.rows())
-    h_a = ensemble_targets([a], 3, 1.0, "mean_probs", [1.0]).entropy
-    h_b = ensemble_targets([b], 3, 1.0, "mean_probs", [1.0]).entropy
-    torch.testing.assert_close(separate.entropy, 0.25 * h_a + 0.75 * h_b)
-    assert (mixed.entropy > separate.entropy).all()  # the mixture is flatter
-
-
-# ------------------------------------------------------------------------------ settings
-
-
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"feature_weight": 1.0}, "--feature-weight: needs --teacher-mode online"),
-    ({"attention_weight": 1.0, "student": "transformer"},
-     "--attention-weight: needs --teacher-mode online"),
-    ({"attention_weight": 1.0, "teacher_mode": "online"},
-     "--attention-weight: attention distillation needs a transformer student, got 'mlp:hidden=12'"),
-    ({"feature_layers": ["net.1=net.0"]},
-     "--feature-layers: has no effect without --feature-weight > 0"),
-    ({"feature_weight": 1.0, "teacher_mode": "online", "feature_layers": ["net.1"]},
-     "--feature-layers: write TEACHER_LAYER=STUDENT_LAYER"),
-    ({"feature_weight": -1.0}, "--feature-weight: must be >= 0"),
-    ({"multi_teacher": "sum"}, "--multi-teacher: must be `average` or `separate`"),
-    ({"multi_teacher": "separate", "ensemble": "mean_logits"},
-     "--multi-teacher: `separate` sums per-teacher KLs"),
-    ({"teacher_weights": [1.0, 2.0]}, "--teacher-weights: needs --ensemble weighted_probs"),
-    ({"teacher_weights": [0.0], "ensemble": "weighted_probs"},
-     "--teacher-weights: must be >= 0 and not all 0"),
-    ({"hint_teacher": -1}, "--hint-teacher: must be >= 0"),
-    ({"generations": 0}, "--generations: must be >= 1"),
-])
-def test_bad_distillation_method_settings_name_the_option(kwargs, message):
-    with pytest.raises(ConfigError) as err:
-        DistillConfig(**kwargs)
-    assert str(err.value).startswith(message)
-    assert err.value.option == message.split(":")[0]
-
-
-def test_method_settings_that_fit_together_are_accepted():
-    cfg = DistillConfig(
-        student="transformer:dim=8,heads=2", teacher_mode="online", feature_weight=0.5,
-        feature_layers=["net.3=penultimate"], attention_weight=1.0, multi_teacher="separate",
-        ensemble="weighted_probs", teacher_weights=[2.0, 1.0], generations=3,
-    )
-    assert (cfg.feature_weight, cfg.generations) == (0.5, 3)
-
-
-# ------------------------------------------------- checks the distill step makes up front
-
-
-@pytest.fixture
-def saved_teachers(tmp_path):
-    from kdflow.data.prepared import DatasetMeta
-    from kdflow.models.artifacts import save_model
-
-    meta = DatasetMeta("label", [f"f{i}" for i in range(64)], ["a", "b", "c"], SHAPE, "x",
-                       {"train": 10, "val": 2, "test": 2}, "unit")
-    folders = []
-    for i, spec in enumerate(["cnn:channels=4-8,hidden=16", "mlp:hidden=8"]):
-        folders.append(str(save_model(model(spec), tmp_path / f"t{i}", meta.classes,
-                                      meta.feature_columns)))
-    return folders, meta
-
-
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"ensemble": "weighted_probs", "teacher_weights": [1.0]},
-     "--teacher-weights: 1 weights for 2 teachers"),
-    ({"teacher_mode": "online", "feature_weight": 1.0, "hint_teacher": 2},
-     "--hint-teacher: 2 but there are 2 teachers"),
-    ({"teacher_mode": "online", "feature_weight": 1.0, "feature_layers": ["net.1=net.9"]},
-     "--feature-layers: no layer 'net.9' in the student (mlp:hidden=12)"),
-    ({"teacher_mode": "online", "attention_weight": 1.0, "student": "transformer:dim=8,heads=2"},
-     "--attention-weight: attention distillation needs transformer teacher and student; "
-     "the teacher is cnn:channels=4-8,hidden=16"),
-])
-def test_distill_step_checks_teacher_dependent_settings_before_training(
-    saved_teachers, kwargs, message
+def test_an_epoch_adds_the_weighted_hint_loss_and_trains_the_projections(
+    digits_dataset, tmp_path
 ):
-    from kdflow.distill.driver import check_teacher_settings
-
-    folders, meta = saved_teachers
-    cfg = DistillConfig(**{"student": "mlp:hidden=12", **kwargs})
-    with pytest.raises(ConfigError) as err:
-        check_teacher_settings(cfg, folders, meta)
-    assert str(err.value).startswith(message)
-    assert err.value.option == message.split(":")[0]
-
-
-def test_distill_step_accepts_hints_that_resolve(saved_teachers):
-    from kdflow.distill.driver import check_teacher_settings
-
-    folders, meta = saved_teachers
-    cfg = DistillConfig(student="mlp:hidden=12", teacher_mode="online", feature_weight=1.0,
-                        feature_layers=["net.5=net.1"], ensemble="weighted_probs",
-                        teacher_weights=[1.0, 2.0])
-    check_teacher_settings(cfg, folders, meta)  # no ConfigError
-    # It did resolve the layers: the same settings with one the teacher lacks are refused.
-    cfg.feature_layers = ["net.50=net.1"]
-    with pytest.raises(ConfigError, match=r"^--feature-layers: no layer 'net.50' in the teacher"):
-        check_teacher_settings(cfg, folders, meta)
+    """The student learns from a CNN teacher online with hints; the baseline beside it
+    has no plan and no hint loss."""
+    source = open_source(str(digits_dataset))
+    torch.manual_seed(0)
+    teacher = build_classifier("cnn:channels=4-8,hidden=16", SHAPE, 10, 64)
+    folder = save_model(teacher, tmp_path / "teacher", source.meta.classes,
+                        source.meta.feature_columns)
+    job = WorkerJob(
+        cfg=DistillConfig(student="mlp:hidden=12", teacher_mode="online", feature_weight=0.5),
+        dataset=str(digits_dataset),
+        roles=["student", "baseline"],
+        seed=0,
+        run_dir="",
+        ensemble=Ensemble(10, 2.0, "mean_probs", (1.0,), top_k=0, separate=False),
+        teachers=[str(folder)],
+    )
+    task, cpu = Classification(), torch.device("cpu")
+    teachers = online_teachers(job, source, task, cpu)
+    assert teachers is not None and teachers.taps is not None
+    student, baseline = build_roles(job, source, cpu, teachers)
+    assert isinstance(student.model, HintedStudent)
+    assert student.aux is student.model.projections
+    assert baseline.plan is None and baseline.aux is None
+    before = [p.detach().clone() for p in student.aux.parameters()]
+    train = source.read("train", 0, 40)
+    x, y = torch.from_numpy(train.x), torch.from_numpy(train.y)
+    order = epoch_order(40, 40, 0)
+    stats = run_epoch(student, batches(x, y, order, 8, cpu), task, 2.0, cpu, teachers)
+    assert stats["rows"] == 40 and stats["feature_loss"] > 0 and "attention_loss" not in stats
+    # alpha = 0: the loss is T²·KL(p_T ‖ q) + 0.5·hint, averaged over the same batches
+    assert stats["loss"] == pytest.approx(
+        4.0 * stats["soft_loss"] + 0.5 * stats["feature_loss"], rel=1e-4
+    )
+    after = list(student.aux.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    plain = run_epoch(baseline, batches(x, y, order, 8, cpu), task, 2.0, cpu, teachers)
+    assert "feature_loss" not in plain and plain["soft_loss"] == 0.0

@@ -7,8 +7,10 @@ import torch
 
 from kdflow.distill.losses import (
     attention_loss,
+    entropy,
     hint_loss,
     kd_loss,
+    kd_objective,
     layer_map,
     merge_heads,
     separate_kd_loss,
@@ -143,6 +145,24 @@ def test_soft_targets_without_teachers_is_refused():
     with pytest.raises(ValueError, match="at least one teacher"):
         soft_targets([], 2.0)
 
+
+
+def test_kd_objective_has_the_gradient_of_kd_loss_and_differs_by_the_teacher_entropy():
+    torch.manual_seed(0)
+    s = torch.randn(8, 10, requires_grad=True)
+    y = torch.randint(0, 10, (8,))
+    p = torch.softmax(torch.randn(8, 10), -1)
+    for temperature, alpha in [(2.0, 0.2), (1.0, 0.5), (4.0, 0.0)]:
+        loss, hard, kl = kd_loss(s, y, p, temperature, alpha)
+        objective, hard2, cross = kd_objective(s, y, p, temperature, alpha)
+        (g1,) = torch.autograd.grad(loss, s)
+        (g2,) = torch.autograd.grad(objective, s)
+        torch.testing.assert_close(g1, g2)
+        h = entropy(p).mean()
+        scale = (1 - alpha) * temperature**2
+        assert float((objective - loss).detach()) == pytest.approx(float(scale * h), abs=1e-5)
+        assert float(hard2) == pytest.approx(float(hard))
+        assert float(cross - h) == pytest.approx(float(kl), abs=1e-5)
 
 
 # ------------------------------------------------------------------ multi-teacher, separate

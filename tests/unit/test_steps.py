@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 
 from kdflow import progress
-from kdflow.config import TeacherConfig
+from kdflow.config import DataConfig, TeacherConfig
 from kdflow.data.prepared import frame_sha256, split_frame, write_prepared
 from kdflow.models.artifacts import read_spec
-from kdflow.steps import _EpochWatcher, plan_teachers, train_teacher
+from kdflow.steps import _EpochWatcher, plan_teachers, train_teacher, validate_data
 
 
 def _prepared(folder, input_shape):
@@ -96,3 +96,34 @@ def test_epoch_watcher_follows_an_in_process_run_by_its_checkpoint_pointer(tmp_p
         progress.Progress("distill epochs", 1, 2, "student val acc 0.900"),
         progress.Progress("distill epochs", 2, 2, "student val acc 0.900"),
     ]
+
+
+def test_step_results_stay_small_enough_to_cross_steps(tmp_path):
+    """Outputs travel in the next step's executor input: one argv string under kfp.local
+    (128 KiB at most on Linux). A 600-feature dataset with constant columns and a long
+    history must stay well under that."""
+    from kdflow.steps import MAX_FEATURE_STATS, MAX_FINDINGS, compact_history
+
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(300, 600)).astype("float32")
+    values[:, :100] = 0.0  # 100 constant features: 100 warnings
+    frame = pd.DataFrame(values, columns=[f"f{i}" for i in range(600)])
+    frame["label"] = [i % 3 for i in range(300)]
+    frame.to_parquet(tmp_path / "wide.parquet")
+    info = validate_data(DataConfig(data=str(tmp_path / "wide.parquet")), 0,
+                         tmp_path / "dataset", tmp_path / "report.md")
+    validation = info["validation"]
+    assert len(validation["statistics"]["train"]["features"]) == MAX_FEATURE_STATS
+    assert validation["statistics"]["train"]["features_omitted"] == 600 - MAX_FEATURE_STATS
+    assert len(validation["warnings"]) == MAX_FINDINGS
+    assert validation["warnings_omitted"] == 100 - MAX_FINDINGS
+    assert len(json.dumps(info)) < 64 * 1024
+    assert "## Warnings (100)" in (tmp_path / "report.md").read_text()  # the report: all
+
+    history = [{"epoch": e, "loss": 1 / 3 + e, "hard_loss": 0.123456789, "soft_loss": 2e-7,
+                "val_accuracy": 0.987654321, "rows_per_s": 123456.789, "seconds": 0.1}
+               for e in range(1, 501)]
+    compact = compact_history(history)
+    assert compact[0] == {"epoch": 1, "loss": 1.3333, "hard_loss": 0.12346, "soft_loss": 2e-7,
+                          "val_accuracy": 0.98765}
+    assert len(json.dumps(compact)) < 64 * 1024
