@@ -26,7 +26,7 @@ from kdflow.data import storage
 from kdflow.data.prepared import DatasetMeta
 from kdflow.data.sources import open_source
 from kdflow.distill import hints
-from kdflow.distill.loop import InProcess, WorkerJob, train
+from kdflow.distill.loop import InProcess, WorkerJob, role_history, train
 from kdflow.distill.ray_train import StudentResult, train_students
 from kdflow.distill.runtime import cpu_budget, ensure_ray, limit_threads, local_device
 from kdflow.distill.targets import Ensemble, ensemble_report
@@ -268,9 +268,5 @@ def train_teacher(
     return {
         "val_accuracy": role.best_acc,
         "params": count_params(role.classifier),
-        "history": [
-            {k.split("/", 1)[1]: v for k, v in h.items() if k.startswith("teacher/")}
-            | {"epoch": h["epoch"]}
-            for h in history
-        ],
+        "history": role_history(history, "teacher"),
     }

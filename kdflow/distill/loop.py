@@ -18,7 +18,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import torch
@@ -314,6 +314,8 @@ def train(job: WorkerJob, reporter: Reporter) -> tuple[list[Role], list[dict[str
     cfg, task = job.cfg, task_named(job.task)
     rank, world, device = reporter.rank, reporter.world, reporter.device
     source = open_source(job.dataset)
+    if job.stats is None:  # one pass over the training split, for normalisation and noise
+        job = replace(job, stats=source.input_stats())
     rows = source.rows("train")
     start, stop = shard_bounds(rows, rank, world)
     train_rows = source.read("train", start, stop)
@@ -338,14 +340,19 @@ def train(job: WorkerJob, reporter: Reporter) -> tuple[list[Role], list[dict[str
         restore_training(roles, *resumed)
 
     x, y = torch.from_numpy(train_rows.x), torch.from_numpy(train_rows.y)
-    _, std = job.stats or source.input_stats()
+    assert job.stats is not None
+    _, std = job.stats
     noise_scale = cfg.augment_noise * torch.tensor(std)  # --augment-noise, in feature stds
     batch_size = max(1, cfg.student_batch_size // world)
     per_rank = math.ceil(rows / world)
     for epoch in range(first_epoch, cfg.student_epochs + 1):
         order = epoch_order(len(x), per_rank, job.seed * 100_003 + epoch)
         # The cached targets' entropy over this epoch's rows, for the reported KL.
-        entropy = targets.entropy[order].sum() if targets is not None else None
+        entropy = (
+            targets.entropy[order].sum()
+            if targets is not None and targets.entropy is not None
+            else None
+        )
         stats: dict[str, Any] = {"epoch": epoch}
         for r in roles:
             noise = None
@@ -373,6 +380,16 @@ def train(job: WorkerJob, reporter: Reporter) -> tuple[list[Role], list[dict[str
         if r.keep_best and r.best_state is not None:
             r.classifier.load_state_dict(r.best_state)
     return roles, history
+
+
+def role_history(history: list[dict[str, Any]], role: str) -> list[dict[str, Any]]:
+    """One role's epochs from the loop's history: `student/loss` becomes `loss`."""
+    prefix = role + "/"
+    return [
+        {k.removeprefix(prefix): v for k, v in h.items() if k.startswith(prefix)}
+        | {"epoch": h["epoch"]}
+        for h in history
+    ]
 
 
 def _validate(role: Role, task: Task, val: Split) -> dict[str, float]:

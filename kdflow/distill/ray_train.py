@@ -28,7 +28,7 @@ from kdflow.distill.checkpoints import (
     save_checkpoint,
     strip,
 )
-from kdflow.distill.loop import WorkerJob, train
+from kdflow.distill.loop import WorkerJob, role_history, train
 from kdflow.distill.runtime import limit_threads, local_device
 from kdflow.distill.step import Role
 from kdflow.errors import KdflowError
@@ -165,10 +165,6 @@ def train_students(
             val_accuracy=float(state["history"][-1][f"{role}/val_accuracy"]),
             params=count_params(model),
             epochs=int(state["epoch"]),
-            history=[
-                {k.split("/", 1)[1]: v for k, v in h.items() if k.startswith(role + "/")}
-                | {"epoch": h["epoch"]}
-                for h in state["history"]
-            ],
+            history=role_history(state["history"], role),
         )
     return results
