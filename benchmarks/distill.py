@@ -176,7 +176,7 @@ def kd_overhead(dataset: Path, teachers: list[Path], caches: list[str], student:
         torch.manual_seed(0)
         model = build_classifier(student, meta.input_shape, meta.n_classes, meta.n_features)
         model.set_normalisation(x.mean(0), x.std(0))
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.student_lr)
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.student_lr or 3e-3)
         kd = name in ("kd", "online")
         return Role(name, model, model, optimizer, None, kd=kd, alpha=cfg.alpha if kd else 1.0)
 
@@ -257,7 +257,7 @@ def bare_step(dataset: Path, storage: Path, student: str, epochs: int) -> float:
         torch.manual_seed(0)
         model = build_classifier(student, meta.input_shape, meta.n_classes, meta.n_features)
         model.set_normalisation(x.mean(0), x.std(0))
-        roles.append((model, torch.optim.Adam(model.parameters(), lr=cfg.student_lr)))
+        roles.append((model, torch.optim.Adam(model.parameters(), lr=cfg.student_lr or 3e-3)))
     for epoch in range(1, epochs + 1):
         order = epoch_order(rows, rows, epoch)
         bare_kd_epoch(*roles[0], x, y, soft, order, cfg.student_batch_size, cfg.temperature,

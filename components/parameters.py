@@ -33,7 +33,8 @@ def hints(cls: type) -> dict[str, Any]:
 
 def pipeline_type(hint: Any) -> Any:
     """A field's type as a pipeline parameter: optional fields are strings, "" for None
-    (the Kubeflow UI has no null); the one optional list, input_shape, is written 1,28,28."""
+    (the Kubeflow UI has no null); the one optional list, input_shape, is written 1,28,28,
+    and an optional number (a learning rate) as its decimal text."""
     if type(None) in typing.get_args(hint):
         return str
     if typing.get_origin(hint) is list:
@@ -46,7 +47,9 @@ def to_pipeline(value: Any, hint: Any) -> Any:
     if type(None) in typing.get_args(hint):
         if value is None:
             return ""
-        return value if isinstance(value, str) else ",".join(map(str, value))
+        if isinstance(value, list):
+            return ",".join(map(str, value))
+        return str(value)
     return value
 
 
@@ -55,7 +58,11 @@ def from_pipeline(value: Any, hint: Any) -> Any:
     if type(None) in typing.get_args(hint):
         if value == "":
             return None
-        return value if str in typing.get_args(hint) else parse_input_shape(value)
+        if str in typing.get_args(hint):
+            return value
+        if float in typing.get_args(hint):
+            return float(value)
+        return parse_input_shape(value)
     return list(value) if typing.get_origin(hint) is list else value
 
 

@@ -77,6 +77,9 @@ def check_run(cfg: RunConfig) -> None:
             )
     if data.contract and not Path(data.contract).is_file():
         raise ConfigError(f"--contract: {data.contract}: no such file", option="--contract")
+    if data.text_column:
+        _check_text(cfg, columns)
+        return
     shape = data.input_shape or default_input_shape(data.data)
     if shape is not None and n_features is not None and math.prod(shape) != n_features:
         raise ConfigError(
@@ -94,6 +97,21 @@ def check_run(cfg: RunConfig) -> None:
         ("--teachers", t) for t in teachers if not t.startswith(MLFLOW_URI_PREFIX)
     ]
     for option, text in specs:
+        if _not_zoo(text, option):
+            raise ConfigError(
+                f"{option}: {text} classifies text; give --text-column for text data, or a "
+                "zoo model (mlp:hidden=64) or a python: factory for numeric columns",
+                option=option,
+            )
+        if text.startswith("python:"):
+            if n_features is not None:
+                # Call the factory once on the real shapes: a factory that returns no
+                # module, or a module that fails its forward pass, stops here rather than
+                # in the distill step after the teachers have trained.
+                from kdflow.models.python_source import construct, parse
+
+                construct(parse(text, option), shape or [n_features], 2, n_features, option)
+            continue
         spec = parse_spec(text, option)
         if n_features is not None:
             # Build once on the real shapes: catches e.g. a cnn without a C,H,W input shape.
@@ -101,7 +119,81 @@ def check_run(cfg: RunConfig) -> None:
                 build_classifier(spec, shape or [n_features], 2, n_features)
             except ConfigError as exc:
                 raise ConfigError(f"{option}: {text}: {exc}", option=option) from exc
+    _check_teacher_epochs(cfg, teachers)
     _check_methods(cfg, teachers, sample, n_features)
+
+
+TEXT_PREFIXES = ("hf:", "hf-config:", "hf-from-teacher:")
+
+
+def _not_zoo(spec: str, option: str) -> bool:
+    """Check a spec's syntax with its source; True for a transformers (text) spec."""
+    from kdflow.models.sources import source_for
+
+    source_for(spec).check(spec, option)
+    return spec.startswith(TEXT_PREFIXES)
+
+
+def _check_teacher_epochs(cfg: RunConfig, teachers: list[str]) -> None:
+    if cfg.teachers.teacher_epochs:
+        return
+    fresh = [t for t in teachers if not t.startswith(("hf:", MLFLOW_URI_PREFIX))]
+    if fresh:
+        raise ConfigError(
+            f"--teacher-epochs 0: teacher {fresh[0]} is built fresh and must train; give "
+            "epochs, or trained teachers (hf:FOLDER, models:/NAME@ALIAS)",
+            option="--teacher-epochs",
+        )
+
+
+def _check_text(cfg: RunConfig, columns: list[str] | None) -> None:
+    """A text run: the text columns exist, and every model reads text (transformers)."""
+    data = cfg.data
+    if columns is not None:
+        for option, column in (("--text-column", data.text_column),
+                               ("--text-pair-column", data.text_pair_column)):
+            if column and column not in columns:
+                shown = ", ".join(columns[:12]) + (" ..." if len(columns) > 12 else "")
+                raise ConfigError(
+                    f"{option}: {column!r} is not a column of {data.data} (columns: {shown})",
+                    option=option,
+                )
+    if data.input_shape:
+        raise ConfigError(
+            "--input-shape: applies to numeric columns, not to --text-column",
+            option="--input-shape",
+        )
+    teachers = resolve_teachers(cfg.teachers.teachers, [data.max_length], "text")
+    for t in teachers:
+        if t.startswith("hf-from-teacher:"):
+            raise ConfigError(
+                f"--teachers: {t}: hf-from-teacher makes a student from the first teacher; "
+                "give teachers as hf:, hf-config: or models:/",
+                option="--teachers",
+            )
+        if not t.startswith(MLFLOW_URI_PREFIX) and not _not_zoo(t, "--teachers"):
+            raise ConfigError(
+                f"--teachers: {t} reads numeric columns; text needs a transformers model "
+                "(hf-config:bert:..., hf:FOLDER)",
+                option="--teachers",
+            )
+    student = cfg.distill.student
+    if not _not_zoo(student, "--student"):
+        raise ConfigError(
+            f"--student: {student} reads numeric columns; text needs a transformers model, "
+            "e.g. hf-from-teacher:num_hidden_layers=2 or hf-config:bert:...",
+            option="--student",
+        )
+    if student.startswith("hf-from-teacher:") and not teachers[0].startswith(
+        ("hf:", "hf-config:", MLFLOW_URI_PREFIX)
+    ):
+        raise ConfigError(
+            f"--student: hf-from-teacher needs the first teacher to be a transformers model; "
+            f"it is {teachers[0]}",
+            option="--student",
+        )
+    _check_teacher_epochs(cfg, teachers)
+    _check_methods(cfg, teachers, None, None)
 
 
 def _check_methods(

@@ -93,10 +93,16 @@ def validate_data(
 
     progress.emit("validate data", 0, 3, "contract checks")
     input_shape = cfg.input_shape or default_input_shape(cfg.data)
+    text_columns = [c for c in (cfg.text_column, cfg.text_pair_column) if c]
     contract = (
         DataContract.from_yaml(cfg.contract)
         if cfg.contract
-        else default_contract(cfg.label_column, input_shape=input_shape)
+        else default_contract(
+            cfg.label_column,
+            input_shape=input_shape,
+            text_columns=text_columns or None,
+            max_length=cfg.max_length if text_columns else None,
+        )
     )
     if cfg.data.startswith(BUILTIN_PREFIX):
         frame = load_frame(cfg.data, cfg.label_column)
@@ -135,6 +141,8 @@ def validate_data(
         input_shape,
         sha,
         cfg.data,
+        text_columns=text_columns or None,
+        max_length=cfg.max_length,
     )
     progress.emit("validate data", 3, 3, report.summary_line())
     splits = {"train": train, "val": val, "test": test}
@@ -145,6 +153,8 @@ def validate_data(
         "classes": meta.classes,
         "features": meta.n_features,
         "input_shape": meta.input_shape,
+        "kind": meta.kind,
+        "text_columns": meta.text_columns,
         # Class balance of each prepared split, for the data profile picture.
         "class_counts": {
             name: {str(c): int(n) for c, n in split[cfg.label_column].value_counts().items()}
@@ -169,7 +179,7 @@ def plan_teachers(dataset_dir: Path, cfg: TeacherConfig, seed: int) -> list[dict
     from kdflow.models.zoo import AUTO, resolve_teachers
 
     meta = read_meta(dataset_dir)
-    specs = resolve_teachers(cfg.teachers, meta.input_shape)
+    specs = resolve_teachers(cfg.teachers, meta.input_shape, meta.kind)
     if cfg.teachers == [AUTO]:
         log.info(
             "teachers for samples of shape %s: %s",
@@ -193,23 +203,35 @@ def train_teacher(
     from kdflow.data.sources import open_source
     from kdflow.distill.driver import train_teacher as train_in_loop
     from kdflow.distill.teachers import load_teacher
+    from kdflow.errors import ConfigError
     from kdflow.models.inference import accuracy
-    from kdflow.models.sources import source_for
+    from kdflow.models.sources import PrepareContext, encoder_of, source_for
     from kdflow.models.zoo import count_params
 
     source = source_for(spec)
     source.check(spec, "--teachers")
     member = {"spec": spec, "seed": seed, "index": index}
-    if source.fetches:
+    # A fetched teacher is used as it is, except a transformers folder given epochs: that is
+    # fine-tuned in the loop (from its weights, a new head where the labels differ).
+    fine_tune = source.fetches and cfg.teacher_epochs > 0 and source.kind == "hf"
+    if source.fetches and not fine_tune:
         data = open_source(str(dataset_dir))
-        source.fetch(spec, model_dir, tracking_uri)
+        context = PrepareContext(data, seed, trust_remote_code=cfg.trust_remote_code,
+                                 option="--teachers")
+        source.fetch(spec, model_dir, tracking_uri, context)
         model, _ = load_teacher(str(model_dir), data.meta)
         return member | {
-            "val_accuracy": accuracy(model, data.read("val")),
+            "val_accuracy": accuracy(model, data.read("val", encoder=encoder_of(model))),
             "params": count_params(model),
             "epochs": 0,
             "history": [],
         }
+    if cfg.teacher_epochs == 0:
+        raise ConfigError(
+            f"--teacher-epochs 0: teacher {spec} is built fresh and must train; give epochs, "
+            "or a trained model (hf:FOLDER, models:/NAME@ALIAS)",
+            option="--teacher-epochs",
+        )
 
     def on_epoch(stats: dict[str, Any]) -> None:
         epoch, acc = stats["epoch"], stats["teacher/val_accuracy"]
@@ -388,7 +410,8 @@ def register(
     }
     summary = dict(summary)
     with tempfile.TemporaryDirectory() as tmp:
-        if onnx_path is None:
+        exported = (summary["student"].get("onnx") or {}).get("exported", True)
+        if onnx_path is None and exported:
             onnx_path = export_checked(student_dir, Path(tmp))
         summary["registered"] = register_student(
             student_dir,

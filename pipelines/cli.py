@@ -49,7 +49,11 @@ def _add_config_options(parser: argparse.ArgumentParser, local: bool = True) -> 
             hint = hints[f.name]
             args = typing.get_args(hint)
             kwargs["metavar"] = f.name.upper()
-            if f.name == "input_shape":
+            if hint is bool:
+                # A flag: present means true (`--trust-remote-code`).
+                kwargs |= {"action": "store_const", "const": True}
+                del kwargs["metavar"]
+            elif f.name == "input_shape":
                 kwargs["metavar"] = "C,H,W"
             elif typing.get_origin(hint) is list:
                 kwargs["nargs"] = "+"

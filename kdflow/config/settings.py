@@ -44,6 +44,14 @@ class DataConfig:
     """Data contract YAML the data is held to (default: a lenient contract inferred on the fly)."""
     validation: str = "fail"
     """What a failed data contract does: `fail` stops the run, `warn` carries on with a warning."""
+    text_column: str | None = None
+    """Column of text to classify (text data: each model tokenizes it with its own tokenizer;
+    the other columns but the label are ignored)."""
+    text_pair_column: str | None = None
+    """Second text of each row, for sentence pairs (with --text-column)."""
+    max_length: int = 128
+    """Tokens per text (both texts of a pair together) for text data; longer texts are
+    truncated, and validation reports how many are."""
 
     def __post_init__(self) -> None:
         _require(bool(self.data), "data", "give a Parquet/CSV file or builtin:digits")
@@ -51,6 +59,17 @@ class DataConfig:
         _require(0.0 < self.test_fraction < 1.0, "test_fraction", "must be in (0, 1)")
         _require(0.0 <= self.val_fraction < 1.0, "val_fraction", "must be in [0, 1)")
         _require(self.validation in ("fail", "warn"), "validation", "must be `fail` or `warn`")
+        _require(self.max_length >= 1, "max_length", "must be at least 1 token (default 128)")
+        _require(
+            self.text_pair_column is None or bool(self.text_column),
+            "text_pair_column",
+            "needs --text-column (the first text of each pair)",
+        )
+        _require(
+            not self.text_column or self.text_column != self.label_column,
+            "text_column",
+            f"is the label column {self.label_column!r}; give the column of text",
+        )
         if self.input_shape is not None:
             _require(
                 len(self.input_shape) > 0 and all(int(d) > 0 for d in self.input_shape),
@@ -67,11 +86,16 @@ class TeacherConfig:
     C,H,W images, 1-D CNNs for C,L sequences, MLPs for flat columns). Each member trains
     with its own seed, derived from --seed and its position."""
     teacher_epochs: int = 40
-    """Epochs each teacher trains for."""
-    teacher_lr: float = 1e-3
-    """Adam learning rate for the teachers."""
+    """Epochs each teacher trains for. 0 uses fetched teachers (hf:, models:/) as they are;
+    with epochs they are fine-tuned in the pipeline."""
+    teacher_lr: float | None = None
+    """Adam learning rate for the teachers (default: their source's: 1e-3 for zoo and
+    python: models, 3e-4 for fresh transformers, 5e-5 to fine-tune a pretrained hf: model)."""
     batch_size: int = 64
     """Mini-batch size for teacher training."""
+    trust_remote_code: bool = False
+    """Let an hf: teacher run the modelling code its folder or hub repository ships (off:
+    only architectures built into transformers load)."""
 
     def __post_init__(self) -> None:
         _require(len(self.teachers) > 0, "teachers", "give at least one teacher, or `auto`")
@@ -80,8 +104,12 @@ class TeacherConfig:
             "teachers",
             "`auto` stands for the whole ensemble; give it alone, or list the teachers",
         )
-        _require(self.teacher_epochs >= 1, "teacher_epochs", "must be at least 1")
-        _require(self.teacher_lr > 0, "teacher_lr", "must be > 0")
+        _require(
+            self.teacher_epochs >= 0,
+            "teacher_epochs",
+            "must be 0 (use fetched teachers as they are) or more",
+        )
+        _require(self.teacher_lr is None or self.teacher_lr > 0, "teacher_lr", "must be > 0")
         _require(self.batch_size >= 1, "batch_size", "must be at least 1")
 
 
@@ -95,8 +123,9 @@ class DistillConfig:
     """Weight of the hard-label cross-entropy; 1 - alpha weighs the T²-scaled KL term."""
     student_epochs: int = 120
     """Epochs the student (and the no-distillation baseline) train for."""
-    student_lr: float = 3e-3
-    """Adam learning rate for the student and the baseline."""
+    student_lr: float | None = None
+    """Adam learning rate for the student and the baseline (default: the student source's:
+    3e-3 for zoo and python: models, 3e-4 for fresh transformers, 5e-5 for hf:)."""
     student_batch_size: int = 64
     """Global mini-batch size of the student, split across the Ray Train workers."""
     workers: int = 1
@@ -159,7 +188,7 @@ class DistillConfig:
         _require(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
         _require(0.0 <= self.alpha <= 1.0, "alpha", f"must be in [0, 1], got {self.alpha}")
         _require(self.student_epochs >= 1, "student_epochs", "must be at least 1")
-        _require(self.student_lr > 0, "student_lr", "must be > 0")
+        _require(self.student_lr is None or self.student_lr > 0, "student_lr", "must be > 0")
         _require(self.student_batch_size >= 1, "student_batch_size", "must be at least 1")
         _require(
             self.workers >= 0, "workers", f"must be 0 (in-process) or more, got {self.workers}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +70,13 @@ class DatasetMeta:
     sha256: str
     rows: dict[str, int]
     source: str
+    kind: str = "columns"
+    """`columns` (numeric feature columns) or `text` (the text columns, tokenized by each
+    model); `kdflow.data.sources.KINDS` reads each."""
+    text_columns: list[str] = field(default_factory=list)
+    """The text column, and the second text of a pair when there is one (kind `text`)."""
+    max_length: int = 0
+    """Tokens per text (kind `text`): longer texts are truncated."""
 
     @property
     def n_features(self) -> int:
@@ -134,24 +141,40 @@ def write_prepared(
     input_shape: list[int] | None,
     sha256: str,
     source: str,
+    text_columns: list[str] | None = None,
+    max_length: int = 0,
 ) -> DatasetMeta:
-    """Normalise dtypes (float32 features, class-index labels) and write the folder."""
+    """Normalise dtypes (float32 features, or strings for text columns; class-index labels)
+    and write the folder. With `text_columns` only those columns are kept, as text (a
+    missing value becomes the empty string), and `max_length` is recorded for the
+    models' tokenizers."""
     folder.mkdir(parents=True, exist_ok=True)
-    features = [c for c in splits["train"].columns if c != label_column]
+    if text_columns:
+        features = list(text_columns)
+    else:
+        features = [c for c in splits["train"].columns if c != label_column]
     classes = class_names(splits["train"][label_column])
     index = {name: i for i, name in enumerate(classes)}
     for name, frame in splits.items():
-        out = frame[features].astype(np.float32)
+        if text_columns:
+            out = pd.DataFrame({c: frame[c].fillna("").astype(str) for c in features})
+        else:
+            out = frame[features].astype(np.float32)
         out["label"] = frame[label_column].map(lambda v: index[str(v)]).astype(np.int64)
         out.to_parquet(folder / f"{name}.parquet", index=False)
     meta = DatasetMeta(
         label_column=label_column,
-        feature_columns=features,
+        feature_columns=[] if text_columns else features,
         classes=classes,
-        input_shape=resolve_input_shape(input_shape, len(features)),
+        input_shape=(
+            [max_length] if text_columns else resolve_input_shape(input_shape, len(features))
+        ),
         sha256=sha256,
         rows={name: len(frame) for name, frame in splits.items()},
         source=source,
+        kind="text" if text_columns else "columns",
+        text_columns=list(text_columns or []),
+        max_length=max_length if text_columns else 0,
     )
     (folder / "meta.json").write_text(json.dumps(asdict(meta), indent=2))
     return meta

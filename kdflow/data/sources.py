@@ -5,9 +5,14 @@ batches that stream over the whole split (teacher inference), and gives the stat
 models normalise with. Nothing reads all of a split at once unless it asks for it.
 
 `open_source(dataset_uri)` picks the implementation named by the prepared dataset's
-`meta.json` (`kind`, default `columns`); today that is `ColumnSource`, numeric feature
-columns in Parquet. The next kinds (text, image files, corpora) add an implementation and
-an entry in `KINDS`; the loop does not change.
+`meta.json` (`kind`, default `columns`): `ColumnSource` (numeric feature columns in
+Parquet) or `TextSource` (text columns, tokenized by each model's own `Encoder`). The next
+kinds (image files, corpora) add an implementation and an entry in `KINDS`; the loop does
+not change.
+
+Inputs are one array per row block whatever the kind: float32 N × F for columns, and for
+text an int64 N × K × L array that packs token ids, attention mask (and token types) as
+`Encoder.encode` makes them, so gathering, sharding and pinning rows work the same.
 """
 
 from __future__ import annotations
@@ -18,11 +23,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from kdflow.data import storage
+from kdflow.data.inputs import STREAM_ROWS, Encoder
 from kdflow.data.prepared import DatasetMeta, Split
 from kdflow.errors import ConfigError, DataError
-
-STREAM_ROWS = 65_536
-"""Rows per batch when a split is streamed (teacher inference, statistics)."""
 
 
 class DataSource(Protocol):
@@ -30,17 +33,32 @@ class DataSource(Protocol):
 
     uri: str
     meta: DatasetMeta
+    tokenize_seconds: float
+    """Time spent encoding rows for models (text: tokenizing), cache hits excluded."""
 
     def rows(self, split: str) -> int:
         """How many rows `split` has."""
         ...
 
-    def read(self, split: str, start: int = 0, stop: int | None = None) -> Split:
-        """Rows [start, stop) of `split`: inputs and class indices."""
+    def read(
+        self, split: str, start: int = 0, stop: int | None = None, encoder: Encoder | None = None
+    ) -> Split:
+        """Rows [start, stop) of `split`: inputs (as `encoder` makes them, for kinds that
+        need one) and class indices."""
         ...
 
-    def stream(self, split: str, batch_rows: int = STREAM_ROWS) -> Iterator[np.ndarray]:
+    def stream(
+        self, split: str, batch_rows: int = STREAM_ROWS, encoder: Encoder | None = None
+    ) -> Iterator[np.ndarray]:
         """The inputs of `split` in order, `batch_rows` at a time (bounded memory)."""
+        ...
+
+    def texts(self, split: str, start: int = 0, stop: int | None = None) -> list[list[str]]:
+        """Rows [start, stop) of the text columns, column-wise (kind `text`; [] otherwise)."""
+        ...
+
+    def labels(self, split: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows [start, stop) of the class indices (int64), without the inputs."""
         ...
 
     def input_stats(self) -> tuple[list[float], list[float]]:
@@ -52,38 +70,61 @@ class ColumnSource:
     """Numeric feature columns and a `label` column of class indices, in Parquet (the
     validate step's output: `train/val/test.parquet` + `meta.json`)."""
 
-    def __init__(self, uri: str, meta: DatasetMeta) -> None:
+    def __init__(self, uri: str, meta: DatasetMeta, cache_root: str | None = None) -> None:
         self.uri, self.meta = uri, meta
+        self.tokenize_seconds = 0.0
 
     def rows(self, split: str) -> int:
         return int(self.meta.rows[split])
 
-    def read(self, split: str, start: int = 0, stop: int | None = None) -> Split:
+    def read(
+        self, split: str, start: int = 0, stop: int | None = None, encoder: Encoder | None = None
+    ) -> Split:
         return load_rows(self.uri, split, self.meta, start, stop)
 
-    def stream(self, split: str, batch_rows: int = STREAM_ROWS) -> Iterator[np.ndarray]:
+    def stream(
+        self, split: str, batch_rows: int = STREAM_ROWS, encoder: Encoder | None = None
+    ) -> Iterator[np.ndarray]:
         columns = self.meta.feature_columns
         with storage.parquet_file(storage.join(self.uri, f"{split}.parquet")) as pf:
             for batch in pf.iter_batches(batch_rows, columns=columns):
                 yield _features(batch, columns)
 
+    def texts(self, split: str, start: int = 0, stop: int | None = None) -> list[list[str]]:
+        return []
+
+    def labels(self, split: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        table = storage.read_parquet_rows(
+            storage.join(self.uri, f"{split}.parquet"), start, stop, columns=["label"]
+        )
+        return table.column("label").to_numpy(zero_copy_only=False).astype(np.int64)
+
     def input_stats(self) -> tuple[list[float], list[float]]:
         return feature_stats(self.uri, self.meta)
 
 
-KINDS: dict[str, type] = {"columns": ColumnSource}
+def _text_source() -> type:
+    from kdflow.data.text import TextSource
+
+    return TextSource
+
+
+KINDS: dict[str, Any] = {"columns": ColumnSource, "text": _text_source}
 """Data source kinds, by the `kind` a prepared dataset's meta.json names."""
 
 
-def open_source(dataset_uri: str) -> DataSource:
-    """The data source of a prepared dataset (a folder or s3:// prefix)."""
+def open_source(dataset_uri: str, cache_root: str | None = None) -> DataSource:
+    """The data source of a prepared dataset (a folder or s3:// prefix). `cache_root` (a
+    run's storage path) is where a kind that encodes its rows per model (text) keeps the
+    encoded splits for later steps and runs."""
     values: dict[str, Any] = dict(_read_meta_json(dataset_uri))
-    kind = values.pop("kind", "columns")
+    kind = values.setdefault("kind", "columns")
     if kind not in KINDS:
         raise ConfigError(
             f"{dataset_uri}: data of kind {kind!r}; this kdflow reads {', '.join(KINDS)}"
         )
-    source: DataSource = KINDS[kind](dataset_uri, DatasetMeta(**values))
+    cls = KINDS[kind] if isinstance(KINDS[kind], type) else KINDS[kind]()
+    source: DataSource = cls(dataset_uri, DatasetMeta(**values), cache_root)
     return source
 
 

@@ -14,7 +14,9 @@ on a cluster (`kdflow.distill.cluster`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
@@ -24,30 +26,67 @@ from typing import Any
 from kdflow.config import DistillConfig, TeacherConfig
 from kdflow.data import storage
 from kdflow.data.prepared import DatasetMeta
-from kdflow.data.sources import open_source
+from kdflow.data.sources import DataSource, open_source
 from kdflow.distill import hints
-from kdflow.distill.loop import InProcess, WorkerJob, role_history, train
+from kdflow.distill.loop import InProcess, WorkerJob, role_history, same_inputs, train
 from kdflow.distill.ray_train import StudentResult, train_students
 from kdflow.distill.runtime import cpu_budget, ensure_ray, limit_threads, local_device
 from kdflow.distill.targets import Ensemble, ensemble_report
 from kdflow.distill.tasks import Task, task_named
 from kdflow.distill.teachers import TeacherOutputs, load_teacher, teacher_outputs
 from kdflow.errors import ConfigError, KdflowError
-from kdflow.models.sources import build, source_for, source_of_folder
+from kdflow.models.sources import PrepareContext, build, source_for, source_of_folder
 from kdflow.models.zoo import count_params, describe
 
 log = logging.getLogger(__name__)
 
 
-def check_teacher_settings(cfg: DistillConfig, teacher_uris: list[str], meta: DatasetMeta) -> None:
-    """Settings that depend on the teachers, checked on the driver before Ray Train starts:
-    the weight count, the hint teacher, and the hint layers (one dummy forward pass)."""
+def prepare_template(
+    spec: str,
+    data: DataSource,
+    uri: str,
+    seed: int,
+    teacher: str | None = None,
+    option: str = "--student",
+    trust_remote_code: bool = False,
+) -> str | None:
+    """The initial model folder of `spec` at `uri`, written once here for every role and
+    worker (`ModelSource.prepare`: a trained tokenizer, a teacher's layers); None for a
+    source that builds from the spec alone."""
+    source = source_for(spec)
+    source.check(spec, option)
+    context = PrepareContext(data, seed, teacher, trust_remote_code, option)
+    with tempfile.TemporaryDirectory(prefix="kdflow-template-") as tmp:
+        if not source.prepare(spec, context, Path(tmp)):
+            return None
+        storage.upload_dir(Path(tmp), uri)
+    return uri
+
+
+def check_teacher_settings(
+    cfg: DistillConfig, teacher_uris: list[str], meta: DatasetMeta, template: str | None = None
+) -> None:
+    """Settings that depend on the teachers and the data, checked on the driver before Ray
+    Train starts: the weight count, the hint teacher, and the hint layers (one dummy forward
+    pass)."""
+    if cfg.augment_noise and meta.kind != "columns":
+        raise ConfigError(
+            f"--augment-noise: Gaussian noise applies to numeric columns; this data is "
+            f"{meta.kind}",
+            option="--augment-noise",
+        )
     if cfg.teacher_weights and len(cfg.teacher_weights) != len(teacher_uris):
         raise ConfigError(
             f"--teacher-weights: {len(cfg.teacher_weights)} weights for "
             f"{len(teacher_uris)} teachers; give one per teacher, in --teachers order",
             option="--teacher-weights",
         )
+    if cfg.teacher_mode == "online" and meta.kind == "text":
+        # Online teachers read the student's batches: one tokenizer for all, checked here
+        # rather than in every worker.
+        with storage.local_dir(template) if template else contextlib.nullcontext() as folder:
+            student = build(cfg.student, meta, template=folder)
+        same_inputs(student, [load_teacher(u, meta)[0] for u in teacher_uris], teacher_uris)
     if not cfg.uses_hints:
         return
     if cfg.hint_teacher >= len(teacher_uris):
@@ -58,10 +97,12 @@ def check_teacher_settings(cfg: DistillConfig, teacher_uris: list[str], meta: Da
         )
     uri = teacher_uris[cfg.hint_teacher]
     teacher, saved = load_teacher(uri, meta)
+    with storage.local_dir(template) if template else contextlib.nullcontext() as folder:
+        student = build(cfg.student, meta, template=folder)
     hints.make_plan(
         cfg,
         teacher,  # type: ignore[arg-type]
-        build(cfg.student, meta),  # type: ignore[arg-type]
+        student,  # type: ignore[arg-type]
         source_of_folder(saved, uri),
         source_for(cfg.student),
     )
@@ -142,13 +183,17 @@ def run_distillation(
     rows = source.rows("train")
     if rows < cfg.workers:
         raise KdflowError(f"--workers {cfg.workers}: more workers than training rows ({rows})")
-    check_teacher_settings(cfg, teacher_uris, meta)
+    template = prepare_template(
+        cfg.student, source, storage.join(storage_root, "templates", run_name), seed,
+        teacher=teacher_uris[0] if teacher_uris else None,
+    )
+    check_teacher_settings(cfg, teacher_uris, meta, template)
     task = task_named("classification")
     born_again = storage.join(storage_root, "born-again", run_name)
     first = dict(outputs)
     if cfg.generations > 1:
         first["student"] = storage.join(born_again, "gen-1")
-    val_y = source.read("val").y
+    val_y = source.labels("val")
     job = WorkerJob(
         cfg=cfg,
         dataset=dataset_uri,
@@ -159,6 +204,8 @@ def run_distillation(
         task=task.name,
         stats=source.input_stats(),
         fail_at_epoch=fail_at_epoch,
+        template=template,
+        token_cache=storage_root,
     )
     results, teachers, report, seconds = _distill_once(
         job, teacher_uris, first, storage_root, run_name, meta, val_y, task
@@ -254,19 +301,25 @@ def train_teacher(
     epoch to `folder` (`extra` goes into its spec.json). `on_epoch(stats)` sees each
     epoch's metrics."""
     limit_threads()  # a pod's CPU limit, not the node's cores
-    job = WorkerJob(
-        cfg=teacher_training(cfg, spec),
-        dataset=dataset_uri,
-        roles=["teacher"],
-        seed=seed,
-        run_dir="",
-    )
-    (role,), history = train(job, InProcess(local_device(), on_epoch))
-    meta = open_source(dataset_uri).meta
+    data = open_source(dataset_uri)
+    with tempfile.TemporaryDirectory(prefix="kdflow-teacher-") as tmp:
+        template = prepare_template(
+            spec, data, tmp, seed, option="--teachers", trust_remote_code=cfg.trust_remote_code
+        )
+        job = WorkerJob(
+            cfg=teacher_training(cfg, spec),
+            dataset=dataset_uri,
+            roles=["teacher"],
+            seed=seed,
+            run_dir="",
+            template=template,
+        )
+        (role,), history = train(job, InProcess(local_device(), on_epoch))
     role.classifier.cpu().eval()
-    source_for(spec).save(role.classifier, folder, meta, {"role": "teacher", **(extra or {})})
+    source_for(spec).save(role.classifier, folder, data.meta, {"role": "teacher", **(extra or {})})
     return {
         "val_accuracy": role.best_acc,
         "params": count_params(role.classifier),
         "history": role_history(history, "teacher"),
+        "tokenize_seconds": float(history[0].get("tokenize_seconds", 0.0)) if history else 0.0,
     }

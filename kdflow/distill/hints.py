@@ -149,7 +149,12 @@ def _probe(model: Classifier, modules: list[tuple[nn.Module, bool]]) -> list[tor
     try:
         with torch.no_grad():
             device = next(model.parameters()).device
-            model(torch.zeros(2, math.prod(model.input_shape), device=device))
+            example = getattr(model, "example_input", None)
+            # A model of token ids says what a valid input is; numeric rows can be zeros.
+            x = example(2) if callable(example) else torch.zeros(
+                2, math.prod(model.input_shape), device=device
+            )
+            model(x)
         return recorder.take()
     finally:
         recorder.remove()

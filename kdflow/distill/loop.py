@@ -19,12 +19,14 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from kdflow.config import DistillConfig
+from kdflow.data import storage
 from kdflow.data.prepared import Split
 from kdflow.data.sources import DataSource, open_source
 from kdflow.distill import cache as teacher_cache
@@ -35,8 +37,14 @@ from kdflow.distill.step import Batch, OnlineTeachers, Role, kd_step
 from kdflow.distill.targets import Ensemble, Targets
 from kdflow.distill.tasks import Task, task_named
 from kdflow.distill.teachers import load_teacher
-from kdflow.errors import KdflowError
-from kdflow.models.sources import build, source_for, source_of_folder
+from kdflow.errors import ConfigError, KdflowError
+from kdflow.models.sources import (
+    build,
+    encoder_of,
+    learning_rate,
+    source_for,
+    source_of_folder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +74,11 @@ class WorkerJob:
     """Online KD: each teacher's folder."""
     stats: tuple[list[float], list[float]] | None = None
     """Per-input mean and std over the training split (every rank normalises the same)."""
+    template: str | None = None
+    """The student's initial model folder (`ModelSource.prepare`), for sources that need one
+    (transformers: the tokenizer, the weights taken from a teacher)."""
+    token_cache: str | None = None
+    """Where encoded (tokenized) splits are cached: the run's storage path."""
     fail_at_epoch: int | None = None
     """Test hook: fail once after this epoch's checkpoint."""
 
@@ -245,7 +258,11 @@ def run_epoch(
 
 
 def build_roles(
-    job: WorkerJob, source: DataSource, device: torch.device, teachers: OnlineTeachers | None
+    job: WorkerJob,
+    source: DataSource,
+    device: torch.device,
+    teachers: OnlineTeachers | None,
+    template: Path | None = None,
 ) -> list[Role]:
     """Each role's model, optimizer and schedule, from the same seed: identical initial
     weights (DDP broadcasts rank 0's anyway), so the roles differ only by their loss. A
@@ -261,9 +278,10 @@ def build_roles(
         if kd and cfg.uses_hints and teachers is not None and teachers.taps is not None:
             plan = teachers.taps.plan
             seed_everything(job.seed)
-        classifier = build(cfg.student, source.meta, (mean, std))
+        classifier = build(cfg.student, source.meta, (mean, std), template=template)
         model = classifier if plan is None else hints.HintedStudent(classifier, plan)  # type: ignore[arg-type]
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.student_lr)
+        lr = learning_rate(cfg.student, name, cfg.student_lr)
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.student_epochs)
         roles.append(
             Role(
@@ -282,7 +300,11 @@ def build_roles(
 
 
 def online_teachers(
-    job: WorkerJob, source: DataSource, task: Task, device: torch.device
+    job: WorkerJob,
+    source: DataSource,
+    task: Task,
+    device: torch.device,
+    template: Path | None = None,
 ) -> OnlineTeachers | None:
     """The teachers on this worker's device, when the student learns from them online;
     with hints, the hint teacher's taps and the plan pairing its layers with the student's."""
@@ -292,10 +314,11 @@ def online_teachers(
     assert job.ensemble is not None
     loaded = [load_teacher(u, source.meta) for u in job.teachers]
     models = [m.to(device).eval() for m, _ in loaded]
+    seed_everything(job.seed)
+    student = build(cfg.student, source.meta, template=template).to(device)
+    same_inputs(student, models, job.teachers)
     taps = None
     if cfg.uses_hints:
-        seed_everything(job.seed)
-        student = build(cfg.student, source.meta).to(device)
         teacher, saved = models[cfg.hint_teacher], loaded[cfg.hint_teacher][1]
         plan = hints.make_plan(
             cfg,
@@ -308,25 +331,52 @@ def online_teachers(
     return OnlineTeachers(models, job.ensemble, task, taps)
 
 
+def same_inputs(student: nn.Module, teachers: list[nn.Module], uris: list[str]) -> None:
+    """Online teachers read the student's batch: their encoders (tokenizers) must match."""
+    mine = encoder_of(student)
+    for teacher, uri in zip(teachers, uris, strict=True):
+        theirs = encoder_of(teacher)
+        if (mine is None) != (theirs is None) or (
+            mine is not None and theirs is not None and mine.fingerprint != theirs.fingerprint
+        ):
+            raise ConfigError(
+                f"--teacher-mode online: teacher {uri} tokenizes text otherwise than the "
+                "student; online teachers read the student's batches, so give a student that "
+                "shares their tokenizer (hf-from-teacher:) or use --teacher-mode offline",
+                option="--teacher-mode",
+            )
+
+
 def train(job: WorkerJob, reporter: Reporter) -> tuple[list[Role], list[dict[str, Any]]]:
     """Train every role of `job` for its epochs (resuming where the reporter says), and
     return the roles (teachers with their best epoch's weights) and the history."""
+    if job.template is None:
+        return _train(job, reporter, None)
+    with storage.local_dir(job.template) as template:
+        return _train(job, reporter, template)
+
+
+def _train(
+    job: WorkerJob, reporter: Reporter, template: Path | None
+) -> tuple[list[Role], list[dict[str, Any]]]:
     cfg, task = job.cfg, task_named(job.task)
     rank, world, device = reporter.rank, reporter.world, reporter.device
-    source = open_source(job.dataset)
+    source = open_source(job.dataset, cache_root=job.token_cache)
     if job.stats is None:  # one pass over the training split, for normalisation and noise
         job = replace(job, stats=source.input_stats())
     rows = source.rows("train")
     start, stop = shard_bounds(rows, rank, world)
-    train_rows = source.read("train", start, stop)
-    val: Split | None = source.read("val") if rank == 0 else None
-    teachers = online_teachers(job, source, task, device)
+    teachers = online_teachers(job, source, task, device, template)
     targets = (
         shard_targets(job, task, start, stop)
         if cfg.teacher_mode == "offline" and "student" in job.roles
         else None
     )
-    roles = build_roles(job, source, device, teachers)
+    roles = build_roles(job, source, device, teachers, template)
+    # Each model reads the rows as it encodes them (text: its tokenizer, once per run).
+    encoder = encoder_of(roles[0].classifier)
+    train_rows = source.read("train", start, stop, encoder)
+    val: Split | None = source.read("val", encoder=encoder) if rank == 0 else None
     first_epoch, history = 1, []
     resumed = reporter.resume()
     if resumed:
@@ -353,7 +403,7 @@ def train(job: WorkerJob, reporter: Reporter) -> tuple[list[Role], list[dict[str
             if targets is not None and targets.entropy is not None
             else None
         )
-        stats: dict[str, Any] = {"epoch": epoch}
+        stats: dict[str, Any] = {"epoch": epoch, "tokenize_seconds": source.tokenize_seconds}
         for r in roles:
             noise = None
             if cfg.augment_noise:

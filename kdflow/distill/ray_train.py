@@ -10,6 +10,7 @@ itself: the typed settings cross the Ray boundary unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -45,6 +46,8 @@ class StudentResult:
     params: int
     epochs: int
     history: list[dict[str, float]]
+    tokenize_seconds: float = 0.0
+    """Time the loop spent tokenizing its rows (text; 0 when cached or numeric)."""
 
 
 class RayTrainReporter:
@@ -154,17 +157,21 @@ def train_students(
     meta = open_source(job.dataset).meta
     source = source_for(cfg.student)
     results = {}
-    for role, out in outputs.items():
-        model = build(cfg.student, meta)
-        # The last epoch, not the best validation epoch: the validation split is small
-        # (~130 rows on digits) and picking on it adds noise that hides what KD buys.
-        model.load_state_dict(strip(tensors, f"{role}.model."))
-        with storage.writing_dir(out) as folder:
-            source.save(model, folder, meta, {"role": role})
-        results[role] = StudentResult(
-            val_accuracy=float(state["history"][-1][f"{role}/val_accuracy"]),
-            params=count_params(model),
-            epochs=int(state["epoch"]),
-            history=role_history(state["history"], role),
-        )
+    template = storage.local_dir(job.template) if job.template else contextlib.nullcontext()
+    with template as template_dir:
+        for role, out in outputs.items():
+            model = build(cfg.student, meta, template=template_dir)
+            # The last epoch, not the best validation epoch: the validation split is small
+            # (~130 rows on digits) and picking on it adds noise that hides what KD buys.
+            model.load_state_dict(strip(tensors, f"{role}.model."))
+            model.eval()
+            with storage.writing_dir(out) as folder:
+                source.save(model, folder, meta, {"role": role})
+            results[role] = StudentResult(
+                val_accuracy=float(state["history"][-1][f"{role}/val_accuracy"]),
+                params=count_params(model),
+                epochs=int(state["epoch"]),
+                history=role_history(state["history"], role),
+                tokenize_seconds=float(state["history"][0].get("tokenize_seconds", 0.0)),
+            )
     return results

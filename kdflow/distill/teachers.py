@@ -24,7 +24,7 @@ from kdflow.distill.runtime import ensure_ray, local_device
 from kdflow.distill.tasks import Task, task_named
 from kdflow.errors import DataError, KdflowError
 from kdflow.models.inference import predict_logits
-from kdflow.models.sources import load_saved
+from kdflow.models.sources import encoder_of, load_saved
 from kdflow.models.zoo import describe
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,17 @@ def load_teacher(uri: str, meta: DatasetMeta) -> tuple[nn.Module, dict[str, Any]
     the data's inputs and classes."""
     with storage.local_dir(uri) as folder:
         model, spec = load_saved(folder)
+    reads_text = encoder_of(model) is not None
+    if reads_text != (meta.kind == "text"):
+        raise KdflowError(
+            f"teacher {uri} ({spec.get('source') or describe(spec)}) reads "
+            f"{'text' if reads_text else 'numeric columns'}; the data is {meta.kind}"
+        )
+    if reads_text and len(spec.get("text_columns", [])) != len(meta.text_columns):
+        raise KdflowError(
+            f"teacher {uri} reads {len(spec.get('text_columns', []))} text column(s) per row; "
+            f"the data has {len(meta.text_columns)} ({', '.join(meta.text_columns)})"
+        )
     if spec["n_features"] != meta.n_features or spec["n_classes"] != meta.n_classes:
         raise KdflowError(
             f"teacher {uri} expects {spec['n_features']} features and {spec['n_classes']} "
@@ -49,6 +60,7 @@ def _teacher_task(
     task_name: str,
     cache_uri: str | None,
     entry_meta: dict[str, Any],
+    token_cache: str | None = None,
 ) -> dict[str, Any]:
     """One teacher's validation logits and, for the cache, its outputs over the train split.
 
@@ -56,17 +68,18 @@ def _teacher_task(
     its data source in batches, so memory is the cache entry plus one batch.
     """
     started = time.monotonic()
-    source = open_source(dataset_uri)
+    source = open_source(dataset_uri, cache_root=token_cache)
     task = task_named(task_name)
     model, _ = load_teacher(teacher_uri, source.meta)
     model.to(local_device())
-    val_logits = predict_logits(model, source.read("val").x).half().numpy()
+    encoder = encoder_of(model)  # each teacher reads the text through its own tokenizer
+    val_logits = predict_logits(model, source.read("val", encoder=encoder).x).half().numpy()
     if cache_uri:
         top_k = int(entry_meta["top_k"])
         rows = int(entry_meta["rows"])
         arrays: dict[str, np.ndarray] = {}
         done = 0
-        for x in source.stream("train"):
+        for x in source.stream("train", encoder=encoder):
             parts = task.cache_parts(predict_logits(model, x), top_k)
             for name, t in parts.items():
                 if name not in arrays:
@@ -76,7 +89,11 @@ def _teacher_task(
         if done != rows:
             raise DataError(f"{dataset_uri}: train.parquet has {done} rows, meta.json says {rows}")
         teacher_cache.write_entry(cache_uri, arrays, val_logits, entry_meta)
-    return {"val_logits": val_logits, "seconds": time.monotonic() - started}
+    return {
+        "val_logits": val_logits,
+        "seconds": time.monotonic() - started,
+        "tokenize_seconds": source.tokenize_seconds,
+    }
 
 
 @dataclass
@@ -144,7 +161,9 @@ def teacher_outputs(
     if pending and cfg.workers == 0:
         # In-process runs start no Ray: the teachers fill their caches here, one by one.
         done = [
-            _teacher_task(dataset_uri, uri, task.name, cache if offline else None, entry_meta)
+            _teacher_task(
+                dataset_uri, uri, task.name, cache if offline else None, entry_meta, storage_root
+            )
             for uri, _, cache, entry_meta in pending.values()
         ]
     elif pending:
@@ -155,7 +174,7 @@ def teacher_outputs(
         remote = ray.remote(_teacher_task)
         refs = [
             remote.options(num_cpus=1, num_gpus=gpus, name=f"kdflow-teacher-{i}").remote(
-                dataset_uri, uri, task.name, cache if offline else None, entry_meta
+                dataset_uri, uri, task.name, cache if offline else None, entry_meta, storage_root
             )
             for i, (uri, _, cache, entry_meta) in pending.items()
         ]

@@ -1,7 +1,16 @@
 """The evaluate step's numbers: every model on the test split, the student's ONNX export timed
 beside them, the current champion on the same rows, and the gates, as the run summary.
 
-The summary's keys are what the later steps, the report pages and the registry read.
+Models come from any source (`kdflow.models.sources.load_saved`: the zoo, `python:`,
+transformers); each reads the test split as it needs it (`TestRows`: a text model's rows
+tokenized by its own tokenizer, once per tokenizer). The labels are the same rows for all.
+
+The summary's keys are what the later steps, the report pages and the registry read. Each
+model's entry has `latency_ms` (batch 1, the model alone on its encoded inputs: what the
+speedup gate compares, `kdflow.evaluation.gates`) and `latency_text_ms` (a text model's
+batch 1 from the raw text, tokenizing included; None for numeric models), see
+`kdflow.evaluation.timing`. The student's `onnx` entry is `{"exported": False, "reason":
+...}` when the student does not export to ONNX; a wrong export still fails the step.
 """
 
 from __future__ import annotations
@@ -17,15 +26,32 @@ from torch import nn
 
 from kdflow import progress
 from kdflow.config import GateConfig
-from kdflow.data.prepared import DatasetMeta, Split, read_meta, read_split
+from kdflow.data.prepared import DatasetMeta, Split
+from kdflow.data.sources import DataSource, open_source
 from kdflow.evaluation.gates import decide_gates
 from kdflow.evaluation.metrics import ensemble_probabilities, logits_on, quality_metrics
-from kdflow.evaluation.timing import Timing, cpu_timings, flops_per_sample, torch_runner
+from kdflow.evaluation.timing import (
+    Timed,
+    Timing,
+    cpu_timings,
+    model_flops,
+    numeric_inputs,
+    text_inputs,
+    text_runner,
+    torch_runner,
+)
 from kdflow.mlflow.client import DATASET_TAG, resolve_tracking_uri
 from kdflow.mlflow.logged_models import download_model
 from kdflow.mlflow.versions import champion_version, resolve_model_uri
-from kdflow.models.artifacts import WEIGHTS, load_model
-from kdflow.models.onnx import INPUT_NAME, ONNX_FILE, OUTPUT_NAME, Parity, export_with_parity
+from kdflow.models.onnx import (
+    ONNX_FILE,
+    OUTPUT_NAME,
+    NotExportable,
+    Parity,
+    export_with_parity,
+    input_name,
+)
+from kdflow.models.sources import encoder_of, load_saved
 from kdflow.models.zoo import MLFLOW_URI_PREFIX, ModelSpec, count_params
 
 log = logging.getLogger(__name__)
@@ -33,6 +59,36 @@ log = logging.getLogger(__name__)
 # The student's own entry also carries these, for its pictures and per-class table.
 STUDENT_DETAIL = ("per_class_accuracy", "confusion_matrix", "reliability")
 ENSEMBLE_KEYS = ("accuracy", "macro_f1", "ece", "nll", "per_class_accuracy", "reliability")
+FROM_TEXT = " from text"
+"""Suffix of a text model's timing from the raw text (tokenizing included)."""
+PROBE_TEXT = "kdflow probe text"
+
+
+class TestRows:
+    """A split as each model reads it: its inputs encoded by the model's own encoder (once
+    per encoder fingerprint; numeric columns once), and the labels, the same rows for all."""
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, data: DataSource, split: str = "test") -> None:
+        self.data, self.split = data, split
+        self.y = data.labels(split)
+        self._inputs: dict[str | None, np.ndarray] = {}
+        self._texts: list[list[str]] | None = None
+
+    def of(self, model: nn.Module) -> Split:
+        """The split's rows as `model` takes them."""
+        encoder = encoder_of(model)
+        key = None if encoder is None else encoder.fingerprint
+        if key not in self._inputs:
+            self._inputs[key] = self.data.read(self.split, encoder=encoder).x
+        return Split(x=self._inputs[key], y=self.y)
+
+    def texts(self) -> list[list[str]]:
+        """The split's text columns, column-wise ([] for numeric data)."""
+        if self._texts is None:
+            self._texts = self.data.texts(self.split)
+        return self._texts
 
 
 def evaluate_models(
@@ -54,23 +110,24 @@ def evaluate_models(
     The arguments are those of `kdflow.steps.evaluate`, which documents them.
     """
     progress.emit("evaluate", 0, 3, "test-split predictions")
-    meta = read_meta(dataset_dir)
-    test = read_split(dataset_dir, "test")
-    teachers = [load_model(d) for d in teacher_dirs]
-    student, student_spec = load_model(student_dir)
-    baseline, baseline_spec = load_model(baseline_dir)
-    teacher_z = [logits_on(m, test) for m, _ in teachers]
+    data = open_source(str(dataset_dir))
+    meta = data.meta
+    rows = TestRows(data)
+    teachers = [load_saved(d) for d in teacher_dirs]
+    student, student_spec = load_saved(student_dir)
+    baseline, baseline_spec = load_saved(baseline_dir)
+    teacher_z = [logits_on(m, rows.of(m)) for m, _ in teachers]
     ensemble = ensemble_probabilities(teacher_z)
     ensemble_pred = ensemble.argmax(-1).numpy()
-    student_z = logits_on(student, test)
+    student_z = logits_on(student, rows.of(student))
 
     progress.emit("evaluate", 1, 3, "ONNX export and CPU timing")
     models = {f"t{i}": m for i, (m, _) in enumerate(teachers)}
     models |= {"student": student, "baseline": baseline}
-    timings, onnx_bytes, parity = _timed_with_onnx(models, student_z, test, meta, onnx_dir)
+    timings, onnx = _timed_with_onnx(models, student_z, rows, meta, onnx_dir)
 
     def entry(name: str, spec: str, folder: Path, probs: torch.Tensor) -> dict[str, Any]:
-        return _model_entry(spec, models[name], folder, probs, timings[name], test, meta,
+        return _model_entry(spec, models[name], folder, probs, timings, name, rows.y, meta,
                             ensemble_pred, detail=name == "student")
 
     uri = resolve_tracking_uri(tracking_uri)
@@ -84,18 +141,18 @@ def evaluate_models(
         if given.startswith(MLFLOW_URI_PREFIX):
             teacher["registry"] = resolve_model_uri(uri, given)
         summary["teachers"].append(teacher)
-    ensemble_quality = quality_metrics(ensemble, test.y, meta.classes)
+    ensemble_quality = quality_metrics(ensemble, rows.y, meta.classes)
     summary["ensemble"] = {k: ensemble_quality[k] for k in ENSEMBLE_KEYS}
     summary["baseline"] = entry("baseline", describe(baseline_spec), baseline_dir,
-                                torch.softmax(logits_on(baseline, test), -1))
+                                torch.softmax(logits_on(baseline, rows.of(baseline)), -1))
     summary["student"] = entry("student", describe(student_spec), student_dir,
                                torch.softmax(student_z, -1))
-    summary["student"]["onnx"] = _onnx_entry(timings, onnx_bytes, parity)
+    summary["student"]["onnx"] = onnx
 
     progress.emit("evaluate", 2, 3, "champion and gates")
     seen = champion_version(uri, model_name)
     summary["champion_seen"] = None if seen is None else int(seen.version)
-    summary["champion"] = champion_on_test(tracking_uri, model_name, meta, test, seen=seen)
+    summary["champion"] = champion_on_test(tracking_uri, model_name, meta, rows, seen=seen)
     gates = decide_gates(
         gates_cfg,
         student=summary["student"],
@@ -124,25 +181,66 @@ def describe(spec: dict[str, Any]) -> str:
     return str(ModelSpec(model["arch"], {k: v for k, v in model.items() if k != "arch"}))
 
 
+def weights_bytes(folder: Path) -> int:
+    """Bytes of the model's weights: every safetensors file in its folder (one, or a
+    sharded transformers checkpoint's)."""
+    return sum(p.stat().st_size for p in Path(folder).glob("*.safetensors"))
+
+
+def _runners(
+    name: str, model: nn.Module, rows: TestRows, n_features: int
+) -> dict[str, Timed]:
+    """What `name` is timed on: random normal rows for a model of numeric columns; for a
+    text model its own encoding of real test rows, and (`name from text`) the same rows as
+    raw text, tokenizing included."""
+    encoder = encoder_of(model)
+    if encoder is None:
+        one, many = numeric_inputs(n_features)
+        return {name: Timed(torch_runner(model), one, many)}
+    texts = rows.texts()
+    if rows.y.size and texts:
+        one, many, one_text, many_text = text_inputs(rows.of(model).x, texts)
+    else:  # no test rows: a probe text stands in
+        texts = [[PROBE_TEXT] for _ in range(max(1, len(rows.data.meta.text_columns)))]
+        one, many, one_text, many_text = text_inputs(encoder.encode(texts), texts)
+    return {
+        name: Timed(torch_runner(model), one, many),
+        name + FROM_TEXT: Timed(text_runner(model, encoder), one_text, many_text),
+    }
+
+
 def _timed_with_onnx(
     models: dict[str, nn.Module],
     student_z: torch.Tensor,
-    test: Split,
+    rows: TestRows,
     meta: DatasetMeta,
     onnx_dir: Path | None,
-) -> tuple[dict[str, Timing], int, Parity]:
-    """CPU timings of every model and of the student's ONNX export (under `onnx`), the
-    export's size, and its parity with PyTorch on the whole test split."""
+) -> tuple[dict[str, Timing], dict[str, Any]]:
+    """CPU timings of every model and of the student's ONNX export (under `onnx`), and the
+    student's `onnx` entry: the export's size, timing and parity with PyTorch on the whole
+    test split, or why it was not exported."""
+    runners: dict[str, Timed] = {}
+    for name, model in models.items():
+        runners |= _runners(name, model, rows, meta.n_features)
+    x = rows.of(models["student"]).x
     with tempfile.TemporaryDirectory() as tmp:
         path = (onnx_dir or Path(tmp)) / ONNX_FILE
-        session, parity = export_with_parity(
-            models["student"], meta.n_features, path, test.x, student_z.numpy(),
-            "the student's ONNX export",
+        try:
+            session, parity = export_with_parity(
+                models["student"], x, path, x, student_z.numpy(), "the student's ONNX export"
+            )
+        except NotExportable as exc:
+            reason = (str(exc).strip().splitlines() or ["not exported"])[0]
+            log.warning("the student has no ONNX export: %s", reason)
+            path.unlink(missing_ok=True)
+            return cpu_timings(runners), {"exported": False, "reason": reason}
+        name = input_name(session)
+        student = runners["student"]
+        runners["onnx"] = Timed(
+            lambda b: session.run([OUTPUT_NAME], {name: b}), student.one, student.many
         )
-        runners = {name: torch_runner(m) for name, m in models.items()}
-        runners["onnx"] = lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: x})
-        timings = cpu_timings(runners, meta.n_features)
-        return timings, path.stat().st_size, parity
+        timings = cpu_timings(runners)
+        return timings, _onnx_entry(timings, path.stat().st_size, parity)
 
 
 def _model_entry(
@@ -150,15 +248,17 @@ def _model_entry(
     model: nn.Module,
     folder: Path,
     probs: torch.Tensor,
-    timing: Timing,
-    test: Split,
+    timings: dict[str, Timing],
+    name: str,
+    y: np.ndarray,
     meta: DatasetMeta,
     ensemble_pred: np.ndarray,
     detail: bool,
 ) -> dict[str, Any]:
     """One model's row of the summary: quality, size and speed (`detail`: the per-class
     numbers and the reliability bins too)."""
-    quality = quality_metrics(probs, test.y, meta.classes, ensemble_pred)
+    quality = quality_metrics(probs, y, meta.classes, ensemble_pred)
+    timing, text = timings[name], timings.get(name + FROM_TEXT)
     return {
         "spec": spec,
         "accuracy": quality["accuracy"],
@@ -166,12 +266,14 @@ def _model_entry(
         "latency_ms": timing.latency_ms,
         "latency_p95_ms": timing.latency_p95_ms,
         "throughput_per_s": timing.throughput_per_s,
+        "latency_text_ms": None if text is None else text.latency_ms,
+        "throughput_text_per_s": None if text is None else text.throughput_per_s,
         "macro_f1": quality["macro_f1"],
         "ece": quality["ece"],
         "nll": quality["nll"],
         "agreement": quality["agreement"],
-        "file_bytes": (folder / WEIGHTS).stat().st_size,
-        "flops": flops_per_sample(model, meta.n_features),
+        "file_bytes": weights_bytes(folder),
+        "flops": model_flops(model, meta.n_features),
         **({k: quality[k] for k in STUDENT_DETAIL} if detail else {}),
     }
 
@@ -179,6 +281,7 @@ def _model_entry(
 def _onnx_entry(timings: dict[str, Timing], onnx_bytes: int, parity: Parity) -> dict[str, Any]:
     onnx = timings["onnx"]
     return {
+        "exported": True,
         "latency_ms": onnx.latency_ms,
         "latency_p95_ms": onnx.latency_p95_ms,
         "throughput_per_s": onnx.throughput_per_s,
@@ -190,33 +293,53 @@ def _onnx_entry(timings: dict[str, Timing], onnx_bytes: int, parity: Parity) -> 
     }
 
 
+def same_schema(spec: dict[str, Any], meta: DatasetMeta) -> bool:
+    """Whether a saved model reads this data and predicts its classes: the same class names,
+    and the same text columns (text data) or feature columns (numeric data)."""
+    if list(spec.get("class_names") or []) != list(meta.classes):
+        return False
+    if meta.kind == "text":
+        return list(spec.get("text_columns") or []) == list(meta.text_columns)
+    return list(spec.get("feature_names") or []) == list(meta.feature_columns)
+
+
 def champion_on_test(
     tracking_uri: str | None,
     model_name: str,
     meta: DatasetMeta,
-    test: Split,
+    test: Split | TestRows | DataSource,
     seen: Any = None,
 ) -> dict[str, Any] | None:
     """The current champion's metrics on this test split, or None when there is none (or it
-    was trained on other features or classes).
+    was trained on other features, text columns or classes).
 
-    `seen` is the champion's ModelVersion when the caller has read it already; the version
-    is downloaded by number, so the numbers belong to exactly that version.
+    `test` is the data source (or its `TestRows`), so a text champion reads the rows through
+    its own tokenizer; a `Split` serves a champion of numeric columns only. `seen` is the
+    champion's ModelVersion when the caller has read it already; the version is downloaded
+    by number, so the numbers belong to exactly that version.
     """
     uri = resolve_tracking_uri(tracking_uri)
     version = seen if seen is not None else champion_version(uri, model_name)
     if version is None:
         return None
     with tempfile.TemporaryDirectory() as tmp:
-        model, spec = load_model(
+        model, spec = load_saved(
             download_model(uri, f"models:/{model_name}/{version.version}", Path(tmp))
         )
-    if spec["feature_names"] != meta.feature_columns or spec["class_names"] != meta.classes:
-        log.warning(
-            "champion v%s was trained on other features or classes: not compared", version.version
-        )
-        return None
-    quality = quality_metrics(torch.softmax(logits_on(model, test), -1), test.y, meta.classes)
+        if not same_schema(spec, meta):
+            log.warning("champion v%s was trained on other features or classes: not compared",
+                        version.version)
+            return None
+        if isinstance(test, Split):
+            if encoder_of(model) is not None:
+                log.warning("champion v%s reads text: give the data source to compare it",
+                            version.version)
+                return None
+            split = test
+        else:
+            split = (test if isinstance(test, TestRows) else TestRows(test)).of(model)
+        probs = torch.softmax(logits_on(model, split), -1)
+    quality = quality_metrics(probs, split.y, meta.classes)
     return {
         "version": int(version.version),
         "accuracy": quality["accuracy"],

@@ -5,6 +5,12 @@ code", `kdflow/mlflow/serving.py`, loading the safetensors folder: no pickle) an
 model. Their files are listed back from the artifact store and checked (names and byte
 sizes) before the registry creates a version from the pyfunc; an upload that breaks off or
 arrives incomplete raises IncompleteUpload, which `call` retries as a new logged model.
+
+The pyfunc's artifact is the student's saved folder as it is: for a zoo model
+model.safetensors + spec.json; for a transformers classifier what `save_pretrained` writes
+(config.json, model.safetensors, tokenizer.json, tokenizer_config.json) + spec.json. Its
+input example is one row of the columns it reads: the training features' mean, or a short
+text in each text column.
 """
 
 from __future__ import annotations
@@ -26,12 +32,22 @@ from kdflow.mlflow.client import (
 
 PYFUNC_NAME = "student"
 ONNX_NAME = "student-onnx"
+EXAMPLE_TEXT = "a short example text to classify"
+"""The text of a text student's input example (one per text column)."""
 
 
 def download_model(
     tracking_uri: str, model_uri: str, dest: Path, policy: RetryPolicy | None = None
 ) -> Path:
     """Download a registered kdflow pyfunc and return its safetensors model folder."""
+    return kdflow_folder(download_registered(tracking_uri, model_uri, dest, policy), model_uri)
+
+
+def download_registered(
+    tracking_uri: str, model_uri: str, dest: Path, policy: RetryPolicy | None = None
+) -> Path:
+    """Download a registered model's files (any flavour) into `dest`: the folder holding its
+    MLmodel file."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -51,6 +67,11 @@ def download_model(
             )
     except MlflowException as exc:
         raise RegistryError(f"cannot download {model_uri} from {tracking_uri}: {exc}") from exc
+    return local
+
+
+def kdflow_folder(local: Path, model_uri: str) -> Path:
+    """The saved kdflow model folder inside a downloaded kdflow pyfunc."""
     folder: Path | None = local / "artifacts" / PYFUNC_NAME
     if folder is None or not folder.is_dir():
         folder = _artifact_folder(local)
@@ -61,15 +82,24 @@ def download_model(
     return folder
 
 
-def _artifact_folder(local: Path) -> Path | None:
-    """The `student` artifact's folder as the MLmodel file records it (older kdflow
-    versions named it after the folder that was logged)."""
+def flavors(local: Path) -> dict[str, Any]:
+    """The flavours a downloaded model's MLmodel file lists ({} when it has none)."""
     import yaml
 
     try:
         mlmodel = yaml.safe_load((local / "MLmodel").read_text())
-        path = mlmodel["flavors"]["python_function"]["artifacts"][PYFUNC_NAME]["path"]
-    except (OSError, KeyError, TypeError, yaml.YAMLError):
+    except (OSError, yaml.YAMLError):
+        return {}
+    found = mlmodel.get("flavors") if isinstance(mlmodel, dict) else None
+    return found if isinstance(found, dict) else {}
+
+
+def _artifact_folder(local: Path) -> Path | None:
+    """The `student` artifact's folder as the MLmodel file records it (older kdflow
+    versions named it after the folder that was logged)."""
+    try:
+        path = flavors(local)["python_function"]["artifacts"][PYFUNC_NAME]["path"]
+    except (KeyError, TypeError):
         return None
     return local / path
 
@@ -94,8 +124,9 @@ def log_models(
         staged = Path(tmp) / PYFUNC_NAME
         shutil.copytree(student_dir, staged)
         expected: dict[str, int | None] = {"MLmodel": None}
-        for name in ("model.safetensors", "spec.json"):
-            expected[f"artifacts/{PYFUNC_NAME}/{name}"] = (staged / name).stat().st_size
+        for path in sorted(p for p in staged.rglob("*") if p.is_file()):
+            name = path.relative_to(staged).as_posix()
+            expected[f"artifacts/{PYFUNC_NAME}/{name}"] = path.stat().st_size
         pyfunc_id = call(policy, "upload the pyfunc model", _upload_checked, _log_pyfunc,
                          expected, client, experiment_id, run_id, staged, tags)
     onnx_id = None
@@ -115,15 +146,47 @@ def _upload_checked(
 
 
 def _input_example(student_dir: Path) -> Any:
-    """One row at the training features' mean: a realistic example for the signature."""
+    """One row of what the pyfunc reads: a short text in each text column for a text
+    student; else the training features' mean, a realistic example for the signature."""
+    import numpy as np
     import pandas as pd
     from safetensors.numpy import load_file
 
     from kdflow.models.artifacts import read_spec
 
     spec = read_spec(student_dir)
-    mean = load_file(str(student_dir / "model.safetensors"))["mean"].astype("float32")
-    return pd.DataFrame([mean], columns=spec["feature_names"])
+    text_columns = _text_columns(spec)
+    if text_columns:
+        return pd.DataFrame({column: [EXAMPLE_TEXT] for column in text_columns})
+    features = list(spec["feature_names"])
+    tensors = load_file(str(student_dir / "model.safetensors"))
+    mean = tensors.get("mean")
+    if mean is None or mean.size != len(features):  # a model that keeps no input statistics
+        mean = np.zeros(len(features), np.float32)
+    return pd.DataFrame([mean.astype("float32").reshape(-1)], columns=features)
+
+
+def _text_columns(spec: dict[str, Any]) -> list[str]:
+    return [str(c) for c in spec.get("text_columns") or []]
+
+
+def _onnx_example(student_dir: Path, spec: dict[str, Any]) -> Any:
+    """The ONNX model's input for the pyfunc's example row: the features, or a text
+    student's packed token ids (int64 B × K × L) from the tokenizer saved with it."""
+    import numpy as np
+
+    text_columns = _text_columns(spec)
+    if not text_columns:
+        return _input_example(student_dir).to_numpy(np.float32)
+    from transformers import AutoTokenizer
+
+    from kdflow.models.hf import TextEncoder
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        student_dir, trust_remote_code=bool(spec.get("trust_remote_code", False))
+    )
+    encoder = TextEncoder(tokenizer, int(spec["max_length"]))
+    return encoder.encode([[EXAMPLE_TEXT] for _ in text_columns])
 
 
 def _pinned(*packages: str) -> list[str]:
@@ -146,8 +209,13 @@ def _log_pyfunc(
     from mlflow.entities import LoggedModelOutput
     from mlflow.models import infer_signature
 
+    from kdflow.models.artifacts import read_spec
+
     example = _input_example(student_dir)
     signature = infer_signature(example, pd.DataFrame({"label": ["0"], "probability": [0.5]}))
+    packages = ["torch", "safetensors", "numpy", "pandas", "mlflow"]
+    if _text_columns(read_spec(student_dir)):
+        packages += ["transformers", "tokenizers"]
     model = client.create_logged_model(
         experiment_id, name=PYFUNC_NAME, source_run_id=run_id, tags=tags, model_type="kdflow"
     )
@@ -159,7 +227,7 @@ def _log_pyfunc(
         code_paths=[str(Path(kdflow.__file__).parent)],
         signature=signature,
         input_example=example,
-        pip_requirements=_pinned("torch", "safetensors", "numpy", "pandas", "mlflow"),
+        pip_requirements=_pinned(*packages),
     )
     client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
     return str(model.model_id)
@@ -183,10 +251,10 @@ def _log_onnx(
     from kdflow.models.onnx import INPUT_NAME, OUTPUT_NAME
 
     spec = read_spec(student_dir)
-    example = _input_example(student_dir).to_numpy(np.float32)
+    example = _onnx_example(student_dir, spec)
     signature = infer_signature(
         {INPUT_NAME: example},
-        {OUTPUT_NAME: np.zeros((1, int(spec["n_classes"])), np.float32)},
+        {OUTPUT_NAME: np.zeros((len(example), int(spec["n_classes"])), np.float32)},
     )
     model = client.create_logged_model(
         experiment_id, name=ONNX_NAME, source_run_id=run_id, tags=tags, model_type="kdflow-onnx"

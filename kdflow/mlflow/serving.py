@@ -1,7 +1,12 @@
 """The registered student as an MLflow pyfunc, logged as "models from code".
 
 MLflow runs this file to build the model, so nothing is pickled: `load_context` rebuilds
-the network from the safetensors artifact with `kdflow.models.artifacts.load_model`.
+the network from the safetensors artifact folder through the source that saved it
+(`kdflow.models.sources.load_saved`: a zoo model, a transformers classifier, a user's own).
+
+A model of numeric columns reads the spec's `feature_names`; a text classifier reads the
+spec's `text_columns` as raw text and tokenizes them with the tokenizer saved beside its
+weights (`kdflow.models.sources.encoder_of`).
 """
 
 from __future__ import annotations
@@ -14,20 +19,34 @@ import pandas as pd
 import torch
 from mlflow.pyfunc import PythonModel
 
+TEXT_BATCH = 64
+"""Rows of text per forward pass (attention's memory grows with batch × length²)."""
+
 
 class StudentModel(PythonModel):
-    """Predicts the class name and its probability for each row of feature columns."""
+    """Predicts the class name and its probability for each row of feature or text columns."""
 
     def load_context(self, context: Any) -> None:
-        from kdflow.models.artifacts import load_model
+        from kdflow.models.sources import encoder_of, load_saved
 
-        self.model, self.spec = load_model(context.artifacts["student"])
+        self.model, self.spec = load_saved(context.artifacts["student"])
+        self.encoder = encoder_of(self.model)
 
     # MLflow reads this type hint: a DataFrame hint means "no schema from the hint" (the
     # logged signature describes the input), where `Any` or no hint would draw a warning.
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: Any = None
     ) -> pd.DataFrame:
+        if self.encoder is not None:
+            probs = self._text_probs(model_input)
+        else:
+            probs = self._column_probs(model_input)
+        names = np.asarray(self.spec["class_names"])
+        return pd.DataFrame(
+            {"label": names[probs.argmax(1)], "probability": probs.max(1).astype(np.float64)}
+        )
+
+    def _column_probs(self, model_input: Any) -> np.ndarray:
         if isinstance(model_input, pd.DataFrame):
             features = self.spec["feature_names"]
             missing = [c for c in features if c not in model_input.columns]
@@ -39,11 +58,40 @@ class StudentModel(PythonModel):
         # A frame's array can be read-only; torch wants memory it may write.
         x = np.require(x, np.float32, ["C", "W"])
         with torch.inference_mode():
-            probs = torch.softmax(self.model(torch.from_numpy(x)), -1).numpy()
-        names = np.asarray(self.spec["class_names"])
-        return pd.DataFrame(
-            {"label": names[probs.argmax(1)], "probability": probs.max(1).astype(np.float64)}
-        )
+            return torch.softmax(self.model(torch.from_numpy(x)), -1).numpy()
+
+    def _text_probs(self, model_input: Any) -> np.ndarray:
+        assert self.encoder is not None
+        columns = list(self.spec.get("text_columns") or [])
+        frame = _as_frame(model_input, columns)
+        missing = [c for c in columns if c not in frame.columns]
+        if missing:
+            raise ValueError(
+                f"missing text columns: {', '.join(missing)} (this model reads "
+                f"{', '.join(columns)}; got {', '.join(map(str, frame.columns[:10])) or 'none'})"
+            )
+        texts = [frame[c].fillna("").astype(str).tolist() for c in columns]
+        x = self.encoder.encode(texts)
+        out = np.zeros((len(frame), int(self.spec["n_classes"])), np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(frame), TEXT_BATCH):
+                batch = torch.from_numpy(x[start : start + TEXT_BATCH])
+                out[start : start + TEXT_BATCH] = torch.softmax(self.model(batch), -1).numpy()
+        return out
+
+
+def _as_frame(model_input: Any, columns: list[str]) -> pd.DataFrame:
+    """A DataFrame of the input; a bare list or Series of strings is the one text column."""
+    if isinstance(model_input, pd.DataFrame):
+        return model_input
+    if isinstance(model_input, dict):
+        return pd.DataFrame(model_input)
+    if len(columns) == 1 and isinstance(model_input, list | tuple | np.ndarray | pd.Series):
+        return pd.DataFrame({columns[0]: list(np.asarray(model_input, dtype=object).ravel())})
+    raise ValueError(
+        f"expected a DataFrame with the text columns {', '.join(columns)}, "
+        f"got {type(model_input).__name__}"
+    )
 
 
 mlflow.models.set_model(StudentModel())

@@ -1,4 +1,9 @@
-"""Inference over arrays of rows: logits in batches, and accuracy on a split."""
+"""Inference over arrays of rows: logits in batches, and accuracy on a split.
+
+The rows are whatever the model takes (`kdflow.data.sources`): float32 N × F numeric
+columns, or the packed int64 N × K × L token ids and masks of a text model, which stay
+integers (a text model's embedding lookup needs them so; it trims padding itself).
+"""
 
 from __future__ import annotations
 
@@ -9,12 +14,30 @@ from torch import nn
 from kdflow.data.prepared import Split
 
 
+def as_tensor(x: np.ndarray) -> torch.Tensor:
+    """Rows as the tensor a model takes: floats as float32, integers as int64 (token ids),
+    always a writable, contiguous copy-or-view that torch.from_numpy accepts."""
+    if x.dtype.kind == "f":
+        x = x.astype(np.float32, copy=False)
+    elif x.dtype.kind in "iub":
+        x = x.astype(np.int64, copy=False)
+    if not x.flags.writeable or not x.flags.c_contiguous:
+        x = np.array(x, order="C")  # from_numpy warns on read-only arrays
+    return torch.from_numpy(x)
+
+
+def _device(model: nn.Module) -> torch.device:
+    found = next(model.parameters(), None)
+    return found.device if found is not None else torch.device("cpu")
+
+
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 1024) -> torch.Tensor:
+    """The model's float32 logits for every row of `x`, `batch_size` rows at a time."""
     model.eval()
-    device = next(model.parameters()).device
+    device = _device(model)
     outs = [
-        model(torch.from_numpy(x[i : i + batch_size]).to(device)).float().cpu()
+        model(as_tensor(x[i : i + batch_size]).to(device)).float().cpu()
         for i in range(0, len(x), batch_size)
     ]
     return torch.cat(outs) if outs else torch.empty(0)

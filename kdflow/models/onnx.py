@@ -1,10 +1,18 @@
 """The student as ONNX: export with torch.onnx (the torch.export-based exporter), run with
 ONNX Runtime, and prove both give the same predictions.
 
-The exported graph takes `features` (float32, batch × n_features, the batch axis dynamic)
-and returns `logits` (batch × n_classes); the feature normalisation and the reshape to the
-sample's input shape are inside the graph, as they are inside `kdflow.models.zoo.Classifier`.
-An ONNX file is a protobuf: like safetensors, loading it executes no code.
+The exported graph takes one input, `features`, whatever the model, with the batch axis
+dynamic: float32 batch × n_features for a model of numeric columns (the zoo's, `python:`
+models), or the packed int64 batch × K × L of token ids, attention mask (and token types)
+for a text model (`kdflow.models.hf.HfClassifier`; tokenizing stays outside the graph). It
+returns `logits` (batch × n_classes). A numeric model's normalisation and the reshape to
+the sample's input shape are inside the graph, as they are inside
+`kdflow.models.zoo.Classifier`. A text model's graph runs every row at its full length
+(HfClassifier trims padding only outside an export); the attention mask keeps the logits
+the same. An ONNX file is a protobuf: like safetensors, loading it executes no code.
+
+Some models do not export (torch.onnx refuses some transformers architectures' code):
+`NotExportable` says so, and the evaluate step records it rather than failing.
 """
 
 from __future__ import annotations
@@ -34,6 +42,38 @@ ATOL, RTOL = 1e-4, 1e-3
 NOISY_LOGGERS = ("torch.onnx", "onnxscript", "onnx_ir")
 
 
+EXAMPLE_ROWS = 2
+"""Rows of the export's example: at least 2, so torch.export keeps the batch axis dynamic
+(a size-1 axis is specialised)."""
+
+
+class NotExportable(ModelFormatError):
+    """The model cannot be exported to ONNX, or ONNX Runtime cannot load its export (as
+    opposed to an export that loads but predicts otherwise: see `require_parity`)."""
+
+
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception as one short line: `TypeError: first line of the message`."""
+    text = (str(exc).strip().splitlines() or [""])[0].strip()
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def example_batch(x: np.ndarray | int, rows: int = EXAMPLE_ROWS) -> np.ndarray:
+    """The export's example batch: the first `rows` rows of `x` (the model's inputs: float32
+    N × F, or int64 N × K × L for text), repeated when `x` has fewer; an int `n` is the old
+    convention, zeros float32 rows × n."""
+    if isinstance(x, int | np.integer):
+        return np.zeros((rows, int(x)), np.float32)
+    x = np.asarray(x)
+    if x.dtype.kind == "f":
+        x = x.astype(np.float32, copy=False)
+    if len(x) == 0:
+        return np.zeros((rows, *x.shape[1:]), x.dtype)
+    return np.ascontiguousarray(np.resize(x[:rows], (rows, *x.shape[1:])))
+
+
 @dataclass
 class Parity:
     """How the ONNX model's outputs compare with PyTorch's on the same rows."""
@@ -48,16 +88,21 @@ class Parity:
         return asdict(self)
 
 
-def export_onnx(model: nn.Module, n_features: int, path: Path) -> Path:
-    """Export `model` (a kdflow Classifier) to an ONNX file with a dynamic batch axis.
+def export_onnx(model: nn.Module, example: np.ndarray | int, path: Path) -> Path:
+    """Export `model` (any kdflow model) to an ONNX file with a dynamic batch axis.
 
-    Uses the torch.export-based exporter (`dynamo=True`, the default since torch 2.9); the
-    TorchScript exporter is deprecated. Takes a few seconds, most of it one-off imports.
+    `example` is a batch of the model's inputs (the first rows of its test inputs: float32
+    N × F, or int64 N × K × L for a text model), of which the first EXAMPLE_ROWS are traced;
+    an int is a number of features (zeros). Uses the torch.export-based exporter
+    (`dynamo=True`, the default since torch 2.9); the TorchScript exporter is deprecated.
+    Takes a few seconds, most of it one-off imports. NotExportable when the exporter
+    refuses the model.
     """
     model = model.cpu().eval()
     path.parent.mkdir(parents=True, exist_ok=True)
-    example = torch.zeros(2, n_features)
+    tensor = torch.from_numpy(example_batch(example))
     batch = torch.export.Dim("batch", min=1)
+    argument = _forward_argument(model)
     # The exporter logs every optimisation pass at INFO, and "torchvision is not installed"
     # as a warning: quiet them for the export only.
     quiet = {name: logging.getLogger(name) for name in NOISY_LOGGERS}
@@ -69,25 +114,39 @@ def export_onnx(model: nn.Module, n_features: int, path: Path) -> Path:
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 model,
-                (example,),
+                (tensor,),
                 dynamo=True,
                 input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME],
-                dynamic_shapes={"x": {0: batch}},
+                dynamic_shapes={argument: {0: batch}},
                 opset_version=OPSET,
                 optimize=True,
                 verbose=False,
             )
     except Exception as exc:  # the exporter raises many types; all mean "cannot export"
-        raise ModelFormatError(f"cannot export the model to ONNX: {exc}") from exc
+        raise NotExportable(f"cannot export the model to ONNX: {one_line(exc)}") from exc
     finally:
         for name, logger in quiet.items():
             logger.setLevel(levels[name])
     if program is None:
-        raise ModelFormatError("torch.onnx.export returned no program")
-    program.save(str(path), external_data=False)
+        raise NotExportable("torch.onnx.export returned no program")
+    try:
+        program.save(str(path), external_data=False)
+    except Exception as exc:  # e.g. a graph over protobuf's 2 GiB limit
+        raise NotExportable(f"cannot save the ONNX export: {one_line(exc)}") from exc
     log.info("exported ONNX model to %s (%d bytes)", path, path.stat().st_size)
     return path
+
+
+def _forward_argument(model: nn.Module) -> str:
+    """The name of the forward's input (`x` in kdflow's models), for `dynamic_shapes`."""
+    import inspect
+
+    try:
+        names = list(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):
+        return "x"
+    return names[0] if names else "x"
 
 
 def onnx_session(path: Path, threads: int = 1) -> Any:
@@ -106,10 +165,18 @@ def onnx_session(path: Path, threads: int = 1) -> Any:
         raise ModelFormatError(f"{path}: ONNX Runtime cannot load it: {exc}") from exc
 
 
+def input_name(session: Any) -> str:
+    """The name of the session's one input (INPUT_NAME for kdflow's exports)."""
+    inputs = session.get_inputs()
+    return str(inputs[0].name) if inputs else INPUT_NAME
+
+
 def run_onnx(session: Any, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    """Logits for every row of `x`, in batches."""
+    """Logits for every row of `x` (float32, or int64 packed text), in batches."""
+    name = input_name(session)
+    x = x.astype(np.float32, copy=False) if x.dtype.kind == "f" else x.astype(np.int64, copy=False)
     outs = [
-        session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(x[i : i + batch_size])})[0]
+        session.run([OUTPUT_NAME], {name: np.ascontiguousarray(x[i : i + batch_size])})[0]
         for i in range(0, len(x), batch_size)
     ]
     return np.concatenate(outs) if outs else np.empty((0, 0), np.float32)
@@ -145,40 +212,82 @@ def require_parity(parity: Parity, what: str = "the ONNX export") -> None:
 
 def export_with_parity(
     model: nn.Module,
-    n_features: int,
+    example: np.ndarray | int,
     path: Path,
     x: np.ndarray,
     expected: np.ndarray | None = None,
     what: str = "the ONNX export",
 ) -> tuple[Any, Parity]:
-    """Export `model` to `path` and require ONNX Runtime to predict what PyTorch predicts on
-    the rows `x` (`expected`: PyTorch's logits for them, computed here when not given).
+    """Export `model` to `path` (`example`: see `export_onnx`; the first rows of `x` do)
+    and require ONNX Runtime to predict what PyTorch predicts on the rows `x` (`expected`:
+    PyTorch's logits for them, computed here when not given).
 
-    Returns the ONNX Runtime session (one thread) and the parity; ModelFormatError when
-    they disagree.
+    Returns the ONNX Runtime session (one thread) and the parity; NotExportable when the
+    model does not export or its export does not load, ModelFormatError when they disagree.
     """
-    export_onnx(model, n_features, path)
-    session = onnx_session(path)
+    export_onnx(model, example, path)
+    try:
+        session = onnx_session(path)
+    except ModelFormatError as exc:
+        raise NotExportable(str(exc)) from exc
     if expected is None:
-        with torch.inference_mode():
-            expected = model(torch.from_numpy(x)).numpy()
+        from kdflow.models.inference import predict_logits
+
+        expected = predict_logits(model, x).numpy()
     parity = check_parity(expected, run_onnx(session, x))
     require_parity(parity, what)
     return session, parity
 
 
-def export_checked(model_dir: Path, folder: Path) -> Path:
-    """Export a saved model to `folder/model.onnx`, checked on 256 rows drawn around its
-    training mean (its normalisation buffers); returns the file's path."""
-    from kdflow.models.artifacts import load_model
+PROBE_TEXTS = (
+    "kdflow probe text",
+    "a",
+    "A somewhat longer sentence, with punctuation; numbers 12 345 and UPPER case words.",
+    "the quick brown fox jumps over the lazy dog " * 8,
+    "",
+    "naïve café – ünïcödé text",
+)
+"""Texts of many lengths (empty, one token, truncated) for a text model's export check."""
 
-    model, spec = load_model(model_dir)
+
+def check_inputs(model: nn.Module, spec: dict[str, Any], rows: int = 256) -> np.ndarray:
+    """Rows to check a saved model's export on without its data: for a text model the
+    tokenizer's encoding of texts of many lengths (`HfClassifier.example_input` among
+    them); otherwise `rows` rows drawn around its training mean (its normalisation
+    buffers), or standard normal rows for a model without them."""
+    from kdflow.models.sources import encoder_of
+
+    encoder = encoder_of(model)
+    if encoder is not None:
+        columns = max(1, len(spec.get("text_columns") or []))
+        texts = [list(PROBE_TEXTS)] + [list(reversed(PROBE_TEXTS))] * (columns - 1)
+        encoded = encoder.encode(texts)
+        probe = getattr(model, "example_input", None)
+        if callable(probe):
+            encoded = np.concatenate([probe(EXAMPLE_ROWS).cpu().numpy(), encoded])
+        return encoded.astype(np.int64)
     n_features = int(spec["n_features"])
     state = model.state_dict()
     rng = np.random.default_rng(0)
-    x = (
-        rng.standard_normal((256, n_features)) * state["std"].numpy() + state["mean"].numpy()
-    ).astype(np.float32)
+    x = rng.standard_normal((rows, n_features))
+    if "mean" in state and "std" in state:
+        x = x * state["std"].cpu().numpy() + state["mean"].cpu().numpy()
+    return x.astype(np.float32)
+
+
+def export_checked(model_dir: Path, folder: Path) -> Path | None:
+    """Export a saved model (any source: `kdflow.models.sources.load_saved`) to
+    `folder/model.onnx`, checked on `check_inputs`; returns the file's path, or None when
+    the model does not export (NotExportable, logged). ModelFormatError when the export
+    predicts otherwise than PyTorch."""
+    from kdflow.models.sources import load_saved
+
+    model, spec = load_saved(model_dir)
+    x = check_inputs(model, spec)
     path = folder / ONNX_FILE
-    export_with_parity(model, n_features, path, x)
+    try:
+        export_with_parity(model, x, path, x)
+    except NotExportable as exc:
+        log.warning("%s: no ONNX export (%s)", model_dir, exc)
+        return None
     return path

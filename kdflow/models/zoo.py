@@ -86,7 +86,10 @@ def parse_spec(spec: str | dict[str, Any], option: str = "--student") -> ModelSp
 
 
 def describe(saved: dict[str, Any]) -> str:
-    """The spec string of a saved model from its spec.json: `mlp:hidden=12`."""
+    """The spec string of a saved model from its spec.json: its source as given (`hf:...`,
+    `python:...`), or its zoo spec (`mlp:hidden=12`)."""
+    if saved.get("source"):
+        return str(saved["source"])
     return str(parse_spec(saved["model"], option="spec.json"))
 
 
@@ -363,9 +366,21 @@ def default_teachers(input_shape: list[int]) -> list[str]:
     return list(DEFAULT_TEACHERS[min(len(input_shape), 3)])
 
 
-def resolve_teachers(teachers: list[str], input_shape: list[int]) -> list[str]:
-    """The teacher specs of a run: `auto` alone becomes `default_teachers(input_shape)`."""
-    return default_teachers(input_shape) if teachers == [AUTO] else list(teachers)
+TEXT_TEACHER = (
+    "hf-config:bert:hidden_size=128,num_hidden_layers=4,num_attention_heads=4,"
+    "intermediate_size=512"
+)
+"""`auto` on text data: one small BERT trained in the pipeline, with its own WordPiece."""
+
+
+def resolve_teachers(
+    teachers: list[str], input_shape: list[int], kind: str = "columns"
+) -> list[str]:
+    """The teacher specs of a run: `auto` alone becomes `default_teachers(input_shape)`, or
+    on text data `TEXT_TEACHER`."""
+    if teachers != [AUTO]:
+        return list(teachers)
+    return [TEXT_TEACHER] if kind == "text" else default_teachers(input_shape)
 
 
 class Classifier(nn.Module):

@@ -11,6 +11,7 @@ from torch import nn
 from kdflow.data.prepared import DatasetMeta
 from kdflow.errors import ConfigError
 from kdflow.models.artifacts import load_model, save_model
+from kdflow.models.sources import PrepareContext
 from kdflow.models.zoo import (
     Classifier,
     attention_modules,
@@ -27,9 +28,23 @@ class Zoo:
     def check(self, spec: str, option: str) -> None:
         parse_spec(spec, option)
 
+    def prepare(self, spec: str, context: PrepareContext, folder: Path) -> bool:
+        return False
+
     def build(
-        self, spec: str, meta: DatasetMeta, stats: tuple[list[float], list[float]] | None = None
+        self,
+        spec: str,
+        meta: DatasetMeta,
+        stats: tuple[list[float], list[float]] | None = None,
+        template: Path | None = None,
+        option: str = "--student",
     ) -> nn.Module:
+        if meta.kind != "columns":
+            raise ConfigError(
+                f"{option}: {spec}: a zoo model reads numeric columns; this data is {meta.kind} "
+                "(give an hf-config:, hf-from-teacher: or hf: model)",
+                option=option,
+            )
         model = build_classifier(
             parse_spec(spec), meta.input_shape, meta.n_classes, meta.n_features
         )
@@ -37,7 +52,13 @@ class Zoo:
             model.set_normalisation(torch.tensor(stats[0]), torch.tensor(stats[1]))
         return model
 
-    def fetch(self, spec: str, folder: Path, tracking_uri: str | None) -> Path:
+    def fetch(
+        self,
+        spec: str,
+        folder: Path,
+        tracking_uri: str | None,
+        context: PrepareContext | None = None,
+    ) -> Path:
         raise ConfigError(f"{spec}: a zoo model is built and trained, not fetched")
 
     def save(

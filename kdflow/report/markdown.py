@@ -48,8 +48,22 @@ def report_markdown(summary: dict[str, Any]) -> str:
     for name in ("baseline", "student"):
         lines.append(_model_row(f"{name} `{summary[name]['spec']}`", summary[name]))
     student = summary["student"]
+    texts = [(f"teacher `{t['spec']}`", t) for t in summary["teachers"]] + [
+        (f"{name} `{summary[name]['spec']}`", summary[name]) for name in ("baseline", "student")
+    ]
+    if any(m.get("latency_text_ms") is not None for _, m in texts):
+        lines += [
+            "",
+            "Text models are timed from raw text too (tokenisation included): "
+            + "; ".join(
+                f"{label} {_num(m.get('latency_text_ms'), '.3f')} ms" for label, m in texts
+            )
+            + ". The table's latency is the model alone (the speedup gate's).",
+        ]
     onnx = student.get("onnx")
-    if onnx:
+    if onnx and not onnx.get("exported", True):
+        lines += ["", f"The student has no ONNX export: {onnx.get('reason', 'not exportable')}."]
+    elif onnx:
         speed = student["latency_ms"] / onnx["latency_ms"] if onnx["latency_ms"] else None
         lines += [
             "",

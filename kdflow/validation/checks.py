@@ -17,6 +17,11 @@ How memory stays bounded (and the verdict stays exact)
    imbalance, duplicates, null fractions above zero) and the cross-split checks (test
    classes ⊆ train classes, leakage, KS drift on the two samples) use the exact scan.
 
+Text data (`DataContract.text_columns`) takes the same three stages: the scan counts each
+text column's nulls, blanks and lengths (4 + 4 bytes a row), GX checks that each exists and
+is never null or empty, and `kdflow.validation.text_checks` adds the length, truncation,
+duplicate-text and test-vs-train text checks; the other columns are ignored.
+
 Peak memory is therefore one batch, the two samples and the row hashes, whatever the file
 size; time is one read of the file plus a fixed GX cost per feature (see
 `benchmarks/results/validation.md`).
@@ -31,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -39,10 +45,11 @@ from kdflow.data.tables import BATCH_ROWS, TableSource, open_table
 from kdflow.errors import DataValidationError
 from kdflow.validation.column_stats import is_number_type
 from kdflow.validation.contract import DataContract
-from kdflow.validation.findings import cross_split_findings, listing, scan_findings
+from kdflow.validation.findings import Finding, cross_split_findings, listing, scan_findings
 from kdflow.validation.gx_suite import gx_frame, import_gx_in_background, run_gx
 from kdflow.validation.report import ValidationReport
-from kdflow.validation.scan import ValidationSettings, scan_source
+from kdflow.validation.scan import SplitScan, ValidationSettings, scan_source
+from kdflow.validation.text_checks import text_leakage_findings, text_split_findings
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +101,7 @@ def _validate_sources(
 ) -> ValidationReport:
     settings = settings or ValidationSettings()
     label = contract.label_column
-    features = (
-        list(contract.features)
-        if contract.features is not None
-        else [c for c in train.columns if c != label]
-    )
+    features = contract.feature_columns(train.columns)
     sources = {"train": train} | ({"test": test} if test is not None else {})
     scans = {
         split: scan_source(source, split, label, features, contract, settings)
@@ -110,11 +113,13 @@ def _validate_sources(
         findings += scan_findings(scan, contract, is_train=split == "train")
     if "test" in scans:
         findings += cross_split_findings(scans["train"], scans["test"], contract, settings)
-    failures = [f for f in findings if f.severity == "failure"]
-    warnings = [f for f in findings if f.severity == "warning"]
     statistics = {
         split: scan.statistics() | {"gx_rows": len(frames[split])} for split, scan in scans.items()
     }
+    if contract.is_text:
+        findings += _text_checks(scans, contract, settings, statistics)
+    failures = [f for f in findings if f.severity == "failure"]
+    warnings = [f for f in findings if f.severity == "warning"]
     digest = hashlib.sha256("".join(s.content_hash for s in scans.values()).encode())
     report = ValidationReport(
         passed=not failures,
@@ -136,6 +141,24 @@ def _validate_sources(
     return report
 
 
+def _text_checks(
+    scans: dict[str, SplitScan],
+    contract: DataContract,
+    settings: ValidationSettings,
+    statistics: dict[str, dict[str, Any]],
+) -> list[Finding]:
+    """The text columns' checks; each split's `text` statistics go into `statistics`."""
+    findings: list[Finding] = []
+    for split, scan in scans.items():
+        found, statistics[split]["text"] = text_split_findings(scan, contract, settings)
+        findings += found
+    if "test" in scans:
+        found, leaked = text_leakage_findings(scans["train"], scans["test"], contract, settings)
+        statistics["test"]["text"] |= leaked
+        findings += found
+    return findings
+
+
 def write_validated(
     source: str | pd.DataFrame,
     out: Path,
@@ -145,9 +168,10 @@ def write_validated(
     """Stream the label and feature columns of a validated split into Parquet, normalised.
 
     Features become float32 (what training uses), in the contract's order (or the file's,
-    when the contract lists none); the label becomes int64 (integers, booleans, integral
-    floats) or string. Other columns are dropped. Memory: one batch of every column read
-    (16 Ki rows by default, 6.5 MB at 100 float features) plus Parquet's buffers.
+    when the contract lists none), and text columns strings; the label becomes int64
+    (integers, booleans, integral floats) or string. Other columns are dropped. Memory: one
+    batch of every column read (16 Ki rows by default, 6.5 MB at 100 float features) plus
+    Parquet's buffers.
     """
     import pyarrow.parquet as pq
 
@@ -157,7 +181,8 @@ def write_validated(
         reader = open_table(source)
     with reader:
         label = contract.label_column
-        features = list(contract.features or [c for c in reader.columns if c != label])
+        features = contract.feature_columns(reader.columns)
+        feature_type = pa.string() if contract.is_text else pa.float32()
         missing = [c for c in [label, *features] if c not in reader.columns]
         if missing:
             raise DataValidationError(
@@ -165,13 +190,13 @@ def write_validated(
                 f"missing columns {listing(missing)}"
             )
         label_type = _label_arrow_type(reader.schema.field(label).type)
-        schema = pa.schema([(label, label_type)] + [(f, pa.float32()) for f in features])
+        schema = pa.schema([(label, label_type)] + [(f, feature_type) for f in features])
         out.parent.mkdir(parents=True, exist_ok=True)
         try:
             with pq.ParquetWriter(out, schema) as writer:
                 for batch in reader.iter_batches([label, *features], batch_rows):
                     columns = [_normalise_label(batch.column(0), label_type)]
-                    columns += [c.cast(pa.float32(), safe=False) for c in batch.columns[1:]]
+                    columns += [c.cast(feature_type, safe=False) for c in batch.columns[1:]]
                     writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=schema))
         except pa.ArrowInvalid as exc:  # text in a feature, a fractional label: not validated
             raise DataValidationError(

@@ -66,6 +66,56 @@ class TextStats:
 
 
 @dataclass
+class TextColumnStats:
+    """Exact statistics of one text column (`DataContract.text_columns`) over a whole split."""
+
+    arrow_type: str
+    holds_text: bool
+    """Whether the type is text (strings, or nulls only); numbers, lists… are refused."""
+    nulls: int = 0
+    empty: int = 0
+    """Values of zero characters (what GX's value-length expectation sees)."""
+    blank: int = 0
+    """Values that are empty or only whitespace (no word at all), nulls excluded."""
+    null_rows: list[int] = field(default_factory=list)
+    empty_rows: list[int] = field(default_factory=list)
+    blank_rows: list[int] = field(default_factory=list)
+    chars: list[np.ndarray] = field(default_factory=list)
+    """Characters of each row, batch by batch (int32, -1 for a null): 4 bytes a row."""
+    words: list[np.ndarray] = field(default_factory=list)
+    """Whitespace-separated words of each row, batch by batch (int32, -1 for a null)."""
+
+    @property
+    def with_text(self) -> int:
+        """Rows holding at least one word."""
+        return sum(int((w > 0).sum()) for w in self.words)
+
+    def word_counts(self) -> np.ndarray:
+        return np.concatenate(self.words) if self.words else np.zeros(0, np.int32)
+
+    def summary(self, rows: int) -> dict[str, Any]:
+        """Type, nulls, blanks and length percentiles (characters and words, non-null rows)."""
+        out: dict[str, Any] = {"type": self.arrow_type, "nulls": self.nulls}
+        out["null_share"] = self.nulls / rows if rows else 0.0
+        if not self.holds_text:
+            return out
+        out["blank"] = self.blank
+        for key, parts in (("chars", self.chars), ("words", self.words)):
+            lengths = np.concatenate(parts) if parts else np.zeros(0, np.int32)
+            lengths = lengths[lengths >= 0]
+            out[key] = {
+                "p50": _percentile(lengths, 50),
+                "p95": _percentile(lengths, 95),
+                "max": int(lengths.max()) if lengths.size else None,
+            }
+        return out
+
+
+def _percentile(values: np.ndarray, q: float) -> float | None:
+    return float(np.percentile(values, q)) if values.size else None
+
+
+@dataclass
 class LabelStats:
     """Exact class counts of the label column over a whole split."""
 
@@ -188,6 +238,57 @@ def scan_text(stats: TextStats, array: pa.Array, offset: int, k: int) -> np.ndar
     _keep(stats.rows, np.flatnonzero(bad), offset, k)
     stats.values.extend(native_value(values.iloc[r - offset]) for r in stats.rows[before:])
     return values.astype(str).to_numpy(dtype=object)
+
+
+_WORD = r"[^\s\p{Z}]+"
+"""A whitespace-separated word, Unicode spaces included (what Python's str.split() splits)."""
+
+
+def scan_text_column(
+    stats: TextColumnStats, array: pa.Array, offset: int, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Count nulls, blanks and lengths of one batch of a text column.
+
+    Returns the batch's values as objects (for the row hashes) and whether each row holds
+    a word (null and blank rows do not, and take no part in text duplicates or leakage).
+    """
+    import pyarrow.compute as pc
+
+    if pa.types.is_dictionary(array.type):
+        array = array.dictionary_decode()
+    values = array.to_pandas()
+    nulls = values.isna().to_numpy()
+    stats.nulls += int(nulls.sum())
+    _keep(stats.null_rows, np.flatnonzero(nulls), offset, k)
+    if not stats.holds_text or pa.types.is_null(array.type):
+        chars = words = np.full(len(values), -1, dtype=np.int32)
+    else:
+        chars = pc.fill_null(pc.utf8_length(array), -1).to_numpy().astype(np.int32)
+        words = pc.fill_null(pc.count_substring_regex(array, _WORD), -1)
+        words = words.to_numpy().astype(np.int32)
+        empty, blank = chars == 0, words == 0
+        stats.empty += int(empty.sum())
+        stats.blank += int(blank.sum())
+        _keep(stats.empty_rows, np.flatnonzero(empty), offset, k)
+        _keep(stats.blank_rows, np.flatnonzero(blank), offset, k)
+    if stats.holds_text:
+        stats.chars.append(chars)
+        stats.words.append(words)
+        present = words > 0
+    else:
+        present = ~nulls
+    return values.astype(str).to_numpy(dtype=object), present
+
+
+def is_text_type(arrow_type: pa.DataType) -> bool:
+    """Whether a text column of this type holds text (strings, or only nulls)."""
+    if pa.types.is_dictionary(arrow_type):
+        arrow_type = arrow_type.value_type
+    return (
+        pa.types.is_string(arrow_type)
+        or pa.types.is_large_string(arrow_type)
+        or pa.types.is_null(arrow_type)
+    )
 
 
 def _keep(found: list[int], positions: np.ndarray, offset: int, k: int) -> None:

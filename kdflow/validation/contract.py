@@ -14,7 +14,8 @@ import math
 import textwrap
 import types
 import typing
-from dataclasses import MISSING, asdict, dataclass, fields
+from collections.abc import Sequence
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
@@ -55,7 +56,8 @@ class FeatureSpec:
 
 @dataclass
 class DataContract:
-    """The data contract of a classification dataset: one label column and numeric features."""
+    """The data contract of a classification dataset: a label column and numeric features,
+    or a label column and one or two text columns (`text_columns`)."""
 
     label_column: str = "label"
     """Column holding the class of each row (integers or strings)."""
@@ -70,7 +72,8 @@ class DataContract:
     max_class_imbalance: float = 100.0
     """Largest allowed ratio of the biggest to the smallest class count in the training split."""
     max_duplicate_fraction: float = 0.25
-    """Fraction of a split's rows that may repeat an earlier row (features and label alike)."""
+    """Fraction of a split's rows that may repeat an earlier row (features and label alike;
+    with text_columns, repeated texts are reported as a warning instead)."""
     max_drift_ks: float = 0.3
     """Largest allowed two-sample Kolmogorov-Smirnov statistic of a feature, test vs train."""
     drift_p_value: float = 0.01
@@ -81,12 +84,26 @@ class DataContract:
     """`fail` or `warn` when a feature has a single value in a split (it carries no signal)."""
     input_shape: list[int] | None = None
     """Shape the flattened features are reshaped to (e.g. [1, 28, 28]); product = feature count."""
+    text_columns: list[str] | None = None
+    """Text columns each model tokenizes: one (--text-column), or two for sentence pairs
+    (--text-pair-column); other non-label columns are then ignored. None: numeric features."""
+    max_length: int = 128
+    """Tokens each text (or pair) is truncated to (--max-length); rows with more whitespace
+    words than this are counted, a lower bound of truncation (subword tokens ≥ words)."""
+    max_truncated_fraction: float = 0.1
+    """Warn when more than this fraction of a split's rows has more words than max_length."""
 
     def __post_init__(self) -> None:
         if not self.label_column:
             raise ConfigError("label_column must name a column", option="label_column")
-        for name in ("max_null_fraction", "max_duplicate_fraction"):
+        for name in ("max_null_fraction", "max_duplicate_fraction", "max_truncated_fraction"):
             _check_fraction(name, getattr(self, name))
+        if self.max_length < 1:
+            raise ConfigError(
+                f"max_length must be at least 1 token, got {self.max_length}", option="max_length"
+            )
+        if self.text_columns is not None:
+            self._check_text_columns(self.text_columns)
         if self.min_rows_per_class < 1:
             raise ConfigError(
                 f"min_rows_per_class must be at least 1, got {self.min_rows_per_class}",
@@ -135,6 +152,32 @@ class DataContract:
                 )
             if self.features is not None:
                 check_input_shape(self.input_shape, len(self.features))
+
+    def _check_text_columns(self, columns: list[str]) -> None:
+        problem = None
+        if not 1 <= len(columns) <= 2:
+            problem = f"text_columns names one column, or two for pairs; got {columns}"
+        elif not all(columns) or len(set(columns)) != len(columns):
+            problem = f"text_columns must name different, non-empty columns; got {columns}"
+        elif self.label_column in columns:
+            problem = f"the label column {self.label_column!r} is also listed as a text column"
+        elif self.features is not None or self.input_shape is not None:
+            problem = "text_columns cannot be combined with features or input_shape"
+        if problem:
+            raise ConfigError(problem, option="text_columns")
+
+    @property
+    def is_text(self) -> bool:
+        """Whether the dataset is text (text_columns set) rather than numeric features."""
+        return self.text_columns is not None
+
+    def feature_columns(self, columns: list[str]) -> list[str]:
+        """The columns a model reads, given a split's columns (the contract's, when it lists)."""
+        if self.text_columns is not None:
+            return list(self.text_columns)
+        if self.features is not None:
+            return list(self.features)
+        return [c for c in columns if c != self.label_column]
 
     def feature_spec(self, column: str) -> FeatureSpec:
         """The spec of a feature column (the default spec when features is None)."""
@@ -201,15 +244,29 @@ class DataContract:
 
 
 def default_contract(
-    label_column: str = "label", input_shape: list[int] | None = None
+    label_column: str = "label",
+    input_shape: list[int] | None = None,
+    text_columns: Sequence[str | None] | None = None,
+    max_length: int | None = None,
 ) -> DataContract:
     """The lenient contract used when the user gives none.
 
     Columns present, the label present and never null, at least two classes, every
     feature numeric and finite, no test row leaked from train; class balance, duplicate and
     drift limits loose enough for ordinary datasets (sklearn's digits passes).
+
+    With `text_columns` (the text column, then the pair's second column if any) the data is
+    text: those columns must hold text, never null, not all blank; other columns are
+    ignored, and `input_shape` too (tokens have no image shape). None entries are dropped,
+    so `[cfg.text_column, cfg.text_pair_column]` works as it is. `max_length` (None: 128) is
+    the token length the truncation statistics are measured against.
     """
-    return DataContract(label_column=label_column, input_shape=input_shape)
+    if text_columns is None:
+        return DataContract(label_column=label_column, input_shape=input_shape)
+    contract = DataContract(label_column=label_column, text_columns=[c for c in text_columns if c])
+    if max_length is not None:
+        contract = replace(contract, max_length=max_length)
+    return contract
 
 
 def check_input_shape(input_shape: list[int], n_features: int) -> None:

@@ -79,7 +79,8 @@ def scan_findings(scan: SplitScan, contract: DataContract, is_train: bool) -> li
             )
             found.append(Finding("input_shape", None, message, len(scan.features)))
     fraction = scan.duplicate_rows / scan.rows
-    if fraction > contract.max_duplicate_fraction:
+    # Text data: repeated texts warn instead (`text_checks`), with their conflicting labels.
+    if fraction > contract.max_duplicate_fraction and not contract.is_text:
         message = (
             f"{scan.duplicate_rows:,} of {scan.rows:,} rows ({fraction:.2%}) repeat an earlier "
             f"row; the contract allows {contract.max_duplicate_fraction:.2%}"
@@ -132,7 +133,7 @@ def cross_split_findings(
             rows = [{"row": first_rows[c], contract.label_column: c} for c in list(unseen)[:k]]
             observed = {str(c): n for c, n in unseen.items()}
             found.append(Finding("test_classes", contract.label_column, message, observed, rows))
-    if contract.check_leakage and not test.missing:
+    if contract.check_leakage and not test.missing and not contract.is_text:  # text: warns
         leaked = np.flatnonzero(np.isin(test.feature_hash, train.feature_hash))
         if leaked.size:
             message = (

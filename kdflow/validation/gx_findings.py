@@ -15,6 +15,7 @@ from kdflow.validation.column_stats import native_value
 from kdflow.validation.contract import DataContract
 from kdflow.validation.findings import Finding, counted, listing
 from kdflow.validation.scan import SplitScan
+from kdflow.validation.text_checks import text_gx_failure
 
 
 def gx_finding(
@@ -49,6 +50,8 @@ def _describe_failure(
     """(finding, example row numbers) for a failed expectation; None when nothing to say."""
     rows = f"of {scan.rows:,} rows"
     label = scan.label
+    if column is not None and column in (contract.text_columns or []):
+        return text_gx_failure(kind, column, scan, contract)
     if kind == "expect_column_to_exist":
         message = f"the label column {column!r} is missing; the columns are {listing(scan.columns)}"
         return Finding("label_column", column, message, observed=scan.columns), []
@@ -120,6 +123,14 @@ def _describe_failure(
 
 def _columns_finding(scan: SplitScan, contract: DataContract) -> tuple[Finding, list[int]] | None:
     """Missing contract features (failure) or extra columns (warning)."""
+    if contract.is_text:  # each missing text column fails its own expect_column_to_exist
+        if scan.missing or not scan.extra:
+            return None
+        message = (
+            f"{len(scan.extra)} column(s) besides the text and the label are ignored: "
+            f"{listing(scan.extra)}"
+        )
+        return Finding("extra_columns", None, message, observed=scan.extra), []
     if scan.missing:
         message = (
             f"{len(scan.missing)} feature column(s) of the contract are missing: "

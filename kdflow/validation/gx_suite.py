@@ -24,6 +24,7 @@ from kdflow.validation.contract import DataContract
 from kdflow.validation.findings import Finding
 from kdflow.validation.gx_findings import gx_finding
 from kdflow.validation.scan import SplitScan, ValidationSettings
+from kdflow.validation.text_checks import has_no_text
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,8 @@ def _flagged_rows(scan: SplitScan, contract: DataContract) -> set[int]:
             rows.update((stats.first_row or 0, stats.other_row))
     for text in scan.text.values():
         rows.update(text.rows)
+    for column in scan.text_columns.values():
+        rows.update(column.null_rows + column.empty_rows + column.blank_rows)
     if scan.label is not None and scan.label.holds_classes:
         sampled = set(scan.sample[scan.label_column].dropna())
         rows.update(r for c, r in scan.label.first_rows.items() if c not in sampled)
@@ -172,6 +175,8 @@ def _expectations(scan: SplitScan, contract: DataContract, is_train: bool) -> li
             suite.append(gxe.ExpectColumnValuesToBeInSet(column=label, value_set=contract.classes))
         if is_train:
             suite.append(gxe.ExpectColumnUniqueValueCountToBeBetween(column=label, min_value=2))
+    if contract.is_text:
+        return suite + _text_expectations(scan, contract)
     for name in present:
         spec = contract.feature_spec(name)
         types = _INT_TYPES if spec.dtype == "int" else _FLOAT_TYPES
@@ -189,5 +194,25 @@ def _expectations(scan: SplitScan, contract: DataContract, is_train: bool) -> li
         )
         suite.append(
             gxe.ExpectColumnUniqueValueCountToBeBetween(column=name, min_value=2, severity=constant)
+        )
+    return suite
+
+
+def _text_expectations(scan: SplitScan, contract: DataContract) -> list[Any]:
+    """Each text column exists, is never null and never empty (a column of text only)."""
+    import great_expectations.expectations as gxe
+    from great_expectations.expectations.metadata_types import FailureSeverity
+
+    suite: list[Any] = []
+    for name in contract.text_columns or []:
+        suite.append(gxe.ExpectColumnToExist(column=name))
+        stats = scan.text_columns.get(name)
+        if stats is None or not stats.holds_text:  # missing, or not text: no value checks
+            continue
+        suite.append(gxe.ExpectColumnValuesToNotBeNull(column=name))
+        # Some empty texts warn; a column with no text at all fails.
+        severity = FailureSeverity.CRITICAL if has_no_text(stats) else FailureSeverity.WARNING
+        suite.append(
+            gxe.ExpectColumnValueLengthsToBeBetween(column=name, min_value=1, severity=severity)
         )
     return suite

@@ -22,12 +22,15 @@ from kdflow.errors import ConfigError
 from kdflow.validation.column_stats import (
     LabelStats,
     NumericStats,
+    TextColumnStats,
     TextStats,
     is_class_type,
     is_number_type,
+    is_text_type,
     scan_label,
     scan_numeric,
     scan_text,
+    scan_text_column,
 )
 from kdflow.validation.contract import DataContract
 
@@ -74,6 +77,10 @@ class SplitScan:
     sample: pd.DataFrame
     duplicate_rows: int = 0
     duplicate_examples: list[dict[str, int]] = field(default_factory=list)
+    text_columns: dict[str, TextColumnStats] = field(default_factory=dict)
+    """The contract's text columns present in the split (text data only)."""
+    text_present: np.ndarray | None = None
+    """Per row: every text column holds a word (text data only; None otherwise)."""
 
     @property
     def content_hash(self) -> str:
@@ -148,8 +155,12 @@ def scan_source(
         label = LabelStats(str(label_type), holds_classes=is_class_type(label_type))
     numeric: dict[str, NumericStats] = {}
     text: dict[str, TextStats] = {}
+    texts: dict[str, TextColumnStats] = {}
     for name in present:
         arrow_type = schema.field(name).type
+        if contract.text_columns is not None:
+            texts[name] = TextColumnStats(str(arrow_type), holds_text=is_text_type(arrow_type))
+            continue
         # An all-null column (Arrow type null) counts as numeric: its nulls are the finding.
         if is_number_type(arrow_type) or pa.types.is_null(arrow_type):
             numeric[name] = NumericStats(integer=pa.types.is_integer(arrow_type))
@@ -157,6 +168,7 @@ def scan_source(
             text[name] = TextStats(str(arrow_type))
     feature_hash = np.zeros(n, dtype=np.uint64)
     label_hash = np.zeros(n, dtype=np.uint64)
+    text_present = np.ones(n, dtype=bool) if contract.text_columns is not None else None
     sample = RowCollector(_sample_rows(n, settings))
     order = ([label_column] if has_label else []) + present + extra
     with np.errstate(over="ignore", invalid="ignore"):
@@ -174,6 +186,9 @@ def scan_source(
                         values = scan_numeric(numeric[name], array, offset, k, spec)
                     elif name in text:
                         values = scan_text(text[name], array, offset, k)
+                    elif name in texts and text_present is not None:
+                        values, has_words = scan_text_column(texts[name], array, offset, k)
+                        text_present[rows] &= has_words
                     else:
                         continue  # an extra column: sampled, not hashed
                     feature_hash[rows] = feature_hash[rows] * _MIX + pd.util.hash_array(values)
@@ -195,6 +210,8 @@ def scan_source(
         feature_hash=feature_hash,
         row_hash=row_hash,
         sample=sample.frame(),
+        text_columns=texts,
+        text_present=text_present,
     )
     scan.duplicate_rows, scan.duplicate_examples = _duplicates(row_hash, k)
     return scan

@@ -57,7 +57,9 @@ def test_a_saved_model_is_loaded_by_the_source_its_spec_names(tmp_path):
     torch.testing.assert_close(loaded(x), model.eval()(x))
     spec["kind"] = "onnx-graph"
     (tmp_path / "m" / "spec.json").write_text(json.dumps(spec))
-    with pytest.raises(ConfigError, match="a model of kind 'onnx-graph'; this kdflow loads zoo"):
+    with pytest.raises(
+        ConfigError, match="a model of kind 'onnx-graph'; this kdflow loads hf, python, zoo"
+    ):
         load_saved(tmp_path / "m")
 
 
@@ -81,3 +83,21 @@ def test_an_unknown_hint_layer_lists_the_layers_and_names_the_option():
         "--feature-layers: no layer 'blocks.0' in the student (mlp:hidden=8); layers: net, net.0"
     )
     assert err.value.option == "--feature-layers"
+
+
+@pytest.mark.parametrize(
+    ("spec", "role", "given", "expected"),
+    [
+        ("mlp:hidden=12", "student", None, 3e-3),
+        ("mlp:hidden=12", "teacher", None, 1e-3),
+        ("python:pkg.mod:make", "baseline", None, 3e-3),
+        ("hf-config:bert:hidden_size=32", "teacher", None, 3e-4),
+        ("hf-from-teacher:num_hidden_layers=2", "baseline", None, 3e-4),
+        ("hf:/models/bert", "teacher", None, 5e-5),
+        ("hf:/models/bert", "teacher", 1e-2, 1e-2),
+    ],
+)
+def test_the_learning_rate_defaults_to_the_sources_own(spec, role, given, expected) -> None:
+    from kdflow.models.sources import learning_rate
+
+    assert learning_rate(spec, role, given) == expected

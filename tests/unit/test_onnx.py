@@ -149,3 +149,77 @@ def test_export_checked_writes_model_onnx_of_a_saved_student(mlp_export, tmp_pat
     with torch.inference_mode():
         expected = model(torch.from_numpy(x)).numpy()
     require_parity(check_parity(expected, run_onnx(onnx_session(path), x)))
+
+
+def test_the_example_batch_is_the_first_rows_repeated_or_zeros_for_a_feature_count():
+    from kdflow.models.onnx import example_batch
+
+    x = np.arange(12, dtype=np.float64).reshape(3, 4)
+    assert example_batch(x).dtype == np.float32 and example_batch(x).tolist() == x[:2].tolist()
+    one = np.ones((1, 2, 5), np.int64)
+    assert example_batch(one).shape == (2, 2, 5) and example_batch(one).dtype == np.int64
+    assert example_batch(np.zeros((0, 2, 5), np.int64)).shape == (2, 2, 5)
+    assert example_batch(7).tolist() == np.zeros((2, 7), np.float32).tolist()
+
+
+def test_export_from_example_rows_equals_export_from_a_feature_count(mlp_export, tmp_path):
+    model, _ = mlp_export
+    x = np.random.default_rng(6).uniform(0, 16, (40, 64)).astype(np.float32)
+    session, parity = export_with_parity(model, x, tmp_path / "m.onnx", x)
+    assert (parity.rows, parity.predictions_match, parity.logits_close) == (40, True, True)
+    assert session.get_inputs()[0].shape == ["batch", 64]
+
+
+def test_packed_int64_inputs_export_with_a_dynamic_batch_axis(tmp_path):
+    class Bag(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = torch.nn.Embedding(20, 4)
+            self.head = torch.nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            mask = x[:, 1].unsqueeze(-1).float()
+            pooled = (self.embed(x[:, 0]) * mask).sum(1) / mask.sum(1).clamp(min=1)
+            return self.head(pooled)
+
+    torch.manual_seed(3)
+    model = Bag().eval()
+    rng = np.random.default_rng(7)
+    x = np.stack([rng.integers(0, 20, (17, 6)), rng.integers(0, 2, (17, 6))], axis=1)
+    session, parity = export_with_parity(model, x, tmp_path / "bag.onnx", x)
+    (features,) = session.get_inputs()
+    assert (features.name, features.shape, features.type) == (
+        "features", ["batch", 2, 6], "tensor(int64)"
+    )
+    assert parity.rows == 17 and parity.predictions_match
+
+
+def test_a_model_the_exporter_refuses_is_not_exportable_in_one_line(mlp_export, tmp_path,
+                                                                     monkeypatch):
+    from kdflow.models.onnx import NotExportable
+
+    model, _ = mlp_export
+
+    def refuses(*args, **kwargs):
+        raise TypeError("cannot trace this\nsecond line of a long story")
+
+    monkeypatch.setattr(torch.onnx, "export", refuses)
+    with pytest.raises(NotExportable, match=r"^cannot export the model to ONNX: TypeError: "
+                                            r"cannot trace this$"):
+        export_onnx(model, 64, tmp_path / "m.onnx")
+    assert issubclass(NotExportable, ModelFormatError)
+
+
+def test_an_export_onnx_runtime_cannot_load_is_not_exportable(mlp_export, tmp_path, monkeypatch):
+    from kdflow.models import onnx
+    from kdflow.models.onnx import NotExportable
+
+    model, _ = mlp_export
+
+    def unloadable(path, threads=1):
+        raise ModelFormatError(f"{path}: ONNX Runtime cannot load it: no kernel")
+
+    monkeypatch.setattr(onnx, "onnx_session", unloadable)
+    x = np.zeros((3, 64), np.float32)
+    with pytest.raises(NotExportable, match="ONNX Runtime cannot load it: no kernel"):
+        export_with_parity(model, x, tmp_path / "m.onnx", x)
