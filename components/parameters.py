@@ -45,24 +45,18 @@ def pipeline_type(hint: Any) -> Any:
 def to_pipeline(value: Any, hint: Any) -> Any:
     """A field's value as the pipeline takes it (see `pipeline_type`)."""
     if type(None) in typing.get_args(hint):
-        if value is None:
-            return ""
-        if isinstance(value, list):
-            return ",".join(map(str, value))
-        return str(value)
+        return "" if value is None else ",".join(map(str, value if isinstance(value, list)
+                                                      else [value]))
     return value
 
 
 def from_pipeline(value: Any, hint: Any) -> Any:
     """A pipeline parameter's value as the field takes it: the inverse of `to_pipeline`."""
-    if type(None) in typing.get_args(hint):
-        if value == "":
-            return None
-        if str in typing.get_args(hint):
-            return value
-        if float in typing.get_args(hint):
-            return float(value)
-        return parse_input_shape(value)
+    args = typing.get_args(hint)
+    if type(None) in args:
+        if value == "" or str in args:
+            return value or None
+        return float(value) if float in args else parse_input_shape(value)
     return list(value) if typing.get_origin(hint) is list else value
 
 
