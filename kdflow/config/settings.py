@@ -169,6 +169,11 @@ class DistillConfig:
     """TEACHER_LAYER=STUDENT_LAYER pairs for --feature-weight, by module name (net.3,
     blocks.1); `penultimate` is the input of the classifier head. Default:
     penultimate=penultimate."""
+    feature_loss: str = "mse"
+    """How --feature-layers pairs are matched: `mse` (FitNets: pooled to a vector per sample,
+    a learned projection, mean squared error) or `cosine` (DistilBERT, Sanh et al. 2019:
+    1 − cosine similarity of each token's hidden state, no pooling; token counts must match,
+    widths are projected where they differ)."""
     attention_weight: float = 0.0
     """Weight of attention-map distillation (MiniLM, Wang et al. 2020) between transformer
     teacher and student, layers mapped uniformly, heads averaged when counts differ. 0 turns
@@ -190,6 +195,9 @@ class DistillConfig:
         _require(self.student_epochs >= 1, "student_epochs", "must be at least 1")
         _require(self.student_lr is None or self.student_lr > 0, "student_lr", "must be > 0")
         _require(self.student_batch_size >= 1, "student_batch_size", "must be at least 1")
+        _require(
+            self.feature_loss in ("mse", "cosine"), "feature_loss", "must be `mse` or `cosine`"
+        )
         _require(
             self.workers >= 0, "workers", f"must be 0 (in-process) or more, got {self.workers}"
         )

@@ -122,11 +122,19 @@ class Pair:
     spatial: tuple[int, int] | None
     student_width: int
     teacher_width: int
+    tokens: bool = False
+    """Kept per token (B × L × D, `--feature-loss cosine`) rather than pooled."""
 
     def projection(self) -> nn.Module:
+        if self.tokens and self.student_width == self.teacher_width:
+            return nn.Identity()  # DistilBERT compares equal widths as they are
         if self.spatial is not None:
             return nn.Conv2d(self.student_width, self.teacher_width, 1)
         return nn.Linear(self.student_width, self.teacher_width)
+
+    def shape(self, feature: torch.Tensor, channels_last: bool) -> torch.Tensor:
+        """A layer's output as the pair compares it: per token, or pooled (`pool`)."""
+        return feature if self.tokens else pool(feature, channels_last, self.spatial)
 
 
 @dataclass
@@ -140,6 +148,8 @@ class Plan:
     attention_weight: float
     teacher_source: ModelSource
     student_source: ModelSource
+    feature_loss: str = "mse"
+    """`mse` (FitNets, pooled) or `cosine` (DistilBERT, per token)."""
 
 
 def _probe(model: Classifier, modules: list[tuple[nn.Module, bool]]) -> list[torch.Tensor]:
@@ -185,6 +195,9 @@ def make_plan(
             if t.dim() == 4 and s.dim() == 4:
                 spatial = (min(t.shape[2], s.shape[2]), min(t.shape[3], s.shape[3]))
             t_last, s_last = t_src.tokens_last(teacher), s_src.tokens_last(student)
+            if cfg.feature_loss == "cosine":
+                pairs.append(_token_pair(t_name, s_name, t, s, t_last and s_last))
+                continue
             t_width = pool(t, t_last, spatial).shape[1]
             s_width = pool(s, s_last, spatial).shape[1]
             pairs.append(Pair(t_name, s_name, t_last, s_last, spatial, s_width, t_width))
@@ -208,7 +221,32 @@ def make_plan(
                 option=ATTENTION_OPTION,
             )
         mapping = layer_map(len(s_att), len(t_att))
-    return Plan(pairs, mapping, cfg.feature_weight, cfg.attention_weight, t_src, s_src)
+    return Plan(
+        pairs, mapping, cfg.feature_weight, cfg.attention_weight, t_src, s_src, cfg.feature_loss
+    )
+
+
+def _token_pair(
+    t_name: str, s_name: str, t: torch.Tensor, s: torch.Tensor, tokens_last: bool
+) -> Pair:
+    """A `--feature-loss cosine` pair: per-token hidden states (B × L × D) on both sides with
+    the same token count, or vectors (B × D, e.g. the penultimate features)."""
+    per_token = t.dim() == 3 and s.dim() == 3 and tokens_last
+    if not per_token and not (t.dim() == 2 and s.dim() == 2):
+        raise ConfigError(
+            f"--feature-loss cosine: compares hidden states token by token (B × L × D) or "
+            f"vectors (B × D); {t_name} is {tuple(t.shape)}, {s_name} is {tuple(s.shape)} "
+            "(use --feature-loss mse for other layers)",
+            option="--feature-loss",
+        )
+    if per_token and t.shape[1] != s.shape[1]:
+        raise ConfigError(
+            f"--feature-loss cosine: {t_name} has {t.shape[1]} tokens, {s_name} "
+            f"{s.shape[1]}; the models must read the same tokens (hf-from-teacher:)",
+            option="--feature-loss",
+        )
+    return Pair(t_name, s_name, True, True, None, int(s.shape[-1]), int(t.shape[-1]),
+                tokens=per_token)
 
 
 class TeacherTaps:
@@ -228,7 +266,7 @@ class TeacherTaps:
 
     def take(self) -> dict[str, list[torch.Tensor]]:
         features = [
-            pool(f, p.teacher_channels_last, p.spatial).float()
+            p.shape(f, p.teacher_channels_last).float()
             for f, p in zip(self.features.take(), self.plan.pairs, strict=True)
         ]
         maps = self.attention.take() if self.plan.attention_map else []
@@ -263,7 +301,7 @@ class HintedStudent(nn.Module):
     ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         logits = self.student(x)
         features = [
-            projection(pool(f, p.student_channels_last, p.spatial))
+            projection(p.shape(f, p.student_channels_last))
             for f, p, projection in zip(
                 self._features.take(), self.plan.pairs, self.projections, strict=True
             )

@@ -233,6 +233,27 @@ def hint_loss(
     return torch.stack(losses).mean()
 
 
+def cosine_hidden_loss(
+    student_features: Sequence[torch.Tensor], teacher_features: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """DistilBERT's cosine embedding loss on hidden states, averaged over pairs and tokens:
+
+        L_cos = 1/P · Σ_pairs mean_{b,i} (1 − cos(h_S[b,i,:], h_T[b,i,:]))
+
+    Sanh et al. 2019, "DistilBERT, a distilled version of BERT" (NeurIPS EMC² workshop),
+    §3: it "aligns the directions of the student and teacher hidden states vectors". Each
+    pair is B × L × D (or B × D) on both sides, the student's already projected to the
+    teacher's width where they differ; the teacher side carries no gradient.
+    """
+    if len(student_features) != len(teacher_features) or not student_features:
+        raise ValueError("cosine_hidden_loss needs matching non-empty pairs")
+    losses = [
+        (1.0 - F.cosine_similarity(s.float(), t.detach().float(), dim=-1)).mean()
+        for s, t in zip(student_features, teacher_features, strict=True)
+    ]
+    return torch.stack(losses).mean()
+
+
 def layer_map(student_layers: int, teacher_layers: int) -> list[int]:
     """Teacher layer (0-based) each student layer learns from: the uniform strategy of
     TinyBERT (Jiao et al. 2020, §3.3), student layer m ↔ teacher layer g(m) = m · N / M

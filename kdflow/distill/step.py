@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from kdflow.distill.hints import HintedStudent, Plan, TeacherTaps
-from kdflow.distill.losses import attention_loss, hint_loss
+from kdflow.distill.losses import attention_loss, cosine_hidden_loss, hint_loss
 from kdflow.distill.targets import Ensemble, Targets
 from kdflow.distill.tasks import LossParts, Task
 
@@ -141,7 +141,8 @@ def with_hints(
     total = parts.total
     feature = attention = None
     if plan.pairs:
-        feature = hint_loss(features, taps["features"])
+        matched = cosine_hidden_loss if plan.feature_loss == "cosine" else hint_loss
+        feature = matched(features, taps["features"])
         total = total + plan.feature_weight * feature
     if plan.attention_map:
         attention = attention_loss(maps, taps["attention"])

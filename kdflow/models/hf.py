@@ -102,7 +102,10 @@ def _exporting() -> bool:
 class HfClassifier(nn.Module):
     """A transformers sequence classifier that takes kdflow's packed inputs."""
 
-    def __init__(self, model: nn.Module, tokenizer: Any, max_length: int, source: str) -> None:
+    hf: Any
+    """The transformers `PreTrainedModel` (typed loosely: transformers is imported lazily)."""
+
+    def __init__(self, model: Any, tokenizer: Any, max_length: int, source: str) -> None:
         super().__init__()
         self.hf = model
         self.encoder = TextEncoder(tokenizer, max_length)
@@ -171,7 +174,7 @@ def weights_sha256(folder: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(folder.glob("*.safetensors")):
         with path.open("rb") as handle:
-            for block in iter(lambda h=handle: h.read(1 << 20), b""):
+            while block := handle.read(1 << 20):
                 digest.update(block)
     return digest.hexdigest()
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from kdflow.config import DistillConfig, TeacherConfig
@@ -131,3 +132,40 @@ def test_online_kd_with_another_tokenizer_is_a_config_error_before_training(
     with pytest.raises(ConfigError, match="tokenizes text otherwise") as caught:
         distil(dataset, folder, cfg, tmp_path)
     assert caught.value.option == "--teacher-mode"
+
+
+def test_distilberts_cosine_loss_compares_hidden_states_token_by_token(
+    dataset: Path, teacher: tuple[Path, dict], tmp_path: Path
+) -> None:
+    """`--feature-loss cosine`: per-token hidden states of equal width, no projection, the
+    loss 1 − cos in [0, 2]; it trains the student's layers toward the teacher's."""
+    from kdflow.distill import hints
+    from kdflow.models.sources import source_for
+
+    folder, _ = teacher
+    cfg = settings(teacher_mode="online", feature_weight=1.0, feature_loss="cosine",
+                   feature_layers=["hidden.2=hidden.1"])
+    result = distil(dataset, folder, cfg, tmp_path)
+    losses = [epoch["feature_loss"] for epoch in result["student"]["history"]]
+    assert all(0.0 < loss < 2.0 for loss in losses)
+    assert losses[-1] < losses[0]
+    student, _ = load_hf(tmp_path / "student")
+    teacher_model, _ = load_hf(folder)
+    plan = hints.make_plan(cfg, teacher_model, student, source_for("hf:x"), source_for("hf:x"))
+    (pair,) = plan.pairs
+    assert pair.tokens and pair.student_width == pair.teacher_width == 32
+    assert isinstance(pair.projection(), torch.nn.Identity)
+
+
+def test_the_cosine_loss_refuses_layers_it_cannot_compare(
+    dataset: Path, teacher: tuple[Path, dict]
+) -> None:
+    from kdflow.distill import hints
+    from kdflow.models.sources import source_for
+
+    folder, _ = teacher
+    model, _ = load_hf(folder)
+    cfg = settings(teacher_mode="online", feature_weight=1.0, feature_loss="cosine",
+                   feature_layers=["hidden.2=penultimate"])
+    with pytest.raises(ConfigError, match="--feature-loss cosine: compares hidden states"):
+        hints.make_plan(cfg, model, model, source_for("hf:x"), source_for("hf:x"))

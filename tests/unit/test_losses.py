@@ -292,3 +292,18 @@ def test_attention_loss_merges_teacher_heads_when_the_counts_differ():
 def test_attention_loss_refuses_different_token_counts():
     with pytest.raises(ValueError, match="student attends over 2 tokens, teacher over 4"):
         attention_loss([torch.full((1, 1, 2, 2), 0.5)], [torch.full((1, 1, 4, 4), 0.25)])
+
+
+def test_cosine_hidden_loss_is_one_minus_the_mean_token_cosine() -> None:
+    from kdflow.distill.losses import cosine_hidden_loss
+
+    teacher = torch.tensor([[[1.0, 0.0], [0.0, 2.0]]])  # B=1, L=2, D=2
+    student = torch.tensor([[[1.0, 0.0], [3.0, 0.0]]], requires_grad=True)
+    loss = cosine_hidden_loss([student], [teacher])
+    assert loss.item() == pytest.approx(((1 - 1) + (1 - 0)) / 2)  # cos 1 and cos 0
+    loss.backward()
+    assert student.grad is not None
+    same = cosine_hidden_loss([2 * teacher], [teacher])
+    assert same.item() == pytest.approx(0.0, abs=1e-6)  # direction, not length
+    with pytest.raises(ValueError):
+        cosine_hidden_loss([], [])
