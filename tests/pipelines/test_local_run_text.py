@@ -44,6 +44,7 @@ def test_a_text_run_registers_a_student_that_serves_raw_text(tmp_path: Path) -> 
     (version,) = registry_versions(uri, "reviews")
 
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)  # another test may have pointed the registry elsewhere
     model = mlflow.pyfunc.load_model("models:/reviews@champion")
     texts = frame["text"].head(20).tolist()
     predicted = model.predict(pd.DataFrame({"text": texts}))
