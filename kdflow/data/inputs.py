@@ -8,6 +8,8 @@ from typing import Protocol
 
 import numpy as np
 
+from kdflow.data import storage
+
 STREAM_ROWS = 65_536
 """Rows per batch when a split is streamed (teacher inference, statistics)."""
 
@@ -22,3 +24,11 @@ class Encoder(Protocol):
         """Rows given column-wise (the text, and the pair's second text when there is
         one) as an int64 N × K × L array."""
         ...
+
+
+def read_labels(uri: str, split: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """Rows [start, stop) of a prepared split's `label` column (class indices, int64)."""
+    table = storage.read_parquet_rows(
+        storage.join(uri, f"{split}.parquet"), start, stop, columns=["label"]
+    )
+    return table.column("label").to_numpy(zero_copy_only=False).astype(np.int64)

@@ -187,6 +187,16 @@ def local_dir(uri: str | Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
+def optional_local_dir(uri: str | Path | None) -> Iterator[Path | None]:
+    """`local_dir(uri)`, or None when there is no `uri`."""
+    if uri is None:
+        yield None
+        return
+    with local_dir(uri) as folder:
+        yield folder
+
+
+@contextlib.contextmanager
 def writing_dir(uri: str | Path) -> Iterator[Path]:
     """A local folder to write `uri`'s files into: the folder itself (created), or a
     temporary one uploaded to `uri` once the block ends without an error."""

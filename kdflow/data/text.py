@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from kdflow.data import storage
-from kdflow.data.inputs import STREAM_ROWS, Encoder
+from kdflow.data.inputs import STREAM_ROWS, Encoder, read_labels
 from kdflow.data.prepared import DatasetMeta, Split
 from kdflow.errors import ConfigError, DataError
 
@@ -52,10 +52,7 @@ class TextSource:
         ]
 
     def labels(self, split: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        table = storage.read_parquet_rows(
-            storage.join(self.uri, f"{split}.parquet"), start, stop, columns=["label"]
-        )
-        return table.column("label").to_numpy(zero_copy_only=False).astype(np.int64)
+        return read_labels(self.uri, split, start, stop)
 
     def read(
         self, split: str, start: int = 0, stop: int | None = None, encoder: Encoder | None = None

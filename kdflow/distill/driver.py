@@ -14,7 +14,6 @@ on a cluster (`kdflow.distill.cluster`).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import tempfile
 import time
@@ -23,19 +22,27 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from kdflow.config import DistillConfig, TeacherConfig
 from kdflow.data import storage
 from kdflow.data.prepared import DatasetMeta
 from kdflow.data.sources import DataSource, open_source
 from kdflow.distill import hints
-from kdflow.distill.loop import InProcess, WorkerJob, role_history, same_inputs, train
+from kdflow.distill.loop import InProcess, WorkerJob, role_history, train
 from kdflow.distill.ray_train import StudentResult, train_students
 from kdflow.distill.runtime import cpu_budget, ensure_ray, limit_threads, local_device
 from kdflow.distill.targets import Ensemble, ensemble_report
 from kdflow.distill.tasks import Task, task_named
 from kdflow.distill.teachers import TeacherOutputs, load_teacher, teacher_outputs
 from kdflow.errors import ConfigError, KdflowError
-from kdflow.models.sources import PrepareContext, build, source_for, source_of_folder
+from kdflow.models.sources import (
+    PrepareContext,
+    build,
+    encoder_of,
+    source_for,
+    source_of_folder,
+)
 from kdflow.models.zoo import count_params, describe
 
 log = logging.getLogger(__name__)
@@ -81,24 +88,27 @@ def check_teacher_settings(
             f"{len(teacher_uris)} teachers; give one per teacher, in --teachers order",
             option="--teacher-weights",
         )
-    if cfg.teacher_mode == "online" and meta.kind == "text":
-        # Online teachers read the student's batches: one tokenizer for all, checked here
-        # rather than in every worker.
-        with storage.local_dir(template) if template else contextlib.nullcontext() as folder:
-            student = build(cfg.student, meta, template=folder)
-        same_inputs(student, [load_teacher(u, meta)[0] for u in teacher_uris], teacher_uris)
-    if not cfg.uses_hints:
+    online_text = cfg.teacher_mode == "online" and meta.kind == "text"
+    if not (online_text or cfg.uses_hints):
         return
-    if cfg.hint_teacher >= len(teacher_uris):
+    if cfg.uses_hints and cfg.hint_teacher >= len(teacher_uris):
         raise ConfigError(
             f"--hint-teacher: {cfg.hint_teacher} but there are {len(teacher_uris)} "
             "teachers (0-based)",
             option="--hint-teacher",
         )
-    uri = teacher_uris[cfg.hint_teacher]
-    teacher, saved = load_teacher(uri, meta)
-    with storage.local_dir(template) if template else contextlib.nullcontext() as folder:
+    with storage.optional_local_dir(template) as folder:
         student = build(cfg.student, meta, template=folder)
+    # Online text teachers read the student's batches: one tokenizer for all, checked here
+    # rather than in every worker; the hints need only the hint teacher.
+    uris = teacher_uris if online_text else [teacher_uris[cfg.hint_teacher]]
+    loaded = dict(zip(uris, (load_teacher(u, meta) for u in uris), strict=True))
+    if online_text:
+        same_inputs(student, [m for m, _ in loaded.values()], uris)
+    if not cfg.uses_hints:
+        return
+    uri = teacher_uris[cfg.hint_teacher]
+    teacher, saved = loaded[uri]
     hints.make_plan(
         cfg,
         teacher,  # type: ignore[arg-type]
@@ -106,6 +116,22 @@ def check_teacher_settings(
         source_of_folder(saved, uri),
         source_for(cfg.student),
     )
+
+
+def same_inputs(student: nn.Module, teachers: list[nn.Module], uris: list[str]) -> None:
+    """Online teachers read the student's batch: their encoders (tokenizers) must match."""
+    mine = encoder_of(student)
+    for teacher, uri in zip(teachers, uris, strict=True):
+        theirs = encoder_of(teacher)
+        if (mine is None) != (theirs is None) or (
+            mine is not None and theirs is not None and mine.fingerprint != theirs.fingerprint
+        ):
+            raise ConfigError(
+                f"--teacher-mode online: teacher {uri} tokenizes text otherwise than the "
+                "student; online teachers read the student's batches, so give a student that "
+                "shares their tokenizer (hf-from-teacher:) or use --teacher-mode offline",
+                option="--teacher-mode",
+            )
 
 
 def _distill_once(

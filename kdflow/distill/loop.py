@@ -37,7 +37,7 @@ from kdflow.distill.step import Batch, OnlineTeachers, Role, kd_step
 from kdflow.distill.targets import Ensemble, Targets
 from kdflow.distill.tasks import Task, task_named
 from kdflow.distill.teachers import load_teacher
-from kdflow.errors import ConfigError, KdflowError
+from kdflow.errors import KdflowError
 from kdflow.models.sources import (
     build,
     encoder_of,
@@ -314,11 +314,10 @@ def online_teachers(
     assert job.ensemble is not None
     loaded = [load_teacher(u, source.meta) for u in job.teachers]
     models = [m.to(device).eval() for m, _ in loaded]
-    seed_everything(job.seed)
-    student = build(cfg.student, source.meta, template=template).to(device)
-    same_inputs(student, models, job.teachers)
     taps = None
     if cfg.uses_hints:
+        seed_everything(job.seed)
+        student = build(cfg.student, source.meta, template=template).to(device)
         teacher, saved = models[cfg.hint_teacher], loaded[cfg.hint_teacher][1]
         plan = hints.make_plan(
             cfg,
@@ -331,28 +330,10 @@ def online_teachers(
     return OnlineTeachers(models, job.ensemble, task, taps)
 
 
-def same_inputs(student: nn.Module, teachers: list[nn.Module], uris: list[str]) -> None:
-    """Online teachers read the student's batch: their encoders (tokenizers) must match."""
-    mine = encoder_of(student)
-    for teacher, uri in zip(teachers, uris, strict=True):
-        theirs = encoder_of(teacher)
-        if (mine is None) != (theirs is None) or (
-            mine is not None and theirs is not None and mine.fingerprint != theirs.fingerprint
-        ):
-            raise ConfigError(
-                f"--teacher-mode online: teacher {uri} tokenizes text otherwise than the "
-                "student; online teachers read the student's batches, so give a student that "
-                "shares their tokenizer (hf-from-teacher:) or use --teacher-mode offline",
-                option="--teacher-mode",
-            )
-
-
 def train(job: WorkerJob, reporter: Reporter) -> tuple[list[Role], list[dict[str, Any]]]:
     """Train every role of `job` for its epochs (resuming where the reporter says), and
     return the roles (teachers with their best epoch's weights) and the history."""
-    if job.template is None:
-        return _train(job, reporter, None)
-    with storage.local_dir(job.template) as template:
+    with storage.optional_local_dir(job.template) as template:
         return _train(job, reporter, template)
 
 

@@ -10,7 +10,6 @@ itself: the typed settings cross the Ray boundary unchanged.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -157,8 +156,7 @@ def train_students(
     meta = open_source(job.dataset).meta
     source = source_for(cfg.student)
     results = {}
-    template = storage.local_dir(job.template) if job.template else contextlib.nullcontext()
-    with template as template_dir:
+    with storage.optional_local_dir(job.template) as template_dir:
         for role, out in outputs.items():
             model = build(cfg.student, meta, template=template_dir)
             # The last epoch, not the best validation epoch: the validation split is small
