@@ -44,9 +44,26 @@ def table_columns(uri: str, option: str) -> list[str] | None:
 
 def check_run(cfg: RunConfig) -> None:
     """Raise ConfigError for anything that would make the pipeline fail on its first steps."""
+    from kdflow.data.image_facts import is_image_data
     from kdflow.data.prepared import BUILTIN_SHAPES, default_input_shape
 
     data = cfg.data
+    if cfg.distill.augment and not is_image_data(data.data, data.image_column):
+        raise ConfigError(
+            "--augment: image augmentations apply to image data (a folder of images, or "
+            "--image-column); for numeric columns see --augment-noise",
+            option="--augment",
+        )
+    if is_image_data(data.data, data.image_column):
+        _check_images(cfg)
+        return
+    if data.image_size or data.channels:
+        option = "--image-size" if data.image_size else "--channels"
+        raise ConfigError(
+            f"{option}: applies to image data (a folder of images, or --image-column); "
+            f"{data.data} is a table of columns",
+            option=option,
+        )
     if data.data.startswith(BUILTIN_PREFIX):
         name = data.data.removeprefix(BUILTIN_PREFIX)
         if name not in BUILTIN_SHAPES:
@@ -192,6 +209,43 @@ def _check_text(cfg: RunConfig, columns: list[str] | None) -> None:
             f"it is {teachers[0]}",
             option="--student",
         )
+    _check_teacher_epochs(cfg, teachers)
+    _check_methods(cfg, teachers, None, None)
+
+
+def _check_images(cfg: RunConfig) -> None:
+    """An image run: the folder or the table's image column exists, and the settings that
+    apply to columns or text are not given. The files themselves are the validate step's."""
+    data = cfg.data
+    for option, uri in (("--data", data.data), ("--test-data", data.test_data)):
+        if uri and not uri.startswith(REMOTE_SCHEMES) and not Path(uri).exists():
+            raise ConfigError(f"{option}: {uri}: no such folder or file", option=option)
+        if data.image_column and uri:
+            columns = table_columns(uri, option)
+            for flag, column in (("--image-column", data.image_column),
+                                 ("--label-column", data.label_column)):
+                if columns is not None and column not in columns:
+                    shown = ", ".join(columns[:12]) + (" ..." if len(columns) > 12 else "")
+                    raise ConfigError(
+                        f"{flag}: {column!r} is not a column of {uri} (columns: {shown})",
+                        option=flag,
+                    )
+    for option, given in (("--input-shape", data.input_shape),
+                          ("--augment-noise", cfg.distill.augment_noise),
+                          ("--text-column", data.text_column)):
+        if given:
+            raise ConfigError(
+                f"{option}: does not apply to image data (the input shape follows from "
+                "--image-size and --channels; augment images with --augment)",
+                option=option,
+            )
+    teachers = [t for t in cfg.teachers.teachers if t != AUTO]
+    from kdflow.models.sources import source_for
+
+    specs = [("--student", cfg.distill.student)] + [("--teachers", t) for t in teachers]
+    for option, spec in specs:
+        if not spec.startswith(MLFLOW_URI_PREFIX):
+            source_for(spec).check(spec, option)
     _check_teacher_epochs(cfg, teachers)
     _check_methods(cfg, teachers, None, None)
 

@@ -80,6 +80,7 @@ def validate_data(
     """
     import pandas as pd
 
+    from kdflow.data.image_facts import is_image_data
     from kdflow.data.prepared import (
         default_input_shape,
         frame_sha256,
@@ -87,11 +88,13 @@ def validate_data(
         split_frame,
         write_prepared,
     )
-    from kdflow.mlflow.tracking import record_validation
     from kdflow.validation.checks import validate_dataset, validate_frames
     from kdflow.validation.contract import DataContract, default_contract
 
     progress.emit("validate data", 0, 3, "contract checks")
+    if is_image_data(cfg.data, cfg.image_column):
+        return _validate_images(cfg, seed, dataset_dir, report_path, docs_dir, tracking_uri,
+                                run_id)
     input_shape = cfg.input_shape or default_input_shape(cfg.data)
     text_columns = [c for c in (cfg.text_column, cfg.text_pair_column) if c]
     contract = (
@@ -110,17 +113,7 @@ def validate_data(
     else:
         # Files are validated by streaming them (bounded memory) before anything loads them.
         report = validate_dataset(cfg.data, cfg.test_data, contract, docs_dir)
-    report_path.parent.mkdir(parents=True, exist_ok=True)
-    report_path.write_text(report.to_markdown())
-    if not report.passed:
-        if cfg.validation == "fail":
-            if run_id:
-                record_validation(tracking_uri, run_id, cfg.data,
-                                  {"passed": False, "validation": report.to_dict()}, report_path)
-            report.raise_for_failures()
-        log.warning(
-            "data validation failed, continuing (--validation warn): %s", report.summary_line()
-        )
+    _hold_to_contract(report, cfg, report_path, tracking_uri, run_id)
     progress.emit("validate data", 1, 3, "splits")
     if not cfg.data.startswith(BUILTIN_PREFIX):
         frame = load_frame(cfg.data, cfg.label_column)
@@ -146,6 +139,66 @@ def validate_data(
     )
     progress.emit("validate data", 3, 3, report.summary_line())
     splits = {"train": train, "val": val, "test": test}
+    counts = {
+        name: {str(c): int(n) for c, n in split[cfg.label_column].value_counts().items()}
+        for name, split in splits.items()
+        if name != "val" or cfg.val_fraction > 0
+    }
+    return _validated(meta, counts, report, cfg, report_path, tracking_uri, run_id)
+
+
+def _validate_images(
+    cfg: DataConfig,
+    seed: int,
+    dataset_dir: Path,
+    report_path: Path,
+    docs_dir: Path | None,
+    tracking_uri: str | None,
+    run_id: str | None,
+) -> dict[str, Any]:
+    """`validate_data` for a folder of images or a table of image paths or bytes."""
+    from kdflow.validation.image_dataset import prepare_image_data, validate_image_data
+
+    data = validate_image_data(cfg, docs_dir)
+    _hold_to_contract(data.report, cfg, report_path, tracking_uri, run_id)
+    progress.emit("validate data", 1, 3, "decoding images")
+    meta, counts = prepare_image_data(data, cfg, seed, dataset_dir)
+    progress.emit("validate data", 3, 3, data.report.summary_line())
+    return _validated(meta, counts, data.report, cfg, report_path, tracking_uri, run_id)
+
+
+def _hold_to_contract(
+    report: Any, cfg: DataConfig, report_path: Path, tracking_uri: str | None, run_id: str | None
+) -> None:
+    """Write the validation report; raise for failures under --validation fail (recorded on
+    the run's MLflow run first), warn under --validation warn."""
+    from kdflow.mlflow.tracking import record_validation
+
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(report.to_markdown())
+    if report.passed:
+        return
+    if cfg.validation == "fail":
+        if run_id:
+            record_validation(tracking_uri, run_id, cfg.data,
+                              {"passed": False, "validation": report.to_dict()}, report_path)
+        report.raise_for_failures()
+    log.warning("data validation failed, continuing (--validation warn): %s",
+                report.summary_line())
+
+
+def _validated(
+    meta: Any,
+    class_counts: dict[str, dict[str, int]],
+    report: Any,
+    cfg: DataConfig,
+    report_path: Path,
+    tracking_uri: str | None,
+    run_id: str | None,
+) -> dict[str, Any]:
+    """What the validate step hands on (and records on the run's MLflow run)."""
+    from kdflow.mlflow.tracking import record_validation
+
     info = {
         "sha256": meta.sha256,
         "rows": int(sum(v for k, v in meta.rows.items() if k != "val" or cfg.val_fraction > 0)),
@@ -156,11 +209,7 @@ def validate_data(
         "kind": meta.kind,
         "text_columns": meta.text_columns,
         # Class balance of each prepared split, for the data profile picture.
-        "class_counts": {
-            name: {str(c): int(n) for c, n in split[cfg.label_column].value_counts().items()}
-            for name, split in splits.items()
-            if name != "val" or cfg.val_fraction > 0
-        },
+        "class_counts": class_counts,
         "validation": report.to_dict(),
         "passed": bool(report.passed),
     }

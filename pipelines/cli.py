@@ -53,8 +53,8 @@ def _add_config_options(parser: argparse.ArgumentParser, local: bool = True) -> 
                 # A flag: present means true (`--trust-remote-code`).
                 kwargs |= {"action": "store_const", "const": True}
                 del kwargs["metavar"]
-            elif f.name == "input_shape":
-                kwargs["metavar"] = "C,H,W"
+            elif f.name in SHAPE_METAVARS:
+                kwargs["metavar"] = SHAPE_METAVARS[f.name]
             elif typing.get_origin(hint) is list:
                 kwargs["nargs"] = "+"
                 kwargs["metavar"] = LIST_METAVARS.get(f.name, "SPEC")
@@ -76,7 +76,13 @@ def _add_config_options(parser: argparse.ArgumentParser, local: bool = True) -> 
     )
 
 
-LIST_METAVARS = {"teacher_weights": "WEIGHT", "feature_layers": "TEACHER_LAYER=STUDENT_LAYER"}
+LIST_METAVARS = {
+    "teacher_weights": "WEIGHT",
+    "feature_layers": "TEACHER_LAYER=STUDENT_LAYER",
+    "augment": "NAME",
+}
+SHAPE_METAVARS = {"input_shape": "C,H,W", "image_size": "H,W"}
+"""Optional integer lists, written with commas on the command line."""
 
 
 def config_from_args(ns: argparse.Namespace) -> RunConfig:
@@ -87,8 +93,8 @@ def config_from_args(ns: argparse.Namespace) -> RunConfig:
     for key, value in vars(ns).items():
         if "." in key:
             section, name = key.split(".", 1)
-            if name == "input_shape":
-                value = parse_input_shape(value)
+            if name in SHAPE_METAVARS:
+                value = parse_input_shape(value, option_name(name))
             base[section][name] = value
         elif key in ("seed", "output"):
             base[key] = value

@@ -3,6 +3,7 @@
 
 from kdflow.config.loading import build_config, field_docs, load_config, parse_input_shape
 from kdflow.config.settings import (
+    AUGMENTATIONS,
     BUILTIN_PREFIX,
     SECTIONS,
     DataConfig,
@@ -15,6 +16,7 @@ from kdflow.config.settings import (
 )
 
 __all__ = [
+    "AUGMENTATIONS",
     "BUILTIN_PREFIX",
     "SECTIONS",
     "DataConfig",

@@ -127,17 +127,16 @@ def load_config(path: str | Path) -> RunConfig:
     return build_config(values, where=str(path))
 
 
-def parse_input_shape(text: str) -> list[int]:
-    """`1,28,28` or `1x28x28` -> [1, 28, 28]."""
+def parse_input_shape(text: str, option: str = "--input-shape") -> list[int]:
+    """`1,28,28` or `1x28x28` -> [1, 28, 28] (also --image-size's `32,32`)."""
     parts = [p for p in text.replace("x", ",").split(",") if p.strip()]
+    example = "32,32" if option == "--image-size" else "1,28,28"
     try:
         shape = [int(p) for p in parts]
     except ValueError:
         raise ConfigError(
-            f"--input-shape: expected integers like 1,28,28, got {text!r}", option="--input-shape"
+            f"{option}: expected integers like {example}, got {text!r}", option=option
         ) from None
     if not shape or any(d <= 0 for d in shape):
-        raise ConfigError(
-            f"--input-shape: dimensions must be positive, got {text!r}", option="--input-shape"
-        )
+        raise ConfigError(f"{option}: dimensions must be positive, got {text!r}", option=option)
     return shape

@@ -14,6 +14,8 @@ from typing import Any
 from kdflow.errors import ConfigError
 
 BUILTIN_PREFIX = "builtin:"
+AUGMENTATIONS = ("crop", "flip", "rotate", "color", "mixup")
+"""The names --augment takes (`kdflow.data.augment` implements each)."""
 
 
 def option_name(field_name: str) -> str:
@@ -29,7 +31,8 @@ def _require(condition: bool, field_name: str, message: str) -> None:
 @dataclass
 class DataConfig:
     data: str = "builtin:digits"
-    """Training data: a Parquet or CSV file, or `builtin:digits` (scikit-learn's 8x8 digits)."""
+    """Training data: a Parquet or CSV file, a folder of images with one sub-folder per class
+    (PNG/JPEG/WebP; local or s3://), or `builtin:digits` (scikit-learn's 8x8 digits)."""
     test_data: str | None = None
     """Test data (same columns). Without it, a stratified split of --data made from --seed."""
     label_column: str = "label"
@@ -52,6 +55,16 @@ class DataConfig:
     max_length: int = 128
     """Tokens per text (both texts of a pair together) for text data; longer texts are
     truncated, and validation reports how many are."""
+    image_column: str | None = None
+    """Column of a Parquet/CSV table holding each image: a path (relative to the table's
+    folder, absolute, or s3://) or the image file's bytes. Not needed for a folder of images."""
+    image_size: list[int] | None = None
+    """H,W every image is resized to (image data), e.g. 32,32. Default: the size all the
+    images share (an error asks for this option when they differ). The input shape follows
+    from it and --channels, so --input-shape is not needed for images."""
+    channels: int = 0
+    """Channels of image data: 1 (grayscale) or 3 (RGB); 0 takes the images' own when they
+    all have the same."""
 
     def __post_init__(self) -> None:
         _require(bool(self.data), "data", "give a Parquet/CSV file or builtin:digits")
@@ -69,6 +82,19 @@ class DataConfig:
             not self.text_column or self.text_column != self.label_column,
             "text_column",
             f"is the label column {self.label_column!r}; give the column of text",
+        )
+        _require(self.channels in (0, 1, 3), "channels", f"must be 1 or 3, got {self.channels}")
+        if self.image_size is not None:
+            _require(
+                len(self.image_size) == 2 and all(int(d) > 0 for d in self.image_size),
+                "image_size",
+                "give the height and width in pixels, both at least 1, such as 32,32; got "
+                + ",".join(map(str, self.image_size)),
+            )
+        _require(
+            not (self.image_column and self.text_column),
+            "image_column",
+            "and --text-column name two kinds of data; give one",
         )
         if self.input_shape is not None:
             _require(
@@ -90,7 +116,8 @@ class TeacherConfig:
     with epochs they are fine-tuned in the pipeline."""
     teacher_lr: float | None = None
     """Adam learning rate for the teachers (default: their source's: 1e-3 for zoo and
-    python: models, 3e-4 for fresh transformers, 5e-5 to fine-tune a pretrained hf: model)."""
+    python: models, 3e-4 for fresh transformers (1e-3 on images), 5e-5 to fine-tune a
+    pretrained hf: model)."""
     batch_size: int = 64
     """Mini-batch size for teacher training."""
     trust_remote_code: bool = False
@@ -125,7 +152,8 @@ class DistillConfig:
     """Epochs the student (and the no-distillation baseline) train for."""
     student_lr: float | None = None
     """Adam learning rate for the student and the baseline (default: the student source's:
-    3e-3 for zoo and python: models, 3e-4 for fresh transformers, 5e-5 for hf:)."""
+    3e-3 for zoo and python: models, 3e-4 for fresh transformers (1e-3 on images), 5e-5
+    for hf:)."""
     student_batch_size: int = 64
     """Global mini-batch size of the student, split across the Ray Train workers."""
     workers: int = 1
@@ -146,6 +174,14 @@ class DistillConfig:
     deviations (0: off). The student and the baseline see the same noisy rows; the teachers
     label them, so it needs --teacher-mode online. A transfer set beyond the training rows,
     which helps most where data is scarce (tabular)."""
+    augment: list[str] = field(default_factory=list)
+    """Train-time augmentations of image batches, applied the same to the student and the
+    baseline: `crop` (random resized crop, 60-100% of the area), `flip` (horizontal; wrong
+    for digits and text), `rotate` (up to 15 degrees), `color` (brightness, contrast,
+    saturation), `mixup` (pairs of images blended, labels too). Default: none. The teachers
+    must label the very views the student sees (function matching, Beyer et al. 2022): a
+    cached logit belongs to the image as it was, not to its augmented view, so --augment
+    needs --teacher-mode online; give it a long schedule (--student-epochs)."""
     top_k: int = 0
     """Keep only each teacher's k largest logits (0: all): a smaller cache, an approximation."""
     storage_path: str | None = None
@@ -228,6 +264,22 @@ class DistillConfig:
             "augment_noise",
             "needs --teacher-mode online: cached teacher outputs are for the rows as they are, "
             "not for noisy ones",
+        )
+        unknown = [a for a in self.augment if a not in AUGMENTATIONS]
+        _require(
+            not unknown,
+            "augment",
+            f"unknown augmentation {', '.join(unknown)}; known: {', '.join(AUGMENTATIONS)}",
+        )
+        _require(
+            len(set(self.augment)) == len(self.augment), "augment", "names an augmentation twice"
+        )
+        _require(
+            not self.augment or self.teacher_mode == "online",
+            "augment",
+            "needs --teacher-mode online: cached teacher logits belong to the images as they "
+            "are, not to their augmented views, which the teachers must label as the student "
+            "sees them (function matching)",
         )
         _require(self.top_k >= 0, "top_k", f"must be >= 0 (0 keeps every logit), got {self.top_k}")
         _require(

@@ -71,8 +71,9 @@ class DatasetMeta:
     rows: dict[str, int]
     source: str
     kind: str = "columns"
-    """`columns` (numeric feature columns) or `text` (the text columns, tokenized by each
-    model); `kdflow.data.sources.KINDS` reads each."""
+    """`columns` (numeric feature columns), `text` (the text columns, tokenized by each
+    model) or `image` (image files, decoded once into uint8 C × H × W pixels);
+    `kdflow.data.sources.KINDS` reads each."""
     text_columns: list[str] = field(default_factory=list)
     """The text column, and the second text of a pair when there is one (kind `text`)."""
     max_length: int = 0
@@ -80,6 +81,9 @@ class DatasetMeta:
 
     @property
     def n_features(self) -> int:
+        """Values per sample a model reads: the feature columns, or an image's pixels."""
+        if self.kind == "image":
+            return math.prod(self.input_shape)
         return len(self.feature_columns)
 
     @property

@@ -106,7 +106,13 @@ def _text_source() -> type:
     return TextSource
 
 
-KINDS: dict[str, Any] = {"columns": ColumnSource, "text": _text_source}
+def _image_source() -> type:
+    from kdflow.data.images import ImageSource
+
+    return ImageSource
+
+
+KINDS: dict[str, Any] = {"columns": ColumnSource, "text": _text_source, "image": _image_source}
 """Data source kinds, by the `kind` a prepared dataset's meta.json names."""
 
 

@@ -82,6 +82,11 @@ def check_teacher_settings(
             f"{meta.kind}",
             option="--augment-noise",
         )
+    if cfg.augment and meta.kind != "image":
+        raise ConfigError(
+            f"--augment: image augmentations apply to image data; this data is {meta.kind}",
+            option="--augment",
+        )
     if cfg.teacher_weights and len(cfg.teacher_weights) != len(teacher_uris):
         raise ConfigError(
             f"--teacher-weights: {len(cfg.teacher_weights)} weights for "

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from queue import Empty, Queue
 from typing import Any, Protocol
 
 import torch
@@ -161,6 +163,10 @@ def shard_targets(job: WorkerJob, task: Task, start: int, stop: int) -> Targets:
     return task.targets(parts, job.ensemble)
 
 
+Transform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""A batch's (inputs, labels) -> the views every role trains on (noise, image augmentation)."""
+
+
 def batches(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -168,15 +174,15 @@ def batches(
     batch_size: int,
     device: torch.device,
     targets: Targets | None = None,
-    noise: tuple[torch.Tensor, torch.Generator] | None = None,
+    transform: Transform | None = None,
 ) -> Iterator[Batch]:
     """Batches of the rows in `order`, with their cached soft targets when given.
 
     Rows are gathered BLOCK_BATCHES batches at a time and then sliced: one large gather
     costs about what one small one does, and a slice is a view. On GPU each block goes
-    through pinned memory in one copy. `noise` (per-feature scale, generator) adds
-    Gaussian noise to each batch's inputs before anything sees them; the same generator
-    seed gives every role the same rows.
+    through pinned memory in one copy. `transform` (Gaussian noise, image augmentation,
+    drawn from a generator the caller seeds) makes each batch's views before anything sees
+    them: the same seed gives every role the same views.
     """
     pin = device.type == "cuda"
     for start in range(0, len(order), batch_size * BLOCK_BATCHES):
@@ -186,11 +192,45 @@ def batches(
             block = [t.pin_memory().to(device, non_blocking=True) for t in block]
         for i in range(0, len(idx), batch_size):
             parts = [t[i : i + batch_size] for t in block]
-            if noise is not None:
-                scale, generator = noise
-                draw = torch.randn(parts[0].shape, generator=generator)
-                parts[0] = parts[0] + (draw * scale).to(parts[0].device)
+            if transform is not None:
+                parts[0], parts[1] = transform(parts[0], parts[1])
             yield Batch(parts[0], parts[1], parts[2] if len(parts) > 2 else None)
+
+
+def prefetched(items: Iterator[Batch], depth: int = 2) -> Iterator[Batch]:
+    """`items`, made `depth` ahead on a background thread, so that augmenting the next batch
+    overlaps the current step (torch releases the GIL in its kernels). An exception in the
+    producer is raised here; a consumer that stops early stops the producer at its next
+    batch."""
+    done = object()
+    queue: Queue[Any] = Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                queue.put(item)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            queue.put(exc)
+            return
+        queue.put(done)
+
+    thread = threading.Thread(target=produce, name="kdflow-batches", daemon=True)
+    thread.start()
+    try:
+        while (item := queue.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                queue.get_nowait()
+            except Empty:
+                thread.join(0.01)
 
 
 def run_epoch(
@@ -280,7 +320,7 @@ def build_roles(
             seed_everything(job.seed)
         classifier = build(cfg.student, source.meta, (mean, std), template=template)
         model = classifier if plan is None else hints.HintedStudent(classifier, plan)  # type: ignore[arg-type]
-        lr = learning_rate(cfg.student, name, cfg.student_lr)
+        lr = learning_rate(cfg.student, name, cfg.student_lr, source.meta.kind)
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.student_epochs)
         roles.append(
@@ -372,8 +412,7 @@ def _train(
 
     x, y = torch.from_numpy(train_rows.x), torch.from_numpy(train_rows.y)
     assert job.stats is not None
-    _, std = job.stats
-    noise_scale = cfg.augment_noise * torch.tensor(std)  # --augment-noise, in feature stds
+    views = Views(cfg, job.stats, source.meta.n_classes)
     batch_size = max(1, cfg.student_batch_size // world)
     per_rank = math.ceil(rows / world)
     for epoch in range(first_epoch, cfg.student_epochs + 1):
@@ -386,12 +425,11 @@ def _train(
         )
         stats: dict[str, Any] = {"epoch": epoch, "tokenize_seconds": source.tokenize_seconds}
         for r in roles:
-            noise = None
-            if cfg.augment_noise:
-                # A fresh generator per role: every role sees the same noisy rows.
-                seed = job.seed * 100_003 + epoch * 1_009 + rank
-                noise = (noise_scale, torch.Generator().manual_seed(seed))
-            steps = batches(x, y, order, batch_size, device, targets if r.kd else None, noise)
+            # A fresh generator per role: every role sees the same noisy or augmented views.
+            transform = views.transform(job.seed * 100_003 + epoch * 1_009 + rank)
+            steps = batches(x, y, order, batch_size, device, targets if r.kd else None, transform)
+            if transform is not None:
+                steps = prefetched(steps)
             started = time.perf_counter()
             losses = run_epoch(
                 r, steps, task, cfg.temperature, device, teachers, entropy if r.kd else None
@@ -411,6 +449,39 @@ def _train(
         if r.keep_best and r.best_state is not None:
             r.classifier.load_state_dict(r.best_state)
     return roles, history
+
+
+class Views:
+    """The views of each training batch: --augment-noise's Gaussian noise on numeric
+    columns, --augment's image augmentations (`kdflow.data.augment`), or the rows as
+    they are."""
+
+    def __init__(
+        self, cfg: DistillConfig, stats: tuple[list[float], list[float]], n_classes: int
+    ) -> None:
+        self.noise_scale = cfg.augment_noise * torch.tensor(stats[1])  # in feature stds
+        self.augmenter = None
+        if cfg.augment:
+            from kdflow.data.augment import Augmenter
+
+            self.augmenter = Augmenter(cfg.augment, n_classes)
+
+    def transform(self, seed: int) -> Transform | None:
+        """This epoch's transform, drawing from a generator seeded with `seed`; None when
+        batches are used as they are."""
+        generator = torch.Generator().manual_seed(seed)
+        if self.augmenter is not None:
+            augmenter = self.augmenter
+            return lambda x, y: augmenter(x, y, generator)
+        if self.noise_scale.numel() and bool(self.noise_scale.any()):
+            scale = self.noise_scale
+
+            def noisy(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                draw = torch.randn(x.shape, generator=generator)
+                return x + (draw * scale).to(x.device), y
+
+            return noisy
+        return None
 
 
 def role_history(history: list[dict[str, Any]], role: str) -> list[dict[str, Any]]:

@@ -36,10 +36,12 @@ def load_teacher(uri: str, meta: DatasetMeta) -> tuple[nn.Module, dict[str, Any]
     with storage.local_dir(uri) as folder:
         model, spec = load_saved(folder)
     reads_text = encoder_of(model) is not None
-    if reads_text != (meta.kind == "text"):
+    reads = "text" if reads_text else "image" if spec.get("inputs") == "image" else "columns"
+    if reads != meta.kind:
+        names = {"text": "text", "image": "images", "columns": "numeric columns"}
         raise KdflowError(
             f"teacher {uri} ({spec.get('source') or describe(spec)}) reads "
-            f"{'text' if reads_text else 'numeric columns'}; the data is {meta.kind}"
+            f"{names[reads]}; the data is {names.get(meta.kind, meta.kind)}"
         )
     if reads_text and len(spec.get("text_columns", [])) != len(meta.text_columns):
         raise KdflowError(

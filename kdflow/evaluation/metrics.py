@@ -127,3 +127,37 @@ def quality_metrics(
 def logits_on(model: nn.Module, split: Split) -> torch.Tensor:
     """The model's logits for every row of the split."""
     return predict_logits(model, split.x)
+
+
+def misclassified(
+    probs: torch.Tensor | np.ndarray,
+    y: np.ndarray,
+    reference: torch.Tensor | np.ndarray,
+    class_names: list[str],
+    limit: int = 16,
+) -> dict[str, Any]:
+    """The rows a model gets wrong, for a person to look at: how many (`count` of `rows`)
+    and up to `limit` of them in `shown`, the most confident mistakes first (the ones that
+    say most about what the model learnt wrong; ties in row order), each with its `row`,
+    the `true` class, the model's top class (`predicted`, `probability`) and the
+    reference's (the teachers' ensemble: `reference`, `reference_probability`), so a
+    mistake the teachers make too shows as such."""
+    p = np.asarray(probs.numpy() if isinstance(probs, torch.Tensor) else probs, np.float64)
+    r = np.asarray(
+        reference.numpy() if isinstance(reference, torch.Tensor) else reference, np.float64
+    )
+    pred, ref = p.argmax(1), r.argmax(1)
+    wrong = np.flatnonzero(pred != y)
+    order = wrong[np.argsort(-p[wrong, pred[wrong]], kind="stable")][:limit]
+    shown = [
+        {
+            "row": int(i),
+            "true": class_names[int(y[i])],
+            "predicted": class_names[int(pred[i])],
+            "probability": float(p[i, pred[i]]),
+            "reference": class_names[int(ref[i])],
+            "reference_probability": float(r[i, ref[i]]),
+        }
+        for i in order
+    ]
+    return {"count": int(len(wrong)), "rows": int(len(y)), "shown": shown}

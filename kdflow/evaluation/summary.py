@@ -9,8 +9,17 @@ The summary's keys are what the later steps, the report pages and the registry r
 model's entry has `latency_ms` (batch 1, the model alone on its encoded inputs: what the
 speedup gate compares, `kdflow.evaluation.gates`) and `latency_text_ms` (a text model's
 batch 1 from the raw text, tokenizing included; None for numeric models), see
-`kdflow.evaluation.timing`. The student's `onnx` entry is `{"exported": False, "reason":
-...}` when the student does not export to ONNX; a wrong export still fails the step.
+`kdflow.evaluation.timing`. On image data the models are timed on the test pixels (uint8,
+their input), and the student's and the ensemble's entries add `latency_image_ms` and
+`throughput_image_per_s`: from the image files' bytes, decoding included. The student's
+`onnx` entry is `{"exported": False, "reason": ...}` when the student does not export to
+ONNX; a wrong export still fails the step.
+
+On image data `misclassified` holds the student's most confident mistakes on the test
+split (up to MISCLASSIFIED_SHOWN, each with the true class, the student's and the
+ensemble's top class) and their thumbnails, so the report draws them from the summary
+alone (`kdflow.report.plots.misclassified_grid`): the summary is what travels between the
+pipeline's steps, and the register step, which puts the report on MLflow, has no dataset.
 """
 
 from __future__ import annotations
@@ -29,11 +38,19 @@ from kdflow.config import GateConfig
 from kdflow.data.prepared import DatasetMeta, Split
 from kdflow.data.sources import DataSource, open_source
 from kdflow.evaluation.gates import decide_gates
-from kdflow.evaluation.metrics import ensemble_probabilities, logits_on, quality_metrics
+from kdflow.evaluation.metrics import (
+    ensemble_probabilities,
+    logits_on,
+    misclassified,
+    quality_metrics,
+)
 from kdflow.evaluation.timing import (
+    THROUGHPUT_BATCH,
     Timed,
     Timing,
     cpu_timings,
+    image_inputs,
+    image_runner,
     model_flops,
     numeric_inputs,
     text_inputs,
@@ -62,6 +79,15 @@ ENSEMBLE_KEYS = ("accuracy", "macro_f1", "ece", "nll", "per_class_accuracy", "re
 FROM_TEXT = " from text"
 """Suffix of a text model's timing from the raw text (tokenizing included)."""
 PROBE_TEXT = "kdflow probe text"
+FROM_IMAGE = " from image"
+"""Suffix of an image model's timing from the image files' bytes (decoding included)."""
+ENSEMBLE = "ensemble"
+MISCLASSIFIED_SHOWN = 16
+"""Test images the student gets wrong that the report shows (a 4 × 4 grid)."""
+THUMBNAIL_SIDE = 32
+"""Largest side, in pixels, of a misclassified image's thumbnail in the summary: the size
+of the usual distillation benchmarks' images (MNIST, CIFAR), which stay as they are; larger
+images are shrunk so that 16 of them stay a few tens of KiB in the summary."""
 
 
 class TestRows:
@@ -75,6 +101,7 @@ class TestRows:
         self.y = data.labels(split)
         self._inputs: dict[str | None, np.ndarray] = {}
         self._texts: list[list[str]] | None = None
+        self._images: list[bytes] | None = None
 
     def of(self, model: nn.Module) -> Split:
         """The split's rows as `model` takes them."""
@@ -89,6 +116,14 @@ class TestRows:
         if self._texts is None:
             self._texts = self.data.texts(self.split)
         return self._texts
+
+    def images(self, rows: int = THROUGHPUT_BATCH) -> list[bytes]:
+        """The original files' bytes of the split's first `rows` images ([] for other
+        data), read once (the first call's `rows`): what the image timings decode."""
+        if self._images is None:
+            read = getattr(self.data, "images", None)
+            self._images = list(read(self.split, 0, rows)) if callable(read) else []
+        return self._images[:rows]
 
 
 def evaluate_models(
@@ -148,11 +183,19 @@ def evaluate_models(
     summary["student"] = entry("student", describe(student_spec), student_dir,
                                torch.softmax(student_z, -1))
     summary["student"]["onnx"] = onnx
+    if meta.kind == "image":
+        summary["student"] |= _image_timing(timings, "student")
+        summary["ensemble"] |= _image_timing(timings, ENSEMBLE)
+        summary["misclassified"] = misclassified_images(
+            rows, torch.softmax(student_z, -1), ensemble, meta
+        )
 
     progress.emit("evaluate", 2, 3, "champion and gates")
     seen = champion_version(uri, model_name)
     summary["champion_seen"] = None if seen is None else int(seen.version)
-    summary["champion"] = champion_on_test(tracking_uri, model_name, meta, rows, seen=seen)
+    summary["champion"], not_compared = champion_comparison(
+        tracking_uri, model_name, meta, rows, seen=seen
+    )
     gates = decide_gates(
         gates_cfg,
         student=summary["student"],
@@ -164,11 +207,70 @@ def evaluate_models(
     summary["gates"] = {
         g.name: {k: v for k, v in g.to_dict().items() if k != "name"} for g in gates
     }
+    if not_compared and CHAMPION_GATE in summary["gates"]:
+        summary["gates"][CHAMPION_GATE]["detail"] = not_compared
     summary["passed"] = all(g.passed for g in gates)
     summary["registered"] = None
     summary["history"] = histories or {}
     progress.emit("evaluate", 3, 3, "gates passed" if summary["passed"] else "a gate failed")
     return summary
+
+
+def _image_timing(timings: dict[str, Timing], name: str) -> dict[str, Any]:
+    """`name`'s figures from the image files' bytes, decoding included (None without test
+    images): batch-1 latency and the throughput at THROUGHPUT_BATCH."""
+    timing = timings.get(name + FROM_IMAGE)
+    return {
+        "latency_image_ms": None if timing is None else timing.latency_ms,
+        "throughput_image_per_s": None if timing is None else timing.throughput_per_s,
+    }
+
+
+MISCLASSIFIED_ROLES = {"predicted": "student", "probability": "student_probability",
+                       "reference": "ensemble", "reference_probability": "ensemble_probability"}
+"""How `kdflow.evaluation.metrics.misclassified`'s keys read in the summary."""
+
+
+def misclassified_images(
+    rows: TestRows, student: torch.Tensor, ensemble: torch.Tensor, meta: DatasetMeta
+) -> dict[str, Any]:
+    """The student's most confident mistakes on the test images (MISCLASSIFIED_SHOWN at
+    most), with the ensemble's top class for each, and their thumbnails (`thumbnails`)."""
+    found = misclassified(student, rows.y, ensemble, meta.classes, MISCLASSIFIED_SHOWN)
+    found["shown"] = [
+        {MISCLASSIFIED_ROLES.get(k, k): v for k, v in item.items()} for item in found["shown"]
+    ]
+    if found["shown"]:
+        pixels = rows.data.read(rows.split).x
+        found["thumbnails"] = thumbnail_strip(pixels[[item["row"] for item in found["shown"]]])
+    return found
+
+
+def thumbnail_strip(pixels: np.ndarray, side: int = THUMBNAIL_SIDE) -> dict[str, Any]:
+    """uint8 N × C × H × W images as one PNG (base64) of their thumbnails side by side,
+    each at most `side` pixels a side (shrunk, aspect kept, only when larger), with each
+    thumbnail's `size` [h, w] and `channels`: what `kdflow.report.plots.thumbnails` reads
+    back. One PNG compresses better than N, and keeps the summary plain JSON."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    channels, height, width = pixels.shape[1:]
+    scale = min(1.0, side / max(height, width))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    tiles = []
+    for image in pixels:
+        tile = Image.fromarray(image[0] if channels == 1 else image.transpose(1, 2, 0))
+        tiles.append(np.asarray(tile if scale == 1.0 else tile.resize(
+            size, Image.Resampling.LANCZOS)))
+    buffer = io.BytesIO()
+    Image.fromarray(np.concatenate(tiles, axis=1)).save(buffer, format="PNG", optimize=True)
+    return {
+        "png": base64.b64encode(buffer.getvalue()).decode("ascii"),
+        "size": [size[1], size[0]],
+        "channels": int(channels),
+    }
 
 
 def describe(spec: dict[str, Any]) -> str:
@@ -209,6 +311,41 @@ def _runners(
     }
 
 
+def _image_runners(
+    models: dict[str, nn.Module], rows: TestRows, meta: DatasetMeta
+) -> dict[str, Timed]:
+    """On image data: every model on the same test pixels (uint8, what the models and the
+    ONNX export take), and the student and the teachers' ensemble (`name from image`) on
+    the same images' files, decoding included. Without test images, zero pixels stand in
+    and nothing is timed from files."""
+    pixels = rows.of(models["student"]).x
+    blobs = rows.images() if len(pixels) else []
+    if not blobs:
+        zeros = np.zeros((1, *meta.input_shape), np.uint8)
+        many = np.repeat(zeros, THROUGHPUT_BATCH, 0)
+        return {name: Timed(torch_runner(m), zeros, many) for name, m in models.items()}
+    one, many, one_file, many_files = image_inputs(pixels, blobs)
+    runners = {name: Timed(torch_runner(m), one, many) for name, m in models.items()}
+    channels, height, width = meta.input_shape
+    teachers = [m for name, m in models.items() if name not in ("student", "baseline")]
+    for name, nets in (("student", [models["student"]]), (ENSEMBLE, teachers)):
+        run = image_runner(nets, (height, width), channels)
+        runners[name + FROM_IMAGE] = Timed(run, one_file, many_files)
+    return runners
+
+
+def _all_runners(
+    models: dict[str, nn.Module], rows: TestRows, meta: DatasetMeta
+) -> dict[str, Timed]:
+    """Every model's timing runners (`_image_runners` on image data, else `_runners`)."""
+    if meta.kind == "image":
+        return _image_runners(models, rows, meta)
+    runners: dict[str, Timed] = {}
+    for name, model in models.items():
+        runners |= _runners(name, model, rows, meta.n_features)
+    return runners
+
+
 def _timed_with_onnx(
     models: dict[str, nn.Module],
     student_z: torch.Tensor,
@@ -219,9 +356,7 @@ def _timed_with_onnx(
     """CPU timings of every model and of the student's ONNX export (under `onnx`), and the
     student's `onnx` entry: the export's size, timing and parity with PyTorch on the whole
     test split, or why it was not exported."""
-    runners: dict[str, Timed] = {}
-    for name, model in models.items():
-        runners |= _runners(name, model, rows, meta.n_features)
+    runners = _all_runners(models, rows, meta)
     x = rows.of(models["student"]).x
     with tempfile.TemporaryDirectory() as tmp:
         path = (onnx_dir or Path(tmp)) / ONNX_FILE
@@ -273,7 +408,9 @@ def _model_entry(
         "nll": quality["nll"],
         "agreement": quality["agreement"],
         "file_bytes": weights_bytes(folder),
-        "flops": model_flops(model, meta.n_features),
+        "flops": model_flops(
+            model, meta.n_features, meta.input_shape if meta.kind == "image" else None
+        ),
         **({k: quality[k] for k in STUDENT_DETAIL} if detail else {}),
     }
 
@@ -293,14 +430,49 @@ def _onnx_entry(timings: dict[str, Timing], onnx_bytes: int, parity: Parity) -> 
     }
 
 
-def same_schema(spec: dict[str, Any], meta: DatasetMeta) -> bool:
-    """Whether a saved model reads this data and predicts its classes: the same class names,
-    and the same text columns (text data) or feature columns (numeric data)."""
+CHAMPION_GATE = "no_regression_vs_champion"
+
+
+def schema_difference(spec: dict[str, Any], meta: DatasetMeta) -> str | None:
+    """Why a saved model cannot be scored on this data (None when it can): other class
+    names, or other inputs: text columns (text data), image size or channels (image data:
+    a model trained on other pixels would be fed what it never saw), feature columns
+    (numeric data). Fails closed: what a spec does not record differs."""
     if list(spec.get("class_names") or []) != list(meta.classes):
-        return False
+        return "it predicts other classes"
     if meta.kind == "text":
-        return list(spec.get("text_columns") or []) == list(meta.text_columns)
-    return list(spec.get("feature_names") or []) == list(meta.feature_columns)
+        if list(spec.get("text_columns") or []) != list(meta.text_columns):
+            return "it reads other text columns"
+        return None
+    if meta.kind == "image":
+        return _image_difference(spec, meta)
+    if spec.get("inputs") == "image":
+        return "it reads images; this data is numeric columns"
+    if list(spec.get("feature_names") or []) != list(meta.feature_columns):
+        return "it reads other feature columns"
+    return None
+
+
+def _image_difference(spec: dict[str, Any], meta: DatasetMeta) -> str | None:
+    channels, height, width = meta.input_shape
+    here = f"{channels} × {height} × {width}"
+    if spec.get("inputs") != "image":
+        return f"it does not read images; this data is {here} images"
+    try:
+        theirs = [int(spec["channels"]), *(int(v) for v in spec["image_size"])]
+    except (KeyError, TypeError, ValueError):
+        return "its spec.json records no image size and channels"
+    if theirs != [channels, height, width]:
+        shown = " × ".join(map(str, theirs))
+        return f"it reads {shown} images; this data is {here} (channels × height × width)"
+    return None
+
+
+def same_schema(spec: dict[str, Any], meta: DatasetMeta) -> bool:
+    """Whether a saved model reads this data and predicts its classes (`schema_difference`
+    says why not): the same class names, and the same text columns (text data), image size
+    and channels (image data) or feature columns (numeric data)."""
+    return schema_difference(spec, meta) is None
 
 
 def champion_on_test(
@@ -311,30 +483,41 @@ def champion_on_test(
     seen: Any = None,
 ) -> dict[str, Any] | None:
     """The current champion's metrics on this test split, or None when there is none (or it
-    was trained on other features, text columns or classes).
+    was trained on other features, text columns, image size or classes).
 
     `test` is the data source (or its `TestRows`), so a text champion reads the rows through
-    its own tokenizer; a `Split` serves a champion of numeric columns only. `seen` is the
-    champion's ModelVersion when the caller has read it already; the version is downloaded
-    by number, so the numbers belong to exactly that version.
+    its own tokenizer; a `Split` serves a champion of numeric columns or images. `seen` is
+    the champion's ModelVersion when the caller has read it already; the version is
+    downloaded by number, so the numbers belong to exactly that version.
     """
+    return champion_comparison(tracking_uri, model_name, meta, test, seen)[0]
+
+
+def champion_comparison(
+    tracking_uri: str | None,
+    model_name: str,
+    meta: DatasetMeta,
+    test: Split | TestRows | DataSource,
+    seen: Any = None,
+) -> tuple[dict[str, Any] | None, str | None]:
+    """`champion_on_test`'s metrics, and why the champion was not compared when there is
+    one that was not (for the champion gate's detail): None, None without a champion."""
     uri = resolve_tracking_uri(tracking_uri)
     version = seen if seen is not None else champion_version(uri, model_name)
     if version is None:
-        return None
+        return None, None
     with tempfile.TemporaryDirectory() as tmp:
         model, spec = load_saved(
             download_model(uri, f"models:/{model_name}/{version.version}", Path(tmp))
         )
-        if not same_schema(spec, meta):
-            log.warning("champion v%s was trained on other features or classes: not compared",
-                        version.version)
-            return None
+        difference = schema_difference(spec, meta)
+        if difference is None and isinstance(test, Split) and encoder_of(model) is not None:
+            difference = "it reads text: give the data source to compare it"
+        if difference is not None:
+            reason = f"champion v{version.version} not compared: {difference}"
+            log.warning("%s", reason)
+            return None, reason
         if isinstance(test, Split):
-            if encoder_of(model) is not None:
-                log.warning("champion v%s reads text: give the data source to compare it",
-                            version.version)
-                return None
             split = test
         else:
             split = (test if isinstance(test, TestRows) else TestRows(test)).of(model)
@@ -346,4 +529,4 @@ def champion_on_test(
         "macro_f1": quality["macro_f1"],
         "ece": quality["ece"],
         "dataset_sha256": (version.tags or {}).get(DATASET_TAG),
-    }
+    }, None

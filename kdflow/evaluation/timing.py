@@ -6,7 +6,10 @@ normal rows (its time does not depend on the values); a text model on real test 
 encoded by its own tokenizer (its time depends on the texts' lengths: it trims padding).
 A text model is timed twice: on its encoded inputs (`latency_ms`, the model alone: what the
 speedup gate compares, `kdflow.evaluation.gates`) and from the raw text, tokenizing
-included (`latency_text_ms`, what a caller sending text waits for).
+included (`latency_text_ms`, what a caller sending text waits for). An image model is timed
+on real test pixels (uint8 N × C × H × W, its input), and the student and the teachers'
+ensemble from the image files' bytes too, decoding and resizing included
+(`latency_image_ms`, what a caller of the registered pyfunc waits for).
 """
 
 from __future__ import annotations
@@ -60,10 +63,14 @@ def flops_per_sample(model: nn.Module, n_features: int) -> int:
     return flops(model.cpu(), [n_features])
 
 
-def model_flops(model: nn.Module, n_features: int) -> int | None:
+def model_flops(
+    model: nn.Module, n_features: int, input_shape: Sequence[int] | None = None
+) -> int | None:
     """FLOPs per sample of any model: its own `flops()` where it has one (a transformers
     model: `kdflow.models.hf.HfClassifier.flops`); counted with FlopCounterMode for a model
-    of numeric columns (the zoo's, `python:` ones); None when neither can say."""
+    of numeric columns (the zoo's, `python:` ones) or, given `input_shape` (C, H, W), of
+    images (any image model takes a C × H × W sample, flat or not); None when neither can
+    say."""
     own = getattr(model, "flops", None)
     if callable(own):
         return int(own())
@@ -72,6 +79,10 @@ def model_flops(model: nn.Module, n_features: int) -> int | None:
     if encoder_of(model) is not None or n_features <= 0:
         return None
     try:
+        if input_shape is not None:
+            from kdflow.models.zoo import flops
+
+            return flops(model.cpu(), list(input_shape))
         return flops_per_sample(model, n_features)
     except Exception:  # a user's module the counter cannot follow: no number, not a failure
         return None
@@ -88,6 +99,46 @@ def text_runner(model: nn.Module, encoder: Encoder) -> Runner:
     rows column-wise (`[[text, ...]]`, or `[[first, ...], [second, ...]]` for pairs)."""
     model = model.cpu().eval()
     return lambda columns: model(torch.from_numpy(encoder.encode(columns)))
+
+
+def image_runner(models: Sequence[nn.Module], size: Sequence[int], channels: int) -> Runner:
+    """A timing runner from image files' bytes (a list of them), decoding included: each
+    file through `kdflow.data.images.decode_image` at `size` (H, W) and `channels`, the
+    pyfunc's own preprocessing, on this thread only (the models run on one thread too);
+    then the model's forward pass. Several models are the teachers' ensemble: the files are
+    decoded once and their probabilities averaged, what a caller of the ensemble waits for."""
+    from kdflow.data.images import decode_many
+
+    nets = [m.cpu().eval() for m in models]
+
+    def run(blobs: list[bytes]) -> torch.Tensor:
+        x = torch.from_numpy(decode_many(blobs, size, channels, threads=1))
+        if len(nets) == 1:
+            return nets[0](x)
+        return torch.stack([torch.softmax(net(x), -1) for net in nets]).mean(0)
+
+    return run
+
+
+def typical_image(blobs: Sequence[bytes]) -> int:
+    """The image whose file has the median size in bytes: the image models' batch-1
+    example (decoding time grows with the file), the same image for every model."""
+    if not blobs:
+        return 0
+    order = np.argsort([len(b) for b in blobs], kind="stable")
+    return int(order[(len(order) - 1) // 2])
+
+
+def image_inputs(
+    pixels: np.ndarray, blobs: Sequence[bytes], batch_size: int = THROUGHPUT_BATCH
+) -> tuple[np.ndarray, np.ndarray, list[bytes], list[bytes]]:
+    """An image model's timing inputs from the test split: its uint8 pixels (batch 1: the
+    typical image; batch `batch_size`: the first rows, repeated when fewer) and the same
+    images as their files' bytes (`blobs`: the first rows' files, in row order)."""
+    row = typical_image(blobs)
+    one, many = pixels[row : row + 1], first_rows(pixels, batch_size)
+    order = np.resize(np.arange(len(blobs)), batch_size)
+    return np.ascontiguousarray(one), many, [blobs[row]], [blobs[int(i)] for i in order]
 
 
 def numeric_inputs(

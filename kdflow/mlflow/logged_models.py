@@ -9,8 +9,11 @@ arrives incomplete raises IncompleteUpload, which `call` retries as a new logged
 The pyfunc's artifact is the student's saved folder as it is: for a zoo model
 model.safetensors + spec.json; for a transformers classifier what `save_pretrained` writes
 (config.json, model.safetensors, tokenizer.json, tokenizer_config.json) + spec.json. Its
-input example is one row of the columns it reads: the training features' mean, or a short
-text in each text column.
+input example is one row of the columns it reads: the training features' mean, a short
+text in each text column, or one image file's bytes in an `image` column (a plain grey PNG
+at the model's size). An image pyfunc's signature has two optional columns, `image`
+(MLflow's `binary`: base64 in a served request's JSON) and `path` (`string`), as the
+pyfunc reads either (`kdflow.mlflow.serving.image_column`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ PYFUNC_NAME = "student"
 ONNX_NAME = "student-onnx"
 EXAMPLE_TEXT = "a short example text to classify"
 """The text of a text student's input example (one per text column)."""
+EXAMPLE_GREY = 128
+"""The pixel value of an image student's input example: a plain mid-grey image."""
 
 
 def download_model(
@@ -155,6 +160,8 @@ def _input_example(student_dir: Path) -> Any:
     from kdflow.models.artifacts import read_spec
 
     spec = read_spec(student_dir)
+    if _reads_images(spec):
+        return pd.DataFrame({"image": [example_image(spec)]})
     text_columns = _text_columns(spec)
     if text_columns:
         return pd.DataFrame({column: [EXAMPLE_TEXT] for column in text_columns})
@@ -170,11 +177,77 @@ def _text_columns(spec: dict[str, Any]) -> list[str]:
     return [str(c) for c in spec.get("text_columns") or []]
 
 
+def _reads_images(spec: dict[str, Any]) -> bool:
+    return spec.get("inputs") == "image"
+
+
+def example_image(spec: dict[str, Any]) -> bytes:
+    """A PNG file of a plain mid-grey image at an image model's `image_size` and
+    `channels`: an input example of a few hundred bytes that decodes to the model's size."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    height, width = (int(v) for v in spec["image_size"])
+    shape = (height, width) if int(spec["channels"]) == 1 else (height, width, 3)
+    buffer = io.BytesIO()
+    Image.fromarray(np.full(shape, EXAMPLE_GREY, np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def pyfunc_signature(student_dir: Path) -> tuple[Any, Any]:
+    """The pyfunc's signature and input example. An image model's inputs are two optional
+    columns, `image` (binary) and `path` (string), since it reads either; inferring them
+    from the example would make `image` required and `path` unknown."""
+    import pandas as pd
+    from mlflow.models import ModelSignature, infer_signature
+    from mlflow.types import ColSpec, DataType, Schema
+
+    from kdflow.models.artifacts import read_spec
+
+    example = _input_example(student_dir)
+    signature = infer_signature(example, pd.DataFrame({"label": ["0"], "probability": [0.5]}))
+    if _reads_images(read_spec(student_dir)):
+        inputs = Schema([ColSpec(DataType.binary, "image", required=False),
+                         ColSpec(DataType.string, "path", required=False)])
+        signature = ModelSignature(inputs=inputs, outputs=signature.outputs)
+    return signature, example
+
+
+def pyfunc_arguments(student_dir: Path) -> dict[str, Any]:
+    """What `mlflow.pyfunc.log_model` (or `save_model`) takes to write the kdflow pyfunc
+    of the saved model in `student_dir` (a folder named PYFUNC_NAME): the code, the model's
+    folder as its artifact, the signature, the input example and the pinned packages."""
+    from kdflow.models.artifacts import read_spec
+
+    spec = read_spec(student_dir)
+    packages = ["torch", "safetensors", "numpy", "pandas", "mlflow"]
+    if _text_columns(spec):
+        packages += ["transformers", "tokenizers"]
+    if _reads_images(spec):
+        packages += ["pillow"]
+    signature, example = pyfunc_signature(student_dir)
+    return {
+        "python_model": str(Path(__file__).with_name("serving.py")),
+        "artifacts": {PYFUNC_NAME: str(student_dir)},
+        "code_paths": [str(Path(kdflow.__file__).parent)],
+        "signature": signature,
+        "input_example": example,
+        "pip_requirements": _pinned(*packages),
+    }
+
+
 def _onnx_example(student_dir: Path, spec: dict[str, Any]) -> Any:
     """The ONNX model's input for the pyfunc's example row: the features, or a text
     student's packed token ids (int64 B × K × L) from the tokenizer saved with it."""
     import numpy as np
 
+    if _reads_images(spec):
+        from kdflow.data.images import decode_image
+
+        size = [int(v) for v in spec["image_size"]]
+        return decode_image(example_image(spec), size, int(spec["channels"]))[None]
     text_columns = _text_columns(spec)
     if not text_columns:
         return _input_example(student_dir).to_numpy(np.float32)
@@ -205,29 +278,13 @@ def _log_pyfunc(
     client: Any, experiment_id: str, run_id: str, student_dir: Path, tags: dict[str, str]
 ) -> str:
     import mlflow
-    import pandas as pd
     from mlflow.entities import LoggedModelOutput
-    from mlflow.models import infer_signature
 
-    from kdflow.models.artifacts import read_spec
-
-    example = _input_example(student_dir)
-    signature = infer_signature(example, pd.DataFrame({"label": ["0"], "probability": [0.5]}))
-    packages = ["torch", "safetensors", "numpy", "pandas", "mlflow"]
-    if _text_columns(read_spec(student_dir)):
-        packages += ["transformers", "tokenizers"]
     model = client.create_logged_model(
         experiment_id, name=PYFUNC_NAME, source_run_id=run_id, tags=tags, model_type="kdflow"
     )
     mlflow.pyfunc.log_model(
-        name=PYFUNC_NAME,
-        model_id=model.model_id,
-        python_model=str(Path(__file__).with_name("serving.py")),
-        artifacts={PYFUNC_NAME: str(student_dir)},
-        code_paths=[str(Path(kdflow.__file__).parent)],
-        signature=signature,
-        input_example=example,
-        pip_requirements=_pinned(*packages),
+        name=PYFUNC_NAME, model_id=model.model_id, **pyfunc_arguments(student_dir)
     )
     client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
     return str(model.model_id)

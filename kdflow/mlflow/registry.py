@@ -187,7 +187,8 @@ def summary_metrics(summary: dict[str, Any]) -> dict[str, float]:
     student = summary["student"]
     for key in (
         "accuracy", "macro_f1", "ece", "nll", "agreement", "params", "file_bytes", "flops",
-        "latency_ms", "latency_p95_ms", "throughput_per_s", "latency_text_ms",
+        "latency_ms", "latency_p95_ms", "throughput_per_s", "latency_text_ms", "latency_image_ms",
+        "throughput_image_per_s",
     ):
         if student.get(key) is not None:
             metrics[f"student_{key}"] = float(student[key])

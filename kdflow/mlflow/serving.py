@@ -6,7 +6,10 @@ the network from the safetensors artifact folder through the source that saved i
 
 A model of numeric columns reads the spec's `feature_names`; a text classifier reads the
 spec's `text_columns` as raw text and tokenizes them with the tokenizer saved beside its
-weights (`kdflow.models.sources.encoder_of`).
+weights (`kdflow.models.sources.encoder_of`); an image classifier (spec `inputs: image`)
+reads image files, as bytes in an `image` column or as paths in a `path` (or `image`)
+column, and decodes them with `kdflow.data.images.decode_image` at the spec's `image_size`
+and `channels`: the very preprocessing its training data went through.
 """
 
 from __future__ import annotations
@@ -21,6 +24,13 @@ from mlflow.pyfunc import PythonModel
 
 TEXT_BATCH = 64
 """Rows of text per forward pass (attention's memory grows with batch × length²)."""
+IMAGE_BATCH = 64
+"""Images per forward pass (a large model's activations at 224 × 224 add up)."""
+IMAGE_COLUMNS = ("image", "path")
+"""The columns an image model reads, in order of preference: `image` (the file's bytes,
+or its path as a string), `path` (its path)."""
+SHOWN_ROWS = 10
+"""Rows an error names at most."""
 
 
 class StudentModel(PythonModel):
@@ -37,7 +47,9 @@ class StudentModel(PythonModel):
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: Any = None
     ) -> pd.DataFrame:
-        if self.encoder is not None:
+        if self.spec.get("inputs") == "image":
+            probs = self._image_probs(model_input)
+        elif self.encoder is not None:
             probs = self._text_probs(model_input)
         else:
             probs = self._column_probs(model_input)
@@ -78,6 +90,85 @@ class StudentModel(PythonModel):
                 batch = torch.from_numpy(x[start : start + TEXT_BATCH])
                 out[start : start + TEXT_BATCH] = torch.softmax(self.model(batch), -1).numpy()
         return out
+
+    def _image_probs(self, model_input: Any) -> np.ndarray:
+        pixels = decode_rows(
+            image_column(model_input),
+            [int(v) for v in self.spec["image_size"]],
+            int(self.spec["channels"]),
+        )
+        out = np.zeros((len(pixels), int(self.spec["n_classes"])), np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(pixels), IMAGE_BATCH):
+                batch = torch.from_numpy(pixels[start : start + IMAGE_BATCH])
+                out[start : start + IMAGE_BATCH] = torch.softmax(self.model(batch), -1).numpy()
+        return out
+
+
+def image_column(model_input: Any) -> list[Any]:
+    """The images of the input: its `image` column (bytes, or paths as strings), else its
+    `path` column; a bare list or Series is the images themselves. ValueError naming the
+    accepted columns when there is neither."""
+    if isinstance(model_input, dict):
+        model_input = pd.DataFrame(model_input)
+    if isinstance(model_input, pd.DataFrame):
+        for column in IMAGE_COLUMNS:
+            if column in model_input.columns:
+                return list(model_input[column])
+        got = ", ".join(map(str, model_input.columns[:10])) or "none"
+        raise ValueError(
+            "missing an image column: give `image` (each image file's bytes, or its path) "
+            f"or `path` (each image file's path); the input's columns: {got}"
+        )
+    if isinstance(model_input, list | tuple | np.ndarray | pd.Series):
+        return list(np.asarray(model_input, dtype=object).ravel())
+    raise ValueError(
+        "expected a DataFrame with an `image` column (image files' bytes or paths) or a "
+        f"`path` column, got {type(model_input).__name__}"
+    )
+
+
+def decode_rows(values: list[Any], size: list[int], channels: int) -> np.ndarray:
+    """uint8 N × C × H × W pixels of image files given as bytes or paths, through
+    `decode_image`; ValueError naming every row that is not a readable image (and why),
+    rather than Pillow's traceback from deep inside the first."""
+    from kdflow.data.images import decode_image
+
+    out = np.empty((len(values), channels, *size), np.uint8)
+    bad: list[str] = []
+    for i, value in enumerate(values):
+        try:
+            out[i] = decode_image(_file_bytes(value), size, channels)
+        except (OSError, ValueError, TypeError) as exc:
+            bad.append(f"row {i}: {_why(exc)}")
+    if bad:
+        shown = "; ".join(bad[:SHOWN_ROWS]) + (f"; and {len(bad) - SHOWN_ROWS} more"
+                                                if len(bad) > SHOWN_ROWS else "")
+        raise ValueError(f"{len(bad)} of {len(values)} rows are not readable images: {shown}")
+    return out
+
+
+def _file_bytes(value: Any) -> bytes:
+    """An image file's bytes from a cell: bytes as they are, a string as a path to read."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    if isinstance(value, str):
+        from pathlib import Path
+
+        return Path(value).read_bytes()
+    raise TypeError(f"expected the file's bytes or its path, got {type(value).__name__}")
+
+
+def _why(exc: BaseException) -> str:
+    """One short line of why a row did not decode."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(exc, FileNotFoundError):
+        return f"no such file {exc.filename}"
+    if isinstance(exc, UnidentifiedImageError):  # its message names a BytesIO's address
+        return "not an image file Pillow can read"
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return text[:150]
 
 
 def _as_frame(model_input: Any, columns: list[str]) -> pd.DataFrame:

@@ -14,6 +14,10 @@ A saved folder is what `save_pretrained` writes (config.json, model.safetensors,
 files) plus kdflow's spec.json (kind `hf`); loading uses `use_safetensors=True` and never
 runs code from the folder unless its spec records `trust_remote_code`.
 
+`HfTapped` (the taps, the run with hidden states and attention maps, the head) and the
+folder helpers (`save_labelled`, `model_summary`, `write_spec`, `checked_spec`) are shared
+with the image classifiers of `kdflow.models.hf_vision`.
+
 transformers and tokenizers are imported inside the functions: a tabular run never pays
 for them.
 """
@@ -99,40 +103,35 @@ def _exporting() -> bool:
     return bool(torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export())
 
 
-class HfClassifier(nn.Module):
-    """A transformers sequence classifier that takes kdflow's packed inputs."""
+class HfTapped(nn.Module):
+    """What a transformers classifier shares with the others, whatever it reads: identity
+    taps on its hidden states and attention maps (for the hints, which hook modules), the
+    run that feeds them only while a hook listens, and the classification head."""
 
     hf: Any
     """The transformers `PreTrainedModel` (typed loosely: transformers is imported lazily)."""
+    spec: str
+    n_classes: int
+    input_shape: list[int]
+    """One sample's shape as the data holds it (the packed K × L, or C × H × W)."""
+    tokens_last = True
+    """Whether 3-D hidden states are B × L × D (tokens); CNNs' are 4-D anyway."""
 
-    def __init__(self, model: Any, tokenizer: Any, max_length: int, source: str) -> None:
-        super().__init__()
-        self.hf = model
-        self.encoder = TextEncoder(tokenizer, max_length)
-        self.spec = source
-        self.n_classes = int(model.config.num_labels)
-        self.input_shape = [self.encoder.channels, max_length]
-        depth = int(getattr(model.config, "num_hidden_layers", 0) or 0)
-        self.hidden_taps = nn.ModuleList([nn.Identity() for _ in range(depth + 1)])
-        self.attention_taps = nn.ModuleList([nn.Identity() for _ in range(depth)])
+    def make_taps(self, hidden: int, attention: int) -> None:
+        """`hidden` identity taps (`hidden.i`) and `attention` ones (`attention.i`)."""
+        self.hidden_taps = nn.ModuleList([nn.Identity() for _ in range(hidden)])
+        self.attention_taps = nn.ModuleList([nn.Identity() for _ in range(attention)])
 
     @staticmethod
     def _listened(taps: nn.ModuleList) -> bool:
         return any(t._forward_hooks or t._forward_pre_hooks for t in taps)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.long()
-        if not _exporting() and x.shape[0]:
-            # Right padding: cutting it changes no logit. Lengths round up to a multiple of
-            # TRIM_STEP so the CPU kernels see a few shapes, not one per batch.
-            longest = int(x[:, 1].sum(1).max())
-            x = x[..., : max(1, min(x.shape[-1], -(-longest // TRIM_STEP) * TRIM_STEP))]
+    def run(self, **kwargs: Any) -> torch.Tensor:
+        """The model's logits for `kwargs`, asking for hidden states and attention maps only
+        while a tap is hooked (they cost memory, and sdpa attention returns no maps)."""
         hidden, attention = self._listened(self.hidden_taps), self._listened(self.attention_taps)
         if attention and self.hf.config._attn_implementation != "eager":
             self.hf.set_attn_implementation("eager")  # sdpa returns no attention maps
-        kwargs: dict[str, Any] = {"input_ids": x[:, 0], "attention_mask": x[:, 1]}
-        if x.shape[1] > 2:
-            kwargs["token_type_ids"] = x[:, 2]
         if hidden:
             kwargs["output_hidden_states"] = True
         if attention:
@@ -144,13 +143,8 @@ class HfClassifier(nn.Module):
         if attention:
             for tap, a in zip(self.attention_taps, out.attentions, strict=False):
                 tap(a)
-        return out.logits
-
-    def example_input(self, rows: int = 2) -> torch.Tensor:
-        """A valid packed batch (for probing layer shapes): the tokenizer's encoding of
-        a short text."""
-        encoded = self.encoder.encode([["kdflow probe text"] * rows])
-        return torch.from_numpy(encoded).to(next(self.parameters()).device)
+        logits: torch.Tensor = out.logits
+        return logits
 
     def head(self) -> nn.Module:
         """The last Linear with one output per class: its input is the penultimate features."""
@@ -161,6 +155,38 @@ class HfClassifier(nn.Module):
         if not found:
             raise ModelFormatError(f"{self.spec}: no classification head (Linear to classes)")
         return found[-1]
+
+
+class HfClassifier(HfTapped):
+    """A transformers sequence classifier that takes kdflow's packed inputs."""
+
+    def __init__(self, model: Any, tokenizer: Any, max_length: int, source: str) -> None:
+        super().__init__()
+        self.hf = model
+        self.encoder = TextEncoder(tokenizer, max_length)
+        self.spec = source
+        self.n_classes = int(model.config.num_labels)
+        self.input_shape = [self.encoder.channels, max_length]
+        depth = int(getattr(model.config, "num_hidden_layers", 0) or 0)
+        self.make_taps(depth + 1, depth)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.long()
+        if not _exporting() and x.shape[0]:
+            # Right padding: cutting it changes no logit. Lengths round up to a multiple of
+            # TRIM_STEP so the CPU kernels see a few shapes, not one per batch.
+            longest = int(x[:, 1].sum(1).max())
+            x = x[..., : max(1, min(x.shape[-1], -(-longest // TRIM_STEP) * TRIM_STEP))]
+        kwargs: dict[str, Any] = {"input_ids": x[:, 0], "attention_mask": x[:, 1]}
+        if x.shape[1] > 2:
+            kwargs["token_type_ids"] = x[:, 2]
+        return self.run(**kwargs)
+
+    def example_input(self, rows: int = 2) -> torch.Tensor:
+        """A valid packed batch (for probing layer shapes): the tokenizer's encoding of
+        a short text."""
+        encoded = self.encoder.encode([["kdflow probe text"] * rows])
+        return torch.from_numpy(encoded).to(next(self.parameters()).device)
 
     def flops(self) -> int:
         """Multiply-adds ×2 of one text at the maximum length, from the non-embedding weights
@@ -179,6 +205,56 @@ def weights_sha256(folder: Path) -> str:
     return digest.hexdigest()
 
 
+def save_labelled(model: HfTapped, folder: Path, classes: list[str]) -> Any:
+    """`save_pretrained` of the model (safetensors only) with the data's class names as its
+    config's labels; returns the config."""
+    quiet_transformers()
+    folder.mkdir(parents=True, exist_ok=True)
+    config = model.hf.config
+    config.id2label = {i: str(c) for i, c in enumerate(classes)}
+    config.label2id = {str(c): i for i, c in enumerate(classes)}
+    model.hf.save_pretrained(folder)
+    for stale in folder.glob("pytorch_model*.bin"):
+        stale.unlink()
+    return config
+
+
+def model_summary(config: Any) -> dict[str, Any]:
+    """The spec's `model`: architecture, depth and width, from a transformers config (a
+    CNN's depth is its blocks over all stages, its width the last stage's channels)."""
+    layers = getattr(config, "num_hidden_layers", 0) or sum(getattr(config, "depths", None) or [])
+    hidden = getattr(config, "hidden_size", 0) or (getattr(config, "hidden_sizes", None) or [0])[-1]
+    return {"arch": str(config.model_type), "layers": int(layers or 0), "hidden": int(hidden or 0)}
+
+
+def spec_head(model: HfTapped, config: Any, task: str) -> dict[str, Any]:
+    """The fields every transformers model's spec.json starts with."""
+    return {
+        "format_version": 1,
+        "kdflow_version": __version__,
+        "kind": KIND,
+        "task": task,
+        "model": model_summary(config),
+        "input_shape": list(model.input_shape),
+    }
+
+
+def write_spec(folder: Path, spec: dict[str, Any], extra: dict[str, Any]) -> Path:
+    """spec.json: `spec`, the SHA-256 of the folder's safetensors files, then `extra`."""
+    spec = {**spec, "weights_sha256": weights_sha256(folder), **extra}
+    (folder / SPEC).write_text(json.dumps(spec, indent=2))
+    return folder
+
+
+def checked_spec(folder: Path) -> dict[str, Any]:
+    """A saved folder's spec.json, after checking its safetensors files against it."""
+    quiet_transformers()
+    spec: dict[str, Any] = json.loads((folder / SPEC).read_text())
+    if spec.get("weights_sha256") and weights_sha256(folder) != spec["weights_sha256"]:
+        raise ModelFormatError(f"{folder}: the weights do not match spec.json's SHA-256")
+    return spec
+
+
 def save_hf(
     model: HfClassifier,
     folder: Path,
@@ -188,26 +264,10 @@ def save_hf(
 ) -> Path:
     """`save_pretrained` of the model (safetensors) and its tokenizer, with the data's class
     names as the config's labels, plus spec.json."""
-    quiet_transformers()
-    folder.mkdir(parents=True, exist_ok=True)
-    config = model.hf.config
-    config.id2label = {i: str(c) for i, c in enumerate(classes)}
-    config.label2id = {str(c): i for i, c in enumerate(classes)}
-    model.hf.save_pretrained(folder)
+    config = save_labelled(model, folder, classes)
     model.encoder.tokenizer.save_pretrained(folder)
-    for stale in folder.glob("pytorch_model*.bin"):
-        stale.unlink()
     spec = {
-        "format_version": 1,
-        "kdflow_version": __version__,
-        "kind": KIND,
-        "task": "text",
-        "model": {
-            "arch": str(config.model_type),
-            "layers": int(getattr(config, "num_hidden_layers", 0) or 0),
-            "hidden": int(getattr(config, "hidden_size", 0) or 0),
-        },
-        "input_shape": list(model.input_shape),
+        **spec_head(model, config, "text"),
         "n_features": 0,
         "n_classes": model.n_classes,
         "class_names": [str(c) for c in classes],
@@ -215,21 +275,15 @@ def save_hf(
         "text_columns": list(text_columns),
         "max_length": model.encoder.max_length,
         "source": model.spec,
-        "weights_sha256": weights_sha256(folder),
-        **extra,
     }
-    (folder / SPEC).write_text(json.dumps(spec, indent=2))
-    return folder
+    return write_spec(folder, spec, extra)
 
 
 def load_hf(folder: Path, train: bool = False) -> tuple[HfClassifier, dict[str, Any]]:
     """A saved folder as an `HfClassifier` (eval mode unless `train`), weights checked."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    quiet_transformers()
-    spec = json.loads((folder / SPEC).read_text())
-    if spec.get("weights_sha256") and weights_sha256(folder) != spec["weights_sha256"]:
-        raise ModelFormatError(f"{folder}: the weights do not match spec.json's SHA-256")
+    spec = checked_spec(folder)
     remote = bool(spec.get("trust_remote_code", False))
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
@@ -282,9 +336,12 @@ def evenly_spaced(teacher_layers: int, student_layers: int) -> list[int]:
     return [j * teacher_layers // student_layers for j in range(student_layers)]
 
 
-def copy_from_teacher(student: nn.Module, teacher: nn.Module, picked: list[int]) -> dict[str, int]:
+def copy_from_teacher(
+    student: nn.Module, teacher: nn.Module, picked: list[int] | None
+) -> dict[str, int]:
     """Copy the teacher's weights into the student where names and shapes match, student
-    layer j from teacher layer picked[j]; returns counts of copied and kept tensors."""
+    layer j from teacher layer picked[j] (None: every tensor from the one of the same name,
+    as a CNN's stages keep their blocks' names); returns counts of copied and kept tensors."""
     import re
 
     pattern = re.compile(LAYER_INDEX)
@@ -292,8 +349,8 @@ def copy_from_teacher(student: nn.Module, teacher: nn.Module, picked: list[int])
     state = student.state_dict()
     copied = 0
     for name, tensor in state.items():
-        match = pattern.search(name)
-        if match is not None:
+        match = pattern.search(name) if picked is not None else None
+        if match is not None and picked is not None:
             j = int(match.group(2))
             if j >= len(picked):
                 continue

@@ -15,11 +15,12 @@ from kdflow.data.prepared import Split
 
 
 def as_tensor(x: np.ndarray) -> torch.Tensor:
-    """Rows as the tensor a model takes: floats as float32, integers as int64 (token ids),
-    always a writable, contiguous copy-or-view that torch.from_numpy accepts."""
+    """Rows as the tensor a model takes: floats as float32, image pixels as uint8 (the
+    model scales them), other integers as int64 (token ids); always a writable, contiguous
+    copy-or-view that torch.from_numpy accepts."""
     if x.dtype.kind == "f":
         x = x.astype(np.float32, copy=False)
-    elif x.dtype.kind in "iub":
+    elif x.dtype != np.uint8 and x.dtype.kind in "iub":
         x = x.astype(np.int64, copy=False)
     if not x.flags.writeable or not x.flags.c_contiguous:
         x = np.array(x, order="C")  # from_numpy warns on read-only arrays

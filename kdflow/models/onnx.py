@@ -3,10 +3,12 @@ ONNX Runtime, and prove both give the same predictions.
 
 The exported graph takes one input, `features`, whatever the model, with the batch axis
 dynamic: float32 batch × n_features for a model of numeric columns (the zoo's, `python:`
-models), or the packed int64 batch × K × L of token ids, attention mask (and token types)
-for a text model (`kdflow.models.hf.HfClassifier`; tokenizing stays outside the graph). It
-returns `logits` (batch × n_classes). A numeric model's normalisation and the reshape to
-the sample's input shape are inside the graph, as they are inside
+models), the packed int64 batch × K × L of token ids, attention mask (and token types)
+for a text model (`kdflow.models.hf.HfClassifier`; tokenizing stays outside the graph), or
+uint8 batch × C × H × W pixels (0-255) for an image model (decoding and resizing stay
+outside, in `kdflow.data.images.decode_image`). It returns `logits` (batch × n_classes).
+A model's normalisation (an image model's cast and scaling of its pixels too) and the
+reshape to the sample's input shape are inside the graph, as they are inside
 `kdflow.models.zoo.Classifier`. A text model's graph runs every row at its full length
 (HfClassifier trims padding only outside an export); the attention mask keeps the logits
 the same. An ONNX file is a protobuf: like safetensors, loading it executes no code.
@@ -62,8 +64,9 @@ def one_line(exc: BaseException, limit: int = 200) -> str:
 
 def example_batch(x: np.ndarray | int, rows: int = EXAMPLE_ROWS) -> np.ndarray:
     """The export's example batch: the first `rows` rows of `x` (the model's inputs: float32
-    N × F, or int64 N × K × L for text), repeated when `x` has fewer; an int `n` is the old
-    convention, zeros float32 rows × n."""
+    N × F, int64 N × K × L for text, uint8 N × C × H × W pixels, kept as they are so the
+    graph's input has the model's dtype), repeated when `x` has fewer; an int `n` is the
+    old convention, zeros float32 rows × n."""
     if isinstance(x, int | np.integer):
         return np.zeros((rows, int(x)), np.float32)
     x = np.asarray(x)
@@ -92,9 +95,10 @@ def export_onnx(model: nn.Module, example: np.ndarray | int, path: Path) -> Path
     """Export `model` (any kdflow model) to an ONNX file with a dynamic batch axis.
 
     `example` is a batch of the model's inputs (the first rows of its test inputs: float32
-    N × F, or int64 N × K × L for a text model), of which the first EXAMPLE_ROWS are traced;
-    an int is a number of features (zeros). Uses the torch.export-based exporter
-    (`dynamo=True`, the default since torch 2.9); the TorchScript exporter is deprecated.
+    N × F, int64 N × K × L for a text model, uint8 N × C × H × W for an image model), of
+    which the first EXAMPLE_ROWS are traced; an int is a number of features (zeros). Uses
+    the torch.export-based exporter (`dynamo=True`, the default since torch 2.9); the
+    TorchScript exporter is deprecated.
     Takes a few seconds, most of it one-off imports. NotExportable when the exporter
     refuses the model.
     """
@@ -171,10 +175,29 @@ def input_name(session: Any) -> str:
     return str(inputs[0].name) if inputs else INPUT_NAME
 
 
+ONNX_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(uint8)": np.uint8}
+"""The numpy dtype of each input type kdflow's exports take."""
+
+
+def input_dtype(session: Any, x: np.ndarray) -> np.dtype:
+    """The dtype the session's input takes (float32, int64 token ids, uint8 pixels); for an
+    input type kdflow does not export, the convention of `kdflow.models.inference.as_tensor`
+    (floats as float32, uint8 kept, other integers as int64)."""
+    inputs = session.get_inputs()
+    declared = ONNX_TYPES.get(str(inputs[0].type)) if inputs else None
+    if declared is not None:
+        return np.dtype(declared)
+    if x.dtype.kind == "f":
+        return np.dtype(np.float32)
+    return np.dtype(np.uint8) if x.dtype == np.uint8 else np.dtype(np.int64)
+
+
 def run_onnx(session: Any, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    """Logits for every row of `x` (float32, or int64 packed text), in batches."""
+    """Logits for every row of `x` (float32 columns, int64 packed text or uint8 pixels), in
+    batches, cast to what the graph's input declares: an image model's graph takes uint8
+    pixels, and an int64 cast of them would be refused."""
     name = input_name(session)
-    x = x.astype(np.float32, copy=False) if x.dtype.kind == "f" else x.astype(np.int64, copy=False)
+    x = x.astype(input_dtype(session, x), copy=False)
     outs = [
         session.run([OUTPUT_NAME], {name: np.ascontiguousarray(x[i : i + batch_size])})[0]
         for i in range(0, len(x), batch_size)
@@ -253,10 +276,14 @@ PROBE_TEXTS = (
 def check_inputs(model: nn.Module, spec: dict[str, Any], rows: int = 256) -> np.ndarray:
     """Rows to check a saved model's export on without its data: for a text model the
     tokenizer's encoding of texts of many lengths (`HfClassifier.example_input` among
-    them); otherwise `rows` rows drawn around its training mean (its normalisation
-    buffers), or standard normal rows for a model without them."""
+    them); for an image model (spec `inputs: image`) uniform uint8 pixels at its
+    `channels` × `image_size`, so the graph takes what serving decodes; otherwise `rows`
+    rows drawn around its training mean (its normalisation buffers), or standard normal
+    rows for a model without them."""
     from kdflow.models.sources import encoder_of
 
+    if spec.get("inputs") == "image":
+        return image_check_inputs(spec, min(rows, IMAGE_CHECK_ROWS))
     encoder = encoder_of(model)
     if encoder is not None:
         columns = max(1, len(spec.get("text_columns") or []))
@@ -273,6 +300,19 @@ def check_inputs(model: nn.Module, spec: dict[str, Any], rows: int = 256) -> np.
     if "mean" in state and "std" in state:
         x = x * state["std"].cpu().numpy() + state["mean"].cpu().numpy()
     return x.astype(np.float32)
+
+
+IMAGE_CHECK_ROWS = 32
+"""Images of an image model's export check: each costs a forward pass of a possibly large
+network (a 224 × 224 ViT), and 32 random images already cover every pixel value."""
+
+
+def image_check_inputs(spec: dict[str, Any], rows: int = IMAGE_CHECK_ROWS) -> np.ndarray:
+    """`rows` uniform uint8 pixel images, C × H × W of an image model's spec.json (random
+    pixels exercise every value a decoded image can have, 0 and 255 included)."""
+    height, width = (int(v) for v in spec["image_size"])
+    shape = (rows, int(spec["channels"]), height, width)
+    return np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
 
 
 def export_checked(model_dir: Path, folder: Path) -> Path | None:

@@ -22,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from kdflow.data.images import image_spec
 from kdflow.data.prepared import DatasetMeta
 from kdflow.errors import ConfigError, ModelFormatError
 from kdflow.models.artifacts import SPEC, WEIGHTS, read_spec, save_model, sha256_file
@@ -144,7 +145,8 @@ class FactoryModel(nn.Module):
         self.std.copy_(torch.where(std > 1e-8, std, torch.ones_like(std)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x - self.mean) / self.std
+        # Flat columns (N × F) or images (N × C × H × W, uint8 pixels or augmented floats).
+        x = (x.reshape(x.shape[0], -1).float() - self.mean) / self.std
         return self.net(x.view(x.shape[0], *self.input_shape))
 
 
@@ -229,7 +231,7 @@ class PythonFactory:
             meta.classes,
             meta.feature_columns,
             {"kind": self.kind, "factory": model.spec.factory, "kwargs": dict(model.spec.kwargs),
-             "source": str(model.spec), **extra},
+             "source": str(model.spec), **image_spec(meta), **extra},
         )
 
     def load(self, folder: Path) -> tuple[nn.Module, dict[str, Any]]:

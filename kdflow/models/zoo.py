@@ -413,7 +413,8 @@ class Classifier(nn.Module):
         self.std.copy_(torch.where(std > 1e-8, std, torch.ones_like(std)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x - self.mean) / self.std
+        # Flat columns (N × F) or images (N × C × H × W, uint8 pixels or augmented floats).
+        x = (x.reshape(x.shape[0], -1).float() - self.mean) / self.std
         return self.net(x.view(x.shape[0], *self.input_shape))
 
 

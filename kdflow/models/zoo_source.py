@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from kdflow.data.images import image_spec
 from kdflow.data.prepared import DatasetMeta
 from kdflow.errors import ConfigError
 from kdflow.models.artifacts import load_model, save_model
@@ -39,7 +40,7 @@ class Zoo:
         template: Path | None = None,
         option: str = "--student",
     ) -> nn.Module:
-        if meta.kind != "columns":
+        if meta.kind not in ("columns", "image"):
             raise ConfigError(
                 f"{option}: {spec}: a zoo model reads numeric columns; this data is {meta.kind} "
                 "(give an hf-config:, hf-from-teacher: or hf: model)",
@@ -66,7 +67,11 @@ class Zoo:
     ) -> Path:
         assert isinstance(model, Classifier)
         return save_model(
-            model, folder, meta.classes, meta.feature_columns, {"kind": self.kind, **extra}
+            model,
+            folder,
+            meta.classes,
+            meta.feature_columns,
+            {"kind": self.kind, **image_spec(meta), **extra},
         )
 
     def load(self, folder: Path) -> tuple[nn.Module, dict[str, Any]]:

@@ -7,6 +7,7 @@ from typing import Any
 
 from kdflow.evaluation.timing import THROUGHPUT_BATCH
 from kdflow.report.pages import fmt_or_dash as _num
+from kdflow.report.pages import image_latency_text
 
 
 def _model_row(label: str, m: dict[str, Any]) -> str:
@@ -28,6 +29,29 @@ def _runtime_row(label: str, m: dict[str, Any]) -> str:
         f"{_num(m.get('latency_p95_ms'), '.3f')} | {_num(m.get('throughput_per_s'), ',.0f')} | "
         f"{'–' if size is None else f'{size / 1024:,.1f}'} |"
     )
+
+
+def _misclassified_lines(entry: dict[str, Any] | None) -> list[str]:
+    """The test images the student gets wrong (image data only): how many, and a row per
+    shown image (the report's grid draws them)."""
+    if not entry:
+        return []
+    lines = ["", "## Misclassified test images", ""]
+    if not entry.get("count"):
+        return lines + [f"The student gets all {entry.get('rows', 0)} test images right."]
+    lines += [
+        f"The student gets {entry['count']} of {entry['rows']} test images wrong; its most "
+        "confident mistakes:",
+        "",
+        "| test row | true | student | ensemble |",
+        "| --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {m['row']} | {m['true']} | {m['student']} ({m['student_probability']:.2f}) | "
+        f"{m['ensemble']} ({m['ensemble_probability']:.2f}) |"
+        for m in entry.get("shown") or []
+    ]
+    return lines
 
 
 def report_markdown(summary: dict[str, Any]) -> str:
@@ -60,6 +84,10 @@ def report_markdown(summary: dict[str, Any]) -> str:
             )
             + ". The table's latency is the model alone (the speedup gate's).",
         ]
+    if image_latency_text(summary):
+        lines += ["", image_latency_text(summary).strip()
+                  + f" Batches of {THROUGHPUT_BATCH}; the table's latency is the model alone "
+                  "on decoded pixels (the speedup gate's)."]
     onnx = student.get("onnx")
     if onnx and not onnx.get("exported", True):
         lines += ["", f"The student has no ONNX export: {onnx.get('reason', 'not exportable')}."]
@@ -102,6 +130,7 @@ def report_markdown(summary: dict[str, Any]) -> str:
         for name, row in zip(classes, matrix, strict=True):
             cells = " | ".join(str(v) for v in row)
             lines.append(f"| {name} | {student['per_class_accuracy'][name]:.4f} | {cells} |")
+    lines += _misclassified_lines(summary.get("misclassified"))
     lines += [
         "",
         "## Gates",

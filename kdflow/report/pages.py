@@ -33,6 +33,11 @@ CAPTIONS = {
     "confusion_matrix": "The student's test-split predictions: true class as rows, predicted "
                         "class as columns; colour is the share of the row.",
     "per_class_accuracy": "Accuracy of each class, student against the teacher ensemble.",
+    "misclassified": "Test images the distilled student gets wrong, its most confident "
+                     "mistakes first (up to 16): each with its true class, the student's top "
+                     "class and the teacher ensemble's, with their probabilities; in red where "
+                     "the ensemble is wrong too. Thumbnails at most 32 pixels a side, enlarged "
+                     "without smoothing.",
     "data_profile": "Class balance of each prepared split, and each feature's range and "
                     "mean ± standard deviation in the data as read.",
 }
@@ -42,6 +47,7 @@ TITLES = {
     "reliability": "Calibration",
     "confusion_matrix": "Confusion matrix",
     "per_class_accuracy": "Per-class accuracy",
+    "misclassified": "Misclassified test images",
     "data_profile": "Data profile",
 }
 
@@ -157,6 +163,20 @@ def model_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def image_latency_text(summary: dict[str, Any]) -> str:
+    """A sentence of the student's and the ensemble's latency from the image files
+    (decoding included), beside the table's model-alone latency; "" for other data."""
+    timed = [(role, summary[role]) for role in ("student", "ensemble")
+             if (summary.get(role) or {}).get("latency_image_ms") is not None]
+    if not timed:
+        return ""
+    parts = [f"{role} {m['latency_image_ms']:.3f} ms at batch 1, "
+             f"{fmt_or_dash(m.get('throughput_image_per_s'), ',.0f')} images/s in batches"
+             for role, m in timed]
+    return (" From the image files, decoding and resizing included (what a caller of the "
+            "registered model waits for): " + "; ".join(parts) + ".")
+
+
 def _models_html(summary: dict[str, Any]) -> str:
     rows = model_rows(summary)
     cells = [
@@ -249,7 +269,7 @@ def _registry_html(summary: dict[str, Any], mlflow_url: str | None) -> str:
 def render_html(summary: dict[str, Any], pictures: dict[str, bytes],
                 artifacts: dict[str, str] | None = None, mlflow_url: str | None = None) -> str:
     """The run's report: verdict, models, gates, data, registry entry, every picture, and
-    where each artifact lies. `pictures` maps a picture's name (`kdflow.report.plots.NAMES`)
+    where each artifact lies. `pictures` maps a picture's name (`kdflow.report.plots.ORDER`)
     to PNG."""
     student = summary.get("student") or {}
     body = [
@@ -262,7 +282,7 @@ def render_html(summary: dict[str, Any], pictures: dict[str, bytes],
         "<h2>Models (test split)</h2>",
         _models_html(summary),
         "<p class=\"sub\">Latency: median batch-1 prediction on one CPU thread. The ensemble "
-        "runs every teacher.</p>",
+        "runs every teacher." + esc(image_latency_text(summary)) + "</p>",
         "<h2>Gates</h2>",
         _gates_html(summary),
         "<h2>Registry</h2>",
@@ -270,9 +290,9 @@ def render_html(summary: dict[str, Any], pictures: dict[str, bytes],
         "<h2>Data</h2>",
         _dataset_html(summary),
     ]
-    from kdflow.report.plots import NAMES
+    from kdflow.report.plots import ORDER
 
-    names = [n for n in NAMES if n in pictures] + [n for n in pictures if n not in NAMES]
+    names = [n for n in ORDER if n in pictures] + [n for n in pictures if n not in ORDER]
     if names:
         body.append("<h2>Pictures</h2>")
         body += [figure_html(name, pictures[name]) for name in names]

@@ -25,9 +25,15 @@ MARKERS = {"teacher": "o", "ensemble": "*", "baseline": "s", "student": "D"}
 # Above this many classes, labels and per-cell counts would only be noise.
 MAX_LABELLED_CLASSES = 20
 
-# File names of the pictures, in the order the report shows them.
+# File names of the pictures every run has the data for, whatever its data.
 NAMES = ("tradeoff", "training_curves", "reliability", "confusion_matrix", "per_class_accuracy",
          "data_profile")
+IMAGE_NAMES = ("misclassified",)
+"""Pictures of image data only (the test images the student gets wrong)."""
+ORDER = (*NAMES[:5], *IMAGE_NAMES, *NAMES[5:])
+"""Every picture's name, in the order the report shows them."""
+GRID_COLUMNS = 4
+"""Panels a row of the misclassified images' grid (16 make a 4 × 4 grid)."""
 
 
 def _figure(size: tuple[float, float] = WIDE) -> Figure:
@@ -249,6 +255,56 @@ def per_class_accuracy(series: dict[str, dict[str, float]]) -> Figure:
     return fig
 
 
+# ---------------------------------------------------------------------- misclassified images
+
+
+def thumbnails(entry: dict[str, Any]) -> list[Any]:
+    """The summary's thumbnails of the misclassified images as uint8 arrays (H × W for
+    grayscale, H × W × 3 for colour), one per shown row: the strip that
+    `kdflow.evaluation.summary.thumbnail_strip` wrote, cut back into its tiles."""
+    import base64
+
+    import numpy as np
+    from PIL import Image
+
+    thumbs = entry.get("thumbnails") or {}
+    if not thumbs.get("png"):
+        return []
+    with Image.open(io.BytesIO(base64.b64decode(thumbs["png"]))) as image:
+        strip = np.asarray(image.convert("L" if thumbs.get("channels") == 1 else "RGB"))
+    width = int(thumbs["size"][1])
+    return [strip[:, i : i + width] for i in range(0, strip.shape[1], width)]
+
+
+def misclassified_grid(entry: dict[str, Any]) -> Figure:
+    """The test images the student gets wrong (the summary's `misclassified`: its most
+    confident mistakes), GRID_COLUMNS a row: each with the true class, the student's top
+    class and the teachers' ensemble's, with their probabilities. Grayscale is drawn in
+    grey and small images are enlarged without smoothing, so each pixel stays a pixel."""
+    shown = entry.get("shown") or []
+    images = thumbnails(entry)[: len(shown)]
+    columns = min(GRID_COLUMNS, max(len(images), 1))
+    rows = max(1, math.ceil(len(images) / columns))
+    fig = _figure((2.3 * columns, 2.5 * rows + 0.4))
+    axes = fig.subplots(rows, columns, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, item, pixels in zip(axes.flat, shown, images, strict=False):
+        grey = pixels.ndim == 2
+        ax.imshow(pixels, cmap="gray" if grey else None, vmin=0, vmax=255,
+                  interpolation="nearest")
+        agrees = item["ensemble"] == item["true"]
+        ax.set_title(f"true {_short(item['true'], 14)}\n"
+                     f"student {_short(item['student'], 12)} ({item['student_probability']:.2f})\n"
+                     f"ensemble {_short(item['ensemble'], 12)} "
+                     f"({item['ensemble_probability']:.2f})",
+                     fontsize=8, color="black" if agrees else "#8a1c1c")
+    fig.suptitle(f"Test images the student gets wrong: {len(images)} shown of "
+                 f"{entry.get('count', len(shown))} (of {entry.get('rows', '?')}), most "
+                 "confident first")
+    return fig
+
+
 # ------------------------------------------------------------------------------ the data
 
 
@@ -319,7 +375,7 @@ def _class_key(name: str) -> tuple[int, float | str]:
 
 
 def figures(summary: dict[str, Any]) -> dict[str, Figure]:
-    """Every picture the summary has the data for, by name (see NAMES)."""
+    """Every picture the summary has the data for, by name (see ORDER)."""
     out: dict[str, Figure] = {}
     if summary.get("teachers") and summary.get("student"):
         out["tradeoff"] = tradeoff(summary)
@@ -338,6 +394,9 @@ def figures(summary: dict[str, Any]) -> dict[str, Figure]:
                  if (summary.get(role) or {}).get("per_class_accuracy")}
     if per_class:
         out["per_class_accuracy"] = per_class_accuracy(per_class)
+    wrong = summary.get("misclassified") or {}
+    if wrong.get("shown") and (wrong.get("thumbnails") or {}).get("png"):
+        out["misclassified"] = misclassified_grid(wrong)
     dataset = summary.get("dataset") or {}
     if dataset.get("class_counts") or (dataset.get("validation") or {}).get("statistics"):
         out["data_profile"] = data_profile(dataset)

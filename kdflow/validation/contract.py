@@ -2,7 +2,8 @@
 
 A contract is written by hand (YAML, checked on load), profiled from a trusted reference
 dataset (`kdflow.validation.profile`), or the lenient `default_contract` the pipeline runs
-when the user gives none. `kdflow.validation.gx_suite` turns it into a GX suite.
+when the user gives none. `kdflow.validation.gx_suite` turns it into a GX suite (for image
+data, `kdflow.validation.image_checks` holds the per-image facts to it).
 
 The dataclasses below are the only place a default lives; the string literal under each
 field is its documentation (`field_docs` reads it for YAML comments and `--help`).
@@ -57,7 +58,8 @@ class FeatureSpec:
 @dataclass
 class DataContract:
     """The data contract of a classification dataset: a label column and numeric features,
-    or a label column and one or two text columns (`text_columns`)."""
+    a label column and one or two text columns (`text_columns`), or image files and their
+    classes (`images`)."""
 
     label_column: str = "label"
     """Column holding the class of each row (integers or strings)."""
@@ -92,12 +94,26 @@ class DataContract:
     words than this are counted, a lower bound of truncation (subword tokens ≥ words)."""
     max_truncated_fraction: float = 0.1
     """Warn when more than this fraction of a split's rows has more words than max_length."""
+    images: bool = False
+    """The data is image files: a folder per class, or a table of image paths or bytes
+    (--image-column); each file must decode with Pillow. features, text_columns and
+    input_shape do not apply (--image-size and --channels give the shape)."""
+    max_unreadable_fraction: float = 0.0
+    """Fraction of a split's image files that may fail to decode (corrupt, truncated, empty,
+    not an image, missing): within it they are left out with a warning; above it, they fail."""
 
     def __post_init__(self) -> None:
         if not self.label_column:
             raise ConfigError("label_column must name a column", option="label_column")
-        for name in ("max_null_fraction", "max_duplicate_fraction", "max_truncated_fraction"):
+        for name in (
+            "max_null_fraction",
+            "max_duplicate_fraction",
+            "max_truncated_fraction",
+            "max_unreadable_fraction",
+        ):
             _check_fraction(name, getattr(self, name))
+        if self.images:
+            self._check_images()
         if self.max_length < 1:
             raise ConfigError(
                 f"max_length must be at least 1 token, got {self.max_length}", option="max_length"
@@ -165,6 +181,20 @@ class DataContract:
             problem = "text_columns cannot be combined with features or input_shape"
         if problem:
             raise ConfigError(problem, option="text_columns")
+
+    def _check_images(self) -> None:
+        """An image contract names no feature columns, text columns or input shape."""
+        given = [
+            name
+            for name in ("features", "text_columns", "input_shape")
+            if getattr(self, name) is not None
+        ]
+        if given:
+            raise ConfigError(
+                f"images cannot be combined with {' or '.join(given)}: the columns of image "
+                "data are the files (--image-size and --channels give the shape)",
+                option="images",
+            )
 
     @property
     def is_text(self) -> bool:
@@ -248,6 +278,7 @@ def default_contract(
     input_shape: list[int] | None = None,
     text_columns: Sequence[str | None] | None = None,
     max_length: int | None = None,
+    images: bool = False,
 ) -> DataContract:
     """The lenient contract used when the user gives none.
 
@@ -260,7 +291,12 @@ def default_contract(
     ignored, and `input_shape` too (tokens have no image shape). None entries are dropped,
     so `[cfg.text_column, cfg.text_pair_column]` works as it is. `max_length` (None: 128) is
     the token length the truncation statistics are measured against.
+
+    With `images` the data is image files: every file must decode, and `input_shape` and
+    `text_columns` are ignored (--image-size and --channels give an image's shape).
     """
+    if images:
+        return DataContract(label_column=label_column, images=True)
     if text_columns is None:
         return DataContract(label_column=label_column, input_shape=input_shape)
     contract = DataContract(label_column=label_column, text_columns=[c for c in text_columns if c])

@@ -102,19 +102,7 @@ def run_gx(
     expectation, 40% less than with SUMMARY, and the findings take counts and example rows
     from the scan anyway.
     """
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    import great_expectations as gx  # ≈5 s to import: only when validating
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    if docs_dir is not None:
-        _point_data_docs(context, Path(docs_dir))
-    result_format = (
-        {"result_format": "SUMMARY", "partial_unexpected_count": settings.example_rows}
-        if docs_dir is not None
-        else {"result_format": "BOOLEAN_ONLY"}
-    )
+    gx, context, result_format = gx_context(docs_dir, settings)
     datasource = context.data_sources.add_pandas("kdflow")
     findings: list[Finding] = []
     for split, scan in scans.items():
@@ -141,7 +129,29 @@ def run_gx(
     return findings, Path(docs_dir) / "index.html", gx.__version__
 
 
-def _point_data_docs(context: Any, docs_dir: Path) -> None:
+def gx_context(
+    docs_dir: Path | None, settings: ValidationSettings
+) -> tuple[Any, Any, dict[str, Any]]:
+    """GX, an ephemeral context without progress bars (its Data Docs built into `docs_dir`
+    when given), and the result format: SUMMARY with example rows for Data Docs, else
+    BOOLEAN_ONLY (GX spends ~12 ms per expectation, 40% less than with SUMMARY)."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx  # ≈5 s to import: only when validating
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    if docs_dir is not None:
+        point_data_docs(context, Path(docs_dir))
+    result_format = (
+        {"result_format": "SUMMARY", "partial_unexpected_count": settings.example_rows}
+        if docs_dir is not None
+        else {"result_format": "BOOLEAN_ONLY"}
+    )
+    return gx, context, result_format
+
+
+def point_data_docs(context: Any, docs_dir: Path) -> None:
     """Make the ephemeral context's `local_site` write into docs_dir."""
     docs_dir.mkdir(parents=True, exist_ok=True)
     site = dict(context.list_data_docs_sites()["local_site"])

@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdflow.distill.loop import batches, epoch_order, run_epoch, shard_bounds
+from kdflow.config import DistillConfig
+from kdflow.distill.loop import Views, batches, epoch_order, prefetched, run_epoch, shard_bounds
 from kdflow.distill.step import OnlineTeachers, Role
 from kdflow.distill.targets import Ensemble, Targets
 from kdflow.distill.tasks import Classification
@@ -80,11 +81,11 @@ def test_augment_noise_is_per_feature_seeded_and_what_the_teachers_label():
     x = torch.zeros(200, 2)
     y = torch.zeros(200, dtype=torch.long)
     order = epoch_order(200, 200, 1)
-    scale = torch.tensor([0.0, 2.0])  # a constant feature gets none
+    # A constant feature (std 0) gets none; the other, 2 × its std of 2.
+    views = Views(DistillConfig(augment_noise=2.0, teacher_mode="online"), ([0, 0], [0, 1]), 3)
 
     def noisy(seed: int) -> list[torch.Tensor]:
-        noise = (scale, torch.Generator().manual_seed(seed))
-        return [b.x for b in batches(x, y, order, 50, CPU, noise=noise)]
+        return [b.x for b in batches(x, y, order, 50, CPU, transform=views.transform(seed))]
 
     a, b = torch.cat(noisy(7)), torch.cat(noisy(7))
     assert torch.equal(a, b), "the same seed gives every role the same noisy rows"
@@ -95,9 +96,57 @@ def test_augment_noise_is_per_feature_seeded_and_what_the_teachers_label():
     teacher = _Recorder()
     ensemble = Ensemble(3, 2.0, "mean_probs", (1.0,), top_k=0, separate=False)
     online = OnlineTeachers([teacher], ensemble, TASK)
-    steps = batches(x, y, order, 50, CPU, noise=(scale, torch.Generator().manual_seed(7)))
+    steps = batches(x, y, order, 50, CPU, transform=views.transform(7))
     run_epoch(make_role(kd=True, alpha=0.0, features=2), steps, TASK, 2.0, CPU, online)
     assert torch.equal(torch.cat(teacher.seen), a), "teachers label the noisy rows"
+    assert Views(DistillConfig(), ([0, 0], [1, 1]), 3).transform(7) is None
+
+
+def test_augmented_image_batches_are_seeded_prefetched_and_what_the_teachers_label():
+    x = torch.randint(0, 256, (120, 1, 8, 8), dtype=torch.uint8)
+    y = torch.randint(0, 3, (120,))
+    order = epoch_order(120, 120, 1)
+    cfg = DistillConfig(augment=["crop", "rotate", "mixup"], teacher_mode="online")
+    views = Views(cfg, ([0.0] * 64, [1.0] * 64), 3)
+
+    def augmented(seed: int, ahead: bool) -> list:
+        steps = batches(x, y, order, 32, CPU, transform=views.transform(seed))
+        return list(prefetched(steps) if ahead else steps)
+
+    plain, ahead = augmented(5, False), augmented(5, True)
+    assert len(plain) == 4 and all(torch.equal(a.x, b.x) for a, b in zip(plain, ahead, strict=True))
+    assert plain[0].x.dtype == torch.float32 and plain[0].x.shape == (32, 1, 8, 8)
+    assert plain[0].y.shape == (32, 3), "mixup mixes the labels too"
+    assert torch.allclose(plain[0].y.sum(1), torch.ones(32))
+    assert not torch.equal(plain[0].x, augmented(6, False)[0].x)
+
+    teacher = _Recorder()
+    ensemble = Ensemble(3, 2.0, "mean_probs", (1.0,), top_k=0, separate=False)
+    role = make_role(kd=True, alpha=0.5, features=64)
+    stats = run_epoch(role, prefetched(batches(x, y, order, 32, CPU, transform=views.transform(5))),
+                      TASK, 2.0, CPU, OnlineTeachers([teacher], ensemble, TASK))
+    assert torch.equal(torch.cat(teacher.seen), torch.cat([b.x for b in plain]))
+    assert stats["rows"] == 120 and math.isfinite(stats["loss"])
+
+
+def test_prefetched_raises_the_producers_error_and_stops_with_the_consumer():
+    def failing():
+        yield 1
+        raise ValueError("bad batch")
+
+    with pytest.raises(ValueError, match="bad batch"):
+        list(prefetched(failing()))  # type: ignore[arg-type]
+    produced = []
+
+    def counting():
+        for i in range(1000):
+            produced.append(i)
+            yield i
+
+    for item in prefetched(counting()):  # type: ignore[arg-type]
+        if item == 2:
+            break
+    assert len(produced) < 10, "a consumer that stops stops the producer"
 
 
 def test_the_reported_soft_loss_is_the_kl_to_the_cached_targets():

@@ -223,3 +223,50 @@ def test_an_export_onnx_runtime_cannot_load_is_not_exportable(mlp_export, tmp_pa
     x = np.zeros((3, 64), np.float32)
     with pytest.raises(NotExportable, match="ONNX Runtime cannot load it: no kernel"):
         export_with_parity(model, x, tmp_path / "m.onnx", x)
+
+
+@pytest.fixture(scope="module")
+def digit_images(tmp_path_factory):
+    """A prepared dataset of 1 × 8 × 8 digit PNGs (3 classes)."""
+    from kdflow.data.sources import open_source
+    from tests.unit.image_helpers import prepared_images
+
+    return open_source(str(prepared_images(tmp_path_factory.mktemp("images") / "ds")))
+
+
+@pytest.mark.parametrize("spec", ["cnn", "mlp:hidden=16"])
+def test_image_models_export_with_uint8_pixels_and_match_on_the_test_images(
+    digit_images, tmp_path, spec
+):
+    from kdflow.models.sources import build
+
+    torch.manual_seed(0)
+    model = build(spec, digit_images.meta, digit_images.input_stats()).eval()
+    x = digit_images.read("test").x
+    assert x.dtype == np.uint8
+    session, parity = export_with_parity(model, x, tmp_path / "m.onnx", x)
+    (features,) = session.get_inputs()
+    assert (features.type, features.shape) == ("tensor(uint8)", ["batch", 1, 8, 8])
+    assert parity.rows == len(x) and parity.predictions_match and parity.logits_close
+    # Batches of any size; pixels given as another dtype are cast to the graph's uint8.
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(x[:5])).numpy()
+    for given in (x[:5], x[:5].astype(np.int64)):
+        require_parity(check_parity(expected, run_onnx(session, given, batch_size=2)))
+
+
+def test_a_saved_image_model_is_export_checked_on_uint8_pixels(digit_images, tmp_path):
+    from kdflow.models.onnx import check_inputs
+    from kdflow.models.sources import build, load_saved, source_for
+
+    torch.manual_seed(0)
+    model = build("cnn", digit_images.meta, digit_images.input_stats())
+    folder = source_for("cnn").save(model, tmp_path / "student", digit_images.meta, {})
+    loaded, spec = load_saved(folder)
+    x = check_inputs(loaded, spec)
+    assert x.dtype == np.uint8 and x.shape == (32, 1, 8, 8)
+    assert x.min() < 10 and x.max() > 245  # the whole range of a pixel
+    path = export_checked(folder, tmp_path / "out")
+    assert path is not None
+    (features,) = onnx_session(path).get_inputs()
+    assert (features.type, features.shape) == ("tensor(uint8)", ["batch", 1, 8, 8])

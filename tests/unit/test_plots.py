@@ -148,3 +148,48 @@ def test_many_classes_switch_to_sorted_lines(tmp_path: Path):
 def test_summary_without_history_draws_what_it_can(run_summary):
     partial = {k: v for k, v in run_summary.items() if k != "history"}
     assert set(plots.figures(partial)) == set(plots.NAMES) - {"training_curves"}
+
+
+def misclassified_entry(
+    shown: int, channels: int = 1, side: int = 8
+) -> tuple[dict, np.ndarray]:
+    """A summary's `misclassified` of `shown` random images, as the evaluation writes it."""
+    from kdflow.evaluation.summary import thumbnail_strip
+
+    rng = np.random.default_rng(shown)
+    pixels = rng.integers(0, 256, (shown, channels, side, side), dtype=np.uint8)
+    items = [{"row": i, "true": "3", "student": "5", "student_probability": 0.9 - i / 100,
+              "ensemble": "3" if i % 2 else "5", "ensemble_probability": 0.6}
+             for i in range(shown)]
+    entry = {"count": shown + 4, "rows": 100, "shown": items}
+    if shown:
+        entry["thumbnails"] = thumbnail_strip(pixels)
+    return entry, pixels
+
+
+@pytest.mark.parametrize(("shown", "channels", "grid"), [(16, 1, (4, 4)), (5, 3, (2, 4)),
+                                                         (2, 1, (1, 2))])
+def test_the_misclassified_grid_has_a_panel_per_image(shown, channels, grid):
+    entry, pixels = misclassified_entry(shown, channels)
+    fig = plots.misclassified_grid(entry)
+    panels = [ax for ax in fig.axes if ax.images]
+    assert len(panels) == shown and len(fig.axes) == grid[0] * grid[1]
+    first = panels[0].images[0]
+    drawn = np.asarray(first.get_array())
+    assert np.array_equal(drawn, pixels[0, 0] if channels == 1 else pixels[0].transpose(1, 2, 0))
+    assert first.get_interpolation() == "nearest"
+    assert (first.get_cmap().name == "gray") == (channels == 1)
+    title = panels[1].get_title()
+    assert "true 3" in title and "student 5 (0.89)" in title and "ensemble 3 (0.60)" in title
+    data = plots.png_bytes(fig)
+    assert data[:8] == PNG_SIGNATURE and len(data) > 1000
+
+
+def test_the_grid_is_in_the_pictures_only_when_the_student_gets_images_wrong(run_summary):
+    entry, _ = misclassified_entry(3)
+    assert "misclassified" in plots.figures({**run_summary, "misclassified": entry})
+    assert plots.ORDER.index("misclassified") == plots.ORDER.index("per_class_accuracy") + 1
+    everything_right = {"count": 0, "rows": 100, "shown": []}
+    assert "misclassified" not in plots.figures({**run_summary,
+                                                 "misclassified": everything_right})
+    assert "misclassified" not in plots.figures(run_summary)  # numeric data
