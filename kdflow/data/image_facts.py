@@ -461,3 +461,20 @@ def _facts(tasks: list[Callable[[], dict[str, Any]]], threads: int | None) -> pd
 
 def _workers(threads: int | None) -> int:
     return max(1, threads or min(8, os.cpu_count() or 1))
+
+
+MAX_SIDE = 65_535
+"""Largest width or height GX accepts (JPEG's and WebP's own limit)."""
+
+
+def usable_rows(image_set: ImageSet) -> np.ndarray:
+    """Indices of the fact rows the prepared dataset keeps: images that decode and have a
+    class (undecodable files within the contract's allowance are dropped here)."""
+    facts = image_set.facts
+    keep = facts["decodes"].to_numpy(dtype=bool) & facts["label"].notna().to_numpy(dtype=bool)
+    return np.flatnonzero(keep)
+
+
+def usable_facts(image_set: ImageSet) -> pd.DataFrame:
+    """The facts of the images the prepared dataset keeps (`usable_rows`)."""
+    return image_set.facts.iloc[usable_rows(image_set)]

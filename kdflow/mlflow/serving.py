@@ -132,6 +132,8 @@ def decode_rows(values: list[Any], size: list[int], channels: int) -> np.ndarray
     """uint8 N × C × H × W pixels of image files given as bytes or paths, through
     `decode_image`; ValueError naming every row that is not a readable image (and why),
     rather than Pillow's traceback from deep inside the first."""
+    from PIL.Image import DecompressionBombError
+
     from kdflow.data.images import decode_image
 
     out = np.empty((len(values), channels, *size), np.uint8)
@@ -139,7 +141,7 @@ def decode_rows(values: list[Any], size: list[int], channels: int) -> np.ndarray
     for i, value in enumerate(values):
         try:
             out[i] = decode_image(_file_bytes(value), size, channels)
-        except (OSError, ValueError, TypeError) as exc:
+        except (OSError, ValueError, TypeError, DecompressionBombError) as exc:
             bad.append(f"row {i}: {_why(exc)}")
     if bad:
         shown = "; ".join(bad[:SHOWN_ROWS]) + (f"; and {len(bad) - SHOWN_ROWS} more"

@@ -25,35 +25,32 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from kdflow.data.image_facts import FACT_COLUMNS, IMAGE_EXTENSIONS, ImageSet
+from kdflow.data.image_facts import IMAGE_EXTENSIONS, MAX_SIDE, ImageSet, usable_facts, usable_rows
 from kdflow.data.images import channels_of_mode, check_image_size
 from kdflow.errors import ConfigError
 from kdflow.validation.contract import DataContract
 from kdflow.validation.findings import Finding, listing
-from kdflow.validation.gx_suite import gx_context, import_gx_in_background
+from kdflow.validation.gx_suite import import_gx_in_background
+from kdflow.validation.image_gx import (
+    _gx_statistics,
+    gx_outcome_findings,
+    run_gx_on_facts,
+)
+from kdflow.validation.image_shapes import (
+    _size_key,
+    shape_findings,
+)
 from kdflow.validation.report import ValidationReport
 from kdflow.validation.scan import ValidationSettings
 
 log = logging.getLogger(__name__)
-
-MAX_SIDE = 65_535
-"""Largest width or height GX accepts (JPEG's and WebP's own limit)."""
-_CHECK = "kdflow_check"
-"""The key, in an expectation's meta, of the exact check it mirrors."""
-_ALSO_EXPLAINED_BY = {
-    "single_class": ("no_images", "unreadable_images", "label_nulls"),
-    "image_dimensions": ("unreadable_images",),
-    "test_modes": ("unreadable_images",),
-}
-"""Exact checks that also explain a failed expectation: GX sees every fact row, the exact
-checks (classes, sizes, modes) only the images that decode."""
 
 
 def validate_images(
@@ -90,34 +87,6 @@ def validate_images(
     return report
 
 
-def usable_rows(image_set: ImageSet) -> np.ndarray:
-    """Indices of the fact rows the prepared dataset keeps: images that decode and have a
-    class (undecodable files within the contract's allowance are dropped here)."""
-    facts = image_set.facts
-    keep = facts["decodes"].to_numpy(dtype=bool) & facts["label"].notna().to_numpy(dtype=bool)
-    return np.flatnonzero(keep)
-
-
-def image_shape(train: ImageSet, image_size: Sequence[int] | None, channels: int) -> list[int]:
-    """[C, H, W] of the prepared images: `channels` or the one channel count of the usable
-    training images, `image_size` or the one size they share. ConfigError naming
-    --channels / --image-size, with example sizes or modes, when they differ."""
-    check_image_size(image_size)
-    usable = {"train": _usable_facts(train)}
-    if not channels:
-        problem = _channels_problem(usable) or _none_problem(usable, "--channels")
-        if problem:
-            raise ConfigError(problem, option="--channels")
-        channels = channels_of_mode(str(usable["train"]["mode"].iloc[0]))
-    if image_size is None:
-        problem = _size_problem(usable) or _none_problem(usable, "--image-size")
-        if problem:
-            raise ConfigError(problem, option="--image-size")
-        first = usable["train"].iloc[0]
-        image_size = [int(first["height"]), int(first["width"])]
-    return [int(channels), int(image_size[0]), int(image_size[1])]
-
-
 def _check_arguments(
     contract: DataContract, image_size: Sequence[int] | None, channels: int
 ) -> None:
@@ -131,10 +100,6 @@ def _check_arguments(
     check_image_size(image_size)
     if channels not in (0, 1, 3):
         raise ConfigError(f"--channels must be 1 or 3, got {channels}", option="--channels")
-
-
-def _usable_facts(image_set: ImageSet) -> pd.DataFrame:
-    return image_set.facts.iloc[usable_rows(image_set)]
 
 
 # --------------------------------------------------------------------------- one split
@@ -245,7 +210,7 @@ def _null_labels(image_set: ImageSet, split: str, settings: ValidationSettings) 
 
 
 def _too_large(image_set: ImageSet, split: str, settings: ValidationSettings) -> Finding | None:
-    facts = _usable_facts(image_set)
+    facts = usable_facts(image_set)
     large = facts[(facts["width"] > MAX_SIDE) | (facts["height"] > MAX_SIDE)]
     if large.empty:
         return None
@@ -266,7 +231,7 @@ def _duplicates(
 ) -> Finding | None:
     """Images with the content of an earlier one (same SHA-256): a warning, a failure
     beyond the contract's `max_duplicate_fraction` (as repeated rows are)."""
-    facts = _usable_facts(image_set)
+    facts = usable_facts(image_set)
     first = facts.groupby("sha256", sort=False).head(1).set_index("sha256")
     repeats = facts[facts["sha256"].duplicated()]
     if repeats.empty:
@@ -393,93 +358,6 @@ def _counted(counts: dict[str, int], limit: int = 10) -> str:
 # --------------------------------------------------------------------- shapes (splits)
 
 
-def shape_findings(
-    sets: dict[str, ImageSet], image_size: Sequence[int] | None, channels: int
-) -> list[Finding]:
-    """Images of several sizes without --image-size, or of grayscale and colour without
-    --channels: the prepared dataset needs one shape."""
-    usable = {split: _usable_facts(s) for split, s in sets.items()}
-    found = []
-    size = None if image_size is not None else _size_problem(usable)
-    if size:
-        found.append(Finding("image_sizes", "width", size, _groups(usable, _size_key)[0]))
-    mixed = None if channels else _channels_problem(usable)
-    if mixed:
-        found.append(Finding("image_channels", "mode", mixed, _groups(usable, _channel_key)[0]))
-    return found
-
-
-def _size_problem(usable: dict[str, pd.DataFrame]) -> str | None:
-    """Why the images have no single size (naming --image-size), or None."""
-    counts, examples = _groups(usable, _size_key)
-    if len(counts) < 2:
-        return None
-    common = max(counts, key=counts.__getitem__).replace("x", ",")
-    return (
-        f"the images have {len(counts)} different sizes (height×width): "
-        f"{_examples(counts, examples)}; give --image-size H,W to resize them all to one size "
-        f"(e.g. --image-size {common}, the most common)"
-    )
-
-
-def _channels_problem(usable: dict[str, pd.DataFrame]) -> str | None:
-    """Why the images have no single channel count (naming --channels), or None."""
-    counts, examples = _groups(usable, _channel_key)
-    if len({key.split(" ")[0] for key in counts}) < 2:
-        return None
-    return (
-        "the images mix grayscale and colour: "
-        f"{_examples(counts, examples)}; give --channels 1 (grayscale) or --channels 3 (RGB) "
-        "to convert them all"
-    )
-
-
-def _none_problem(usable: dict[str, pd.DataFrame], option: str) -> str | None:
-    if any(len(frame) for frame in usable.values()):
-        return None
-    return f"no training image decodes, so {option} cannot be derived from the images"
-
-
-def _size_key(frame: pd.DataFrame) -> pd.Series:
-    """Each image's size as `HxW`."""
-    return frame["height"].astype(str) + "x" + frame["width"].astype(str)
-
-
-def _channel_key(frame: pd.DataFrame) -> pd.Series:
-    """Each image's channel count and mode, as `3 channels (mode RGB)`."""
-
-    def key(mode: str) -> str:
-        count = channels_of_mode(mode)
-        return f"{count} channel{'s' if count > 1 else ''} (mode {mode})"
-
-    return frame["mode"].astype(str).map({m: key(m) for m in frame["mode"].astype(str).unique()})
-
-
-def _groups(
-    usable: dict[str, pd.DataFrame], key: Callable[[pd.DataFrame], pd.Series]
-) -> tuple[dict[str, int], dict[str, str]]:
-    """Images per key over the splits, most first, and the first path (with its split) of
-    each key."""
-    counts: Counter[str] = Counter()
-    examples: dict[str, str] = {}
-    for split, frame in usable.items():
-        keys = key(frame)
-        counts.update({str(k): int(n) for k, n in keys.value_counts().items()})
-        firsts = frame["path"].groupby(keys.to_numpy(), sort=False).first()
-        for name, path in firsts.items():
-            examples.setdefault(str(name), f"{split} {path}")
-    return dict(counts.most_common()), examples
-
-
-def _examples(counts: dict[str, int], examples: dict[str, str], limit: int = 5) -> str:
-    items = [
-        f"{k} ({n:,} image{'s' if n != 1 else ''}, e.g. {examples[k]})"
-        for k, n in list(counts.items())[:limit]
-    ]
-    more = f" … ({len(counts) - limit} more)" if len(counts) > limit else ""
-    return ", ".join(items) + more
-
-
 # ------------------------------------------------------------------------- two splits
 
 
@@ -515,7 +393,7 @@ def _leakage(
     """Test images whose bytes equal a training image's: a failure under check_leakage."""
     if not contract.check_leakage:
         return None
-    train_facts, test_facts = _usable_facts(train), _usable_facts(test)
+    train_facts, test_facts = usable_facts(train), usable_facts(test)
     first = train_facts.drop_duplicates("sha256").set_index("sha256")["path"]
     leaked = test_facts[test_facts["sha256"].isin(first.index)]
     if leaked.empty:
@@ -536,8 +414,8 @@ def _leakage(
 
 def _test_modes(train: ImageSet, test: ImageSet) -> Finding | None:
     """Test images in a Pillow mode no training image has (a warning: converted anyway)."""
-    seen = set(_usable_facts(train)["mode"])
-    modes = _usable_facts(test)["mode"]
+    seen = set(usable_facts(train)["mode"])
+    modes = usable_facts(test)["mode"]
     other = modes[~modes.isin(seen)].value_counts()
     if other.empty or not seen:
         return None
@@ -558,157 +436,6 @@ def _test_modes(train: ImageSet, test: ImageSet) -> Finding | None:
 # ------------------------------------------------------------------------------- GX
 
 
-def run_gx_on_facts(
-    sets: dict[str, ImageSet],
-    contract: DataContract,
-    docs_dir: Path | None,
-    settings: ValidationSettings,
-) -> tuple[dict[str, list[Any]], Path | None, str]:
-    """Run a GX Core suite on each split's facts table in an ephemeral context (as
-    `gx_suite.run_gx` does for tables), building Data Docs into docs_dir if given.
-    Returns each split's expectation results, the Data Docs index and GX's version."""
-    gx, context, result_format = gx_context(docs_dir, settings)
-    datasource = context.data_sources.add_pandas("kdflow_images")
-    outcomes: dict[str, list[Any]] = {}
-    for split, image_set in sets.items():
-        name = f"kdflow_images_{split}"
-        batch = datasource.add_dataframe_asset(split).add_batch_definition_whole_dataframe(split)
-        suite = context.suites.add(
-            gx.ExpectationSuite(name=name, expectations=facts_expectations(split, sets, contract))
-        )
-        definition = context.validation_definitions.add(
-            gx.ValidationDefinition(name=name, data=batch, suite=suite)
-        )
-        result = definition.run(
-            batch_parameters={"dataframe": image_set.facts}, result_format=result_format
-        )
-        outcomes[split] = list(result.results)
-    if docs_dir is None:
-        return outcomes, None, gx.__version__
-    context.build_data_docs(site_names=["local_site"])
-    return outcomes, Path(docs_dir) / "index.html", gx.__version__
-
-
-def facts_expectations(split: str, sets: dict[str, ImageSet], contract: DataContract) -> list[Any]:
-    """The GX suite of one split's facts; each expectation's meta names the exact check."""
-    import great_expectations.expectations as gxe
-    from great_expectations.expectations.metadata_types import FailureSeverity
-
-    train = _usable_facts(sets["train"])
-    readable = 1.0 - contract.max_unreadable_fraction
-
-    def meta(check: str) -> dict[str, str]:
-        return {_CHECK: check}
-
-    suite: list[Any] = [
-        gxe.ExpectTableColumnsToMatchSet(
-            column_set=FACT_COLUMNS, exact_match=True, meta=meta("facts_columns")
-        ),
-        gxe.ExpectTableRowCountToBeBetween(min_value=1, meta=meta("no_images")),
-        gxe.ExpectColumnValuesToBeInSet(
-            column="decodes", value_set=[True], mostly=readable, meta=meta("unreadable_images")
-        ),
-        gxe.ExpectColumnValuesToNotBeNull(
-            column="sha256", mostly=readable, meta=meta("unreadable_images")
-        ),
-        gxe.ExpectColumnValuesToNotBeNull(column="label", meta=meta("label_nulls")),
-    ]
-    suite += [
-        gxe.ExpectColumnValuesToBeBetween(
-            column=side, min_value=1, max_value=MAX_SIDE, meta=meta("image_dimensions")
-        )
-        for side in ("width", "height")
-    ]
-    classes = _expected_classes(split, train, contract)
-    if classes:
-        check = "test_classes" if split == "test" else "unknown_classes"
-        suite.append(
-            gxe.ExpectColumnValuesToBeInSet(column="label", value_set=classes, meta=meta(check))
-        )
-    if split == "train":
-        suite.append(
-            gxe.ExpectColumnUniqueValueCountToBeBetween(
-                column="label", min_value=2, meta=meta("single_class")
-            )
-        )
-    modes = sorted(set(train["mode"].dropna()))
-    if modes:
-        suite.append(
-            gxe.ExpectColumnValuesToBeInSet(
-                column="mode",
-                value_set=modes,
-                severity=FailureSeverity.WARNING,
-                meta=meta("test_modes"),
-            )
-        )
-    return suite
-
-
-def _expected_classes(split: str, train: pd.DataFrame, contract: DataContract) -> list[str]:
-    """The classes a split's labels must be in: the contract's, or (test) train's."""
-    if contract.classes is not None:
-        return [str(c) for c in contract.classes]
-    if split == "test":
-        return sorted(set(train["label"].dropna()))
-    return []
-
-
-def gx_outcome_findings(outcomes: dict[str, list[Any]], findings: list[Finding]) -> list[Finding]:
-    """Failed expectations as findings: each exact check they mirror takes the GX type; a
-    failure no exact check explains (or an error in GX) becomes a finding of its own."""
-    extra: list[Finding] = []
-    for split, results in outcomes.items():
-        for outcome in results:
-            if outcome.success:
-                continue
-            config = outcome.expectation_config
-            kind, column = config.type, config.kwargs.get("column")
-            check = (config.meta or {}).get(_CHECK)
-            same = [f for f in findings if f.split == split]
-            for finding in (f for f in same if f.check == check):
-                finding.expectation = finding.expectation or kind
-            explains = {check, *_ALSO_EXPLAINED_BY.get(str(check), ())}
-            explained = any(f.check in explains for f in same)
-            if not explained or outcome.exception_info.get("raised_exception"):
-                extra.append(_gx_only(outcome, split, kind, column))
-    return extra
-
-
-def _gx_only(outcome: Any, split: str, kind: str, column: str | None) -> Finding:
-    """A failed expectation that no exact check reported: say what GX saw."""
-    where = column or "the facts table"
-    error = outcome.exception_info.get("exception_message")
-    if outcome.exception_info.get("raised_exception"):
-        return Finding(
-            "gx_error",
-            column,
-            f"GX could not run {kind} on {where}: {error}",
-            split=split,
-            expectation=kind,
-        )
-    severity = (
-        "warning" if str(outcome.expectation_config.severity.value) == "warning" else ("failure")
-    )
-    result = outcome.result or {}
-    message = f"GX expectation {kind} failed on {where} of the per-image facts"
-    if result.get("unexpected_count") is not None:
-        message += f" ({result['unexpected_count']:,} unexpected values)"
-    return Finding(
-        "gx_facts",
-        column,
-        message,
-        result.get("partial_unexpected_list"),
-        split=split,
-        expectation=kind,
-        severity=severity,
-    )
-
-
-def _gx_statistics(results: list[Any]) -> dict[str, Any]:
-    failed = [r.expectation_config.type for r in results if not r.success]
-    return {"gx_expectations": len(results), "gx_failed": failed}
-
-
 # ----------------------------------------------------------------- report, statistics
 
 
@@ -716,7 +443,7 @@ def image_statistics(image_set: ImageSet) -> dict[str, Any]:
     """Counts per class, size (height x width), mode, format and channel count of the
     images that decode; their bytes' min/median/max; what could not be decoded."""
     facts = image_set.facts
-    usable = _usable_facts(image_set)
+    usable = usable_facts(image_set)
     sizes = _size_key(usable)
     channels = usable["mode"].map(lambda m: channels_of_mode(str(m)))
     bad = facts[~facts["decodes"].to_numpy(dtype=bool)]
@@ -756,7 +483,7 @@ def dataset_hash(sets: dict[str, ImageSet]) -> str:
     digest = hashlib.sha256()
     for split, image_set in sets.items():
         digest.update(f"{split}\n".encode())
-        facts = _usable_facts(image_set)
+        facts = usable_facts(image_set)
         for sha, label in zip(facts["sha256"], facts["label"], strict=True):
             digest.update(f"{sha}\t{label}\n".encode())
     return digest.hexdigest()

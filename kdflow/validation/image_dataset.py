@@ -19,12 +19,13 @@ import numpy as np
 import pandas as pd
 
 from kdflow.config import DataConfig
-from kdflow.data.image_facts import ImageSet, read_image_set
+from kdflow.data.image_facts import ImageSet, read_image_set, usable_rows
 from kdflow.data.images import write_prepared_images
 from kdflow.data.prepared import DatasetMeta, class_names, split_frame
 from kdflow.validation.contract import DataContract, default_contract
 from kdflow.validation.gx_suite import import_gx_in_background
-from kdflow.validation.image_checks import image_shape, usable_rows, validate_images
+from kdflow.validation.image_checks import validate_images
+from kdflow.validation.image_shapes import image_shape
 from kdflow.validation.report import ValidationReport
 
 log = logging.getLogger(__name__)

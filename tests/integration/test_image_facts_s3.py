@@ -32,9 +32,10 @@ def _upload(s3: S3, local: Path, prefix: str) -> None:
 
 
 def test_an_s3_image_folder_gives_the_same_facts_as_the_local_one(s3: S3, tmp_path: Path) -> None:
-    from kdflow.data.image_facts import is_image_data, read_image_set
+    from kdflow.data.image_facts import is_image_data, read_image_set, usable_rows
     from kdflow.validation.contract import default_contract
-    from kdflow.validation.image_checks import image_shape, usable_rows, validate_images
+    from kdflow.validation.image_checks import validate_images
+    from kdflow.validation.image_shapes import image_shape
 
     local = image_folder(tmp_path / "imgs", {"cat": 3, "dog": 3}, formats=("PNG", "JPEG"))
     (local / "dog" / "broken.png").write_bytes(noise()[:40])

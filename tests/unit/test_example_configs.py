@@ -65,8 +65,8 @@ def test_example_config_name_says_what_it_configures(path, monkeypatch):
     assert match, f"{path.name}: name it <data>_<N><teacher>_to_<student>_<method>_<where>.yaml"
     cfg = run_config_of(path, monkeypatch)
     data = cfg.data.data
-    if match["data"] == "tabular":
-        assert not data.startswith(BUILTIN_PREFIX), "a tabular example takes the user's --data"
+    if match["data"] in ("tabular", "images"):
+        assert not data.startswith(BUILTIN_PREFIX), "this example takes the user's --data"
     else:
         assert data == f"{BUILTIN_PREFIX}{match['data']}"
 
@@ -92,7 +92,9 @@ def test_example_config_name_says_what_it_configures(path, monkeypatch):
         assert (distill.feature_weight, distill.attention_weight) == (0.0, 0.0)
     if "online" in method:
         assert distill.teacher_mode == "online"
-    assert method <= {"kd", "fitnets", "attention", "online"}, method
+    # Function matching: augmented views, labelled by online teachers.
+    assert ("funmatch" in method) == bool(distill.augment)
+    assert method <= {"kd", "fitnets", "attention", "online", "funmatch"}, method
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=IDS)

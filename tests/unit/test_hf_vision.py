@@ -25,13 +25,8 @@ from kdflow.data.sources import DataSource, open_source
 from kdflow.distill.hints import make_plan
 from kdflow.errors import ConfigError
 from kdflow.models.hf_source import FromConfig, FromTeacher, Pretrained, parse_overrides
-from kdflow.models.hf_vision import (
-    HfImageClassifier,
-    channel_stats,
-    load_hf_image,
-    patch_default,
-    processor_preprocessing,
-)
+from kdflow.models.hf_vision import HfImageClassifier, load_hf_image, patch_default
+from kdflow.models.image_processing import channel_stats, processor_preprocessing
 from kdflow.models.sources import PrepareContext, build, load_saved, source_for
 from tests.unit.image_helpers import digit_images
 from tests.unit.text_helpers import text_dataset, tiny_bert

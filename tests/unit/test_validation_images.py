@@ -16,18 +16,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kdflow.data.image_facts import ImageSet, read_image_set
+from kdflow.data.image_facts import ImageSet, read_image_set, usable_rows
 from kdflow.errors import ConfigError
 from kdflow.validation.contract import DataContract, default_contract
 from kdflow.validation.findings import Finding
-from kdflow.validation.image_checks import (
-    cross_split_findings,
-    gx_outcome_findings,
-    image_shape,
-    split_findings,
-    usable_rows,
-    validate_images,
-)
+from kdflow.validation.image_checks import cross_split_findings, split_findings, validate_images
+from kdflow.validation.image_gx import gx_outcome_findings
+from kdflow.validation.image_shapes import image_shape
 from kdflow.validation.report import ValidationReport
 from kdflow.validation.scan import ValidationSettings
 from tests.unit.test_image_facts import image_folder, noise
