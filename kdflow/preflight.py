@@ -230,15 +230,16 @@ def _check_images(cfg: RunConfig) -> None:
                         f"{flag}: {column!r} is not a column of {uri} (columns: {shown})",
                         option=flag,
                     )
-    for option, given in (("--input-shape", data.input_shape),
-                          ("--augment-noise", cfg.distill.augment_noise),
-                          ("--text-column", data.text_column)):
+    if data.contract and not Path(data.contract).is_file():
+        raise ConfigError(f"--contract: {data.contract}: no such file", option="--contract")
+    for option, given, why in (
+        ("--input-shape", data.input_shape, "the input shape follows from --image-size and "
+         "--channels"),
+        ("--augment-noise", cfg.distill.augment_noise, "augment images with --augment"),
+        ("--text-column", data.text_column, "a folder of images has no text column"),
+    ):
         if given:
-            raise ConfigError(
-                f"{option}: does not apply to image data (the input shape follows from "
-                "--image-size and --channels; augment images with --augment)",
-                option=option,
-            )
+            raise ConfigError(f"{option}: does not apply to image data ({why})", option=option)
     teachers = [t for t in cfg.teachers.teachers if t != AUTO]
     from kdflow.models.sources import source_for
 

@@ -262,8 +262,8 @@ class DistillConfig:
         _require(
             not self.augment_noise or self.teacher_mode == "online",
             "augment_noise",
-            "needs --teacher-mode online: cached teacher outputs are for the rows as they are, "
-            "not for noisy ones",
+            "adds noise to numeric columns (images take --augment), and needs --teacher-mode "
+            "online: cached teacher outputs are for the rows as they are, not for noisy ones",
         )
         unknown = [a for a in self.augment if a not in AUGMENTATIONS]
         _require(
@@ -277,9 +277,10 @@ class DistillConfig:
         _require(
             not self.augment or self.teacher_mode == "online",
             "augment",
-            "needs --teacher-mode online: cached teacher logits belong to the images as they "
-            "are, not to their augmented views, which the teachers must label as the student "
-            "sees them (function matching)",
+            "augments image data (numeric columns take --augment-noise), and needs "
+            "--teacher-mode online: cached teacher logits belong to the images as they are, not "
+            "to their augmented views, which the teachers must label as the student sees them "
+            "(function matching)",
         )
         _require(self.top_k >= 0, "top_k", f"must be >= 0 (0 keeps every logit), got {self.top_k}")
         _require(

@@ -11,7 +11,7 @@ from kdflow.errors import ConfigError
 
 
 def test_augment_noise_needs_online_teachers():
-    with pytest.raises(ConfigError, match="--augment-noise: needs --teacher-mode online"):
+    with pytest.raises(ConfigError, match="--augment-noise: .*needs --teacher-mode online"):
         DistillConfig(augment_noise=0.1)
     with pytest.raises(ConfigError, match="--augment-noise: must be >= 0"):
         DistillConfig(augment_noise=-0.1, teacher_mode="online")
@@ -72,3 +72,18 @@ def test_method_settings_that_fit_together_are_accepted():
     )
     assert (cfg.feature_weight, cfg.generations) == (0.5, 3)
     assert cfg.uses_hints and not DistillConfig().uses_hints
+
+
+def test_augment_takes_known_names_once_and_needs_online_teachers():
+    from kdflow.config import AUGMENTATIONS
+    from kdflow.data.augment import AUGMENTATIONS as IMPLEMENTED
+
+    assert tuple(IMPLEMENTED) == AUGMENTATIONS, "the settings' names are the ones implemented"
+    assert DistillConfig(augment=["crop", "mixup"], teacher_mode="online").augment == [
+        "crop", "mixup"]
+    with pytest.raises(ConfigError, match="--augment: augments image data.*--teacher-mode online"):
+        DistillConfig(augment=["crop"])
+    with pytest.raises(ConfigError, match="--augment: unknown augmentation spin; known: crop"):
+        DistillConfig(augment=["spin"], teacher_mode="online")
+    with pytest.raises(ConfigError, match="--augment: names an augmentation twice"):
+        DistillConfig(augment=["flip", "flip"], teacher_mode="online")
