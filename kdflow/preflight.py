@@ -48,12 +48,14 @@ def check_run(cfg: RunConfig) -> None:
     from kdflow.data.prepared import BUILTIN_SHAPES, default_input_shape
 
     data = cfg.data
-    if cfg.distill.augment and not is_image_data(data.data, data.image_column):
-        raise ConfigError(
-            "--augment: image augmentations apply to image data (a folder of images, or "
-            "--image-column); for numeric columns see --augment-noise",
-            option="--augment",
-        )
+    for option, names in (("--augment", cfg.distill.augment),
+                          ("--teacher-augment", cfg.teachers.teacher_augment)):
+        if names and not is_image_data(data.data, data.image_column):
+            raise ConfigError(
+                f"{option}: image augmentations apply to image data (a folder of images, or "
+                "--image-column); for numeric columns see --augment-noise",
+                option=option,
+            )
     if is_image_data(data.data, data.image_column):
         _check_images(cfg)
         return

@@ -28,6 +28,17 @@ def _require(condition: bool, field_name: str, message: str) -> None:
         raise ConfigError(f"{option_name(field_name)}: {message}", option=option_name(field_name))
 
 
+def _check_augment(names: list[str], field_name: str) -> None:
+    """Known augmentation names, each at most once."""
+    unknown = [a for a in names if a not in AUGMENTATIONS]
+    _require(
+        not unknown,
+        field_name,
+        f"unknown augmentation {', '.join(unknown)}; known: {', '.join(AUGMENTATIONS)}",
+    )
+    _require(len(set(names)) == len(names), field_name, "names an augmentation twice")
+
+
 @dataclass
 class DataConfig:
     data: str = "builtin:digits"
@@ -123,8 +134,13 @@ class TeacherConfig:
     trust_remote_code: bool = False
     """Let an hf: teacher run the modelling code its folder or hub repository ships (off:
     only architectures built into transformers load)."""
+    teacher_augment: list[str] = field(default_factory=list)
+    """Train-time augmentations of the teachers' image batches (the names of --augment).
+    Teachers that will label augmented views (function matching) label them better when
+    they trained on such views. Default: none."""
 
     def __post_init__(self) -> None:
+        _check_augment(self.teacher_augment, "teacher_augment")
         _require(len(self.teachers) > 0, "teachers", "give at least one teacher, or `auto`")
         _require(
             "auto" not in self.teachers or len(self.teachers) == 1,
@@ -265,15 +281,7 @@ class DistillConfig:
             "adds noise to numeric columns (images take --augment), and needs --teacher-mode "
             "online: cached teacher outputs are for the rows as they are, not for noisy ones",
         )
-        unknown = [a for a in self.augment if a not in AUGMENTATIONS]
-        _require(
-            not unknown,
-            "augment",
-            f"unknown augmentation {', '.join(unknown)}; known: {', '.join(AUGMENTATIONS)}",
-        )
-        _require(
-            len(set(self.augment)) == len(self.augment), "augment", "names an augmentation twice"
-        )
+        _check_augment(self.augment, "augment")
         _require(
             not self.augment or self.teacher_mode == "online",
             "augment",

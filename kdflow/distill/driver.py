@@ -316,6 +316,9 @@ def teacher_training(cfg: TeacherConfig, spec: str) -> DistillConfig:
         student_lr=cfg.teacher_lr,
         student_batch_size=cfg.batch_size,
         workers=0,
+        augment=list(cfg.teacher_augment),
+        # A teacher learns from labels; "online" only lets its batches be augmented.
+        teacher_mode="online" if cfg.teacher_augment else "offline",
     )
 
 
@@ -333,6 +336,12 @@ def train_teacher(
     epoch's metrics."""
     limit_threads()  # a pod's CPU limit, not the node's cores
     data = open_source(dataset_uri)
+    if cfg.teacher_augment and data.meta.kind != "image":
+        raise ConfigError(
+            f"--teacher-augment: image augmentations apply to image data; this data is "
+            f"{data.meta.kind}",
+            option="--teacher-augment",
+        )
     with tempfile.TemporaryDirectory(prefix="kdflow-teacher-") as tmp:
         template = prepare_template(
             spec, data, tmp, seed, option="--teachers", trust_remote_code=cfg.trust_remote_code

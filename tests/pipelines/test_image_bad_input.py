@@ -3,8 +3,11 @@
 Settings that cannot apply to images (or to the data given) stop in preflight as one line
 naming the option, exit 2, no traceback, nothing started or recorded. Bad image files stop
 at validate-data: exit 1, the failed checks listed with every file by path and the count,
-nothing registered, no teacher trained. A contract that allows unreadable files, and
-`--image-size` for mixed sizes, let the run past validation.
+nothing registered, no teacher trained (through `kdflow run` for an empty folder and for
+files that do not decode; the other bad contents through the validate step in this
+process, which is what the component runs, at a second each instead of a pipeline run).
+A contract that allows unreadable files, and `--image-size` for mixed sizes, let the run
+past validation.
 """
 
 from __future__ import annotations
@@ -140,6 +143,34 @@ def validate_outputs(tmp_path: Path) -> Path:
     return folder
 
 
+def validate_step(tmp_path: Path, data: Path, **settings: object) -> str:
+    """The validate step in this process (what the validate-data component runs) on bad
+    data: the DataValidationError's message, with the report written and no prepared
+    dataset. The CLI's handling of that error (exit 1, the failures listed, nothing
+    registered) is the same for every finding: `test_files_that_do_not_decode` and
+    `test_an_empty_folder` check it through `kdflow run`."""
+    from kdflow.config import DataConfig
+    from kdflow.errors import DataError
+    from kdflow.steps import validate_data
+
+    cfg = DataConfig(data=str(data), **settings)  # type: ignore[arg-type]
+    with pytest.raises(DataError) as failed:
+        validate_data(cfg, 0, tmp_path / "dataset", tmp_path / "report.md")
+    assert not (tmp_path / "dataset" / "meta.json").exists(), "nothing prepared"
+    return str(failed.value)
+
+
+def validate_passes(tmp_path: Path, data: Path, **settings: object) -> Path:
+    """The validate step in this process on data that must pass: the prepared dataset."""
+    from kdflow.config import DataConfig
+    from kdflow.steps import validate_data
+
+    cfg = DataConfig(data=str(data), **settings)  # type: ignore[arg-type]
+    info = validate_data(cfg, 0, tmp_path / "dataset", tmp_path / "report.md")
+    assert info["passed"], info
+    return tmp_path / "dataset"
+
+
 # ------------------------------------------------------------------ caught in preflight
 
 
@@ -216,6 +247,15 @@ def test_augment_on_a_numeric_csv(
     assert "--augment-noise" in line
 
 
+def test_teacher_augment_on_a_numeric_csv(
+    numbers: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--teacher-augment` on numeric columns stops in preflight, naming the option."""
+    code = main(kdflow_run(tmp_path, numbers, "--teacher-augment", "crop", "--teachers",
+                           "mlp:hidden=8"))
+    assert_one_line_naming(capsys, code, "--teacher-augment", "apply to image data", tmp_path)
+
+
 def test_augment_on_a_numeric_csv_with_offline_teachers(
     numbers: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -290,27 +330,19 @@ def test_an_empty_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert not list((tmp_path / "out" / "pipeline").glob("*/*/train-teacher*"))
 
 
-@pytest.mark.slow
-@pytest.mark.usefixtures("steps_env")
-def test_a_folder_with_one_class(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """One class folder: the run fails validation saying distillation needs two."""
+def test_a_folder_with_one_class(tmp_path: Path) -> None:
+    """One class folder: validation fails saying distillation needs two."""
     folder = image_folder(tmp_path / "images", per_class=10, classes=1)
-    code = main(kdflow_run(tmp_path, folder))
-    err = assert_failed_at_validation(capsys, code, "label", "have 1 class only", tmp_path)
-    assert "[single_class]" in err and "needs at least 2 classes" in err
+    message = validate_step(tmp_path, folder)
+    assert "[single_class]" in message and "needs at least 2 classes" in message
 
 
-@pytest.mark.slow
-@pytest.mark.usefixtures("steps_env")
-def test_a_class_folder_without_images(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_class_folder_without_images(tmp_path: Path) -> None:
     """An empty class folder beside good ones fails validation, named."""
     folder = image_folder(tmp_path / "images", per_class=10, classes=3)
     (folder / "7").mkdir()
-    code = main(kdflow_run(tmp_path, folder))
-    err = assert_failed_at_validation(
-        capsys, code, "label", "1 class folder(s) hold no image files: 7", tmp_path
-    )
-    assert "[empty_classes]" in err
+    message = validate_step(tmp_path, folder)
+    assert "[empty_classes]" in message and "1 class folder(s) hold no image files: 7" in message
 
 
 @pytest.mark.slow
@@ -375,74 +407,42 @@ def test_a_contract_that_allows_files_that_do_not_decode(
     assert not set(DAMAGED) & set(paths)
 
 
-@pytest.mark.slow
-@pytest.mark.usefixtures("steps_env")
-def test_mixed_sizes_without_image_size(
-    mixed_sizes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_mixed_sizes_without_image_size(mixed_sizes: Path, tmp_path: Path) -> None:
     """Images of two sizes fail validation, asking for --image-size with the sizes seen."""
-    code = main(kdflow_run(tmp_path, mixed_sizes))
-    err = assert_failed_at_validation(capsys, code, "width", "give --image-size H,W", tmp_path)
-    assert "8x8 (27 images" in err and "16x16 (3 images" in err
-    assert "--image-size 8,8, the most common" in err
+    message = validate_step(tmp_path, mixed_sizes)
+    assert "give --image-size H,W" in message
+    assert "8x8 (27 images" in message and "16x16 (3 images" in message
+    assert "--image-size 8,8, the most common" in message
 
 
-@pytest.mark.slow
-@pytest.mark.usefixtures("steps_env")
-def test_mixed_sizes_with_image_size(
-    mixed_sizes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_mixed_sizes_with_image_size(mixed_sizes: Path, tmp_path: Path) -> None:
     """With `--image-size 8,8` the same folder passes validation, every image resized to
-    8×8 in the prepared dataset (the run then stops at its first teacher step)."""
-    code = main(
-        kdflow_run(
-            tmp_path,
-            mixed_sizes,
-            "--image-size",
-            "8,8",
-            "--teachers",
-            ABSENT_TEACHER,
-            "--teacher-epochs",
-            "0",
-        )
-    )
-    assert_stopped_in_step(
-        capsys, code, "train-teacher", f"cannot download {ABSENT_TEACHER}", tmp_path
-    )
-    step = validate_outputs(tmp_path)
-    report = (step / "report").read_text()
-    assert report.startswith("# Data validation: passed"), report
-    assert "image_sizes" not in report
+    8×8 in the prepared dataset."""
     from safetensors.numpy import load_file
 
-    meta = json.loads((step / "dataset" / "meta.json").read_text())
+    dataset = validate_passes(tmp_path, mixed_sizes, image_size=[8, 8])
+    assert "image_sizes" not in (tmp_path / "report.md").read_text()
+    meta = json.loads((dataset / "meta.json").read_text())
     assert meta["input_shape"] == [1, 8, 8] and sum(meta["rows"].values()) == 30
-    pixels = load_file(str(step / "dataset" / "pixels" / "train.safetensors"))["pixels"]
+    pixels = load_file(str(dataset / "pixels" / "train.safetensors"))["pixels"]
     assert pixels.shape == (meta["rows"]["train"], 1, 8, 8)
 
 
-@pytest.mark.slow
-@pytest.mark.usefixtures("steps_env")
-def test_grayscale_and_rgb_without_channels(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """Grayscale and RGB images together fail validation, asking for --channels."""
+def test_grayscale_and_rgb_without_channels(tmp_path: Path) -> None:
+    """Grayscale and RGB images together fail validation, asking for --channels; with
+    `--channels 3` they pass, as RGB."""
     folder = image_folder(tmp_path / "images", per_class=10, classes=3)
     for path in sorted((folder / "2").glob("*.png"))[:3]:
         Image.open(path).convert("RGB").save(path)
-    code = main(kdflow_run(tmp_path, folder))
-    err = assert_failed_at_validation(
-        capsys, code, "mode", "give --channels 1 (grayscale)", tmp_path
-    )
-    assert "mix grayscale and colour" in err
-    assert "1 channel (mode L) (27 images" in err and "3 channels (mode RGB) (3 images" in err
+    message = validate_step(tmp_path / "without", folder)
+    assert "give --channels 1 (grayscale)" in message and "mix grayscale and colour" in message
+    assert "1 channel (mode L) (27 images" in message
+    assert "3 channels (mode RGB) (3 images" in message
+    dataset = validate_passes(tmp_path / "with", folder, channels=3)
+    assert json.loads((dataset / "meta.json").read_text())["input_shape"] == [3, 8, 8]
 
 
-@pytest.mark.slow
-@pytest.mark.usefixtures("steps_env")
-def test_a_table_of_paths_that_do_not_exist(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_table_of_paths_that_do_not_exist(tmp_path: Path) -> None:
     """A Parquet table whose `--image-column path` lists files that are not there fails
     validation, every missing path listed, with the count."""
     folder = image_folder(tmp_path / "images", per_class=10, classes=3)
@@ -450,25 +450,18 @@ def test_a_table_of_paths_that_do_not_exist(
     rows += [("0/gone.png", "0"), ("nowhere/lost.png", "1")]
     table = folder / "images.parquet"
     pd.DataFrame(rows, columns=["path", "label"]).to_parquet(table)
-    code = main(kdflow_run(tmp_path, table, "--image-column", "path"))
-    err = assert_failed_at_validation(
-        capsys, code, "path", "2 of 32 train images (6.25%) cannot be decoded", tmp_path
-    )
-    assert "0/gone.png (missing file)" in err and "nowhere/lost.png (missing file)" in err
+    message = validate_step(tmp_path, table, image_column="path")
+    assert "2 of 32 train images (6.25%) cannot be decoded" in message
+    assert "0/gone.png (missing file)" in message and "nowhere/lost.png (missing file)" in message
 
 
-@pytest.mark.slow
-@pytest.mark.usefixtures("steps_env")
-def test_an_image_column_of_floats(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_image_column_of_floats(tmp_path: Path) -> None:
     """`--image-column` naming a float column: the validate step says it must hold paths
     or bytes, naming the table, the column and its type."""
     table = tmp_path / "images.parquet"
     pd.DataFrame(
         {"path": ["0/0000.png"] * 4, "score": [0.5, 0.1, 0.2, 0.9], "label": [0, 1, 0, 1]}
     ).to_parquet(table)
-    code = main(kdflow_run(tmp_path, table, "--image-column", "score"))
-    line = assert_stopped_in_step(
-        capsys, code, "validate-data", "--image-column 'score' holds double values", tmp_path
-    )
-    assert str(table) in line and "paths (strings) or the image files' bytes (binary)" in line
-    assert not list((tmp_path / "out" / "pipeline").glob("*/*/train-teacher*"))
+    message = validate_step(tmp_path, table, image_column="score")
+    assert "--image-column 'score' holds double values" in message and str(table) in message
+    assert "paths (strings) or the image files' bytes (binary)" in message

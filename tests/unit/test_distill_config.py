@@ -87,3 +87,14 @@ def test_augment_takes_known_names_once_and_needs_online_teachers():
         DistillConfig(augment=["spin"], teacher_mode="online")
     with pytest.raises(ConfigError, match="--augment: names an augmentation twice"):
         DistillConfig(augment=["flip", "flip"], teacher_mode="online")
+
+
+def test_teachers_may_train_on_augmented_views():
+    from kdflow.config import TeacherConfig
+    from kdflow.distill.driver import teacher_training
+
+    cfg = teacher_training(TeacherConfig(teacher_augment=["crop", "rotate"]), "cnn")
+    assert (cfg.augment, cfg.teacher_mode, cfg.alpha) == (["crop", "rotate"], "online", 1.0)
+    assert teacher_training(TeacherConfig(), "cnn").augment == []
+    with pytest.raises(ConfigError, match="--teacher-augment: unknown augmentation spin"):
+        TeacherConfig(teacher_augment=["spin"])

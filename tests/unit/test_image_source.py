@@ -100,7 +100,10 @@ def test_image_source_refuses_pixels_that_do_not_match_meta(tmp_path) -> None:
         open_source(str(folder)).read("test")
 
 
-@pytest.mark.parametrize("spec", ["mlp:hidden=16", "cnn:channels=4-8,hidden=16"])
+@pytest.mark.parametrize(
+    "spec",
+    ["mlp:hidden=16", "cnn:channels=4-8,hidden=16", "python:tests.fixtures.user_models:SmallCnn"],
+)
 def test_zoo_models_read_uint8_pixels_and_save_the_image_spec(tmp_path, spec: str) -> None:
     data = open_source(str(prepared_images(tmp_path / "ds")))
     model = build(spec, data.meta, data.input_stats()).eval()
