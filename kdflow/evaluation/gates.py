@@ -35,10 +35,14 @@ def decide_gates(
     ensemble_acc: float,
     teachers: list[dict[str, Any]],
     champion: dict[str, Any] | None,
+    champion_unscored: str | None = None,
 ) -> list[Gate]:
     """Every gate, each checked against its threshold; registration needs all to pass.
 
-    `student` needs `accuracy`, `params`, `latency_ms` and `ece`.
+    `student` needs `accuracy`, `params`, `latency_ms` and `ece`. `champion_unscored` says
+    why a champion that exists could not be scored on this test split (other inputs or
+    classes): the champion gate then fails closed, rather than passing as if there were no
+    champion and letting the new model replace it unseen.
     """
     retention = student["accuracy"] / ensemble_acc if ensemble_acc > 0 else 0.0
     gain = student["accuracy"] - baseline["accuracy"]
@@ -87,7 +91,19 @@ def decide_gates(
             f"expected calibration error of the student ({ECE_BINS} bins)",
         ),
     ]
-    if champion is None:
+    if champion is None and champion_unscored:
+        gates.append(
+            Gate(
+                "no_regression_vs_champion",
+                False,
+                None,
+                cfg.max_regression,
+                "<=",
+                f"{champion_unscored}; a model that reads other data replaces the champion "
+                "only by hand (kdflow promote), or register it under another --model-name",
+            )
+        )
+    elif champion is None:
         gates.append(
             Gate(
                 "no_regression_vs_champion", True, None, cfg.max_regression, "<=", "no champion yet"

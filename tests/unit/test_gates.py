@@ -114,6 +114,18 @@ def test_gate_passes_without_champion():
     assert gate.detail == "no champion yet"
 
 
+def test_gate_fails_closed_when_the_champion_cannot_be_scored():
+
+    reason = "champion v2 not compared: it reads 4 features; this data has 5"
+    (gate,) = [g for g in decide_gates(
+        GateConfig(), student={"accuracy": 0.9, "params": 10, "latency_ms": 1.0, "ece": 0.01},
+        baseline={"accuracy": 0.8}, ensemble_acc=0.9,
+        teachers=[{"params": 100, "latency_ms": 2.0}], champion=None, champion_unscored=reason,
+    ) if g.name == "no_regression_vs_champion"]
+    assert (gate.passed, gate.value) == (False, None)
+    assert gate.detail.startswith(reason) and "kdflow promote" in gate.detail
+
+
 def test_regression_gate_passes_when_student_beats_champion():
     gate = gates(student_acc=0.95, champion={"version": 3, "accuracy": 0.93})[
         "no_regression_vs_champion"
