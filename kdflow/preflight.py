@@ -42,21 +42,32 @@ def table_columns(uri: str, option: str) -> list[str] | None:
         raise ConfigError(f"{option}: {uri} cannot be read: {exc}", option=option) from exc
 
 
+def _not_a_column(option: str, column: str, uri: str, columns: list[str]) -> ConfigError:
+    """The error for a column `option` names that `uri` lacks, with the columns it has."""
+    shown = ", ".join(columns[:12]) + (" ..." if len(columns) > 12 else "")
+    return ConfigError(
+        f"{option}: {column!r} is not a column of {uri} (columns: {shown})", option=option
+    )
+
+
 def check_run(cfg: RunConfig) -> None:
     """Raise ConfigError for anything that would make the pipeline fail on its first steps."""
     from kdflow.data.image_facts import is_image_data
     from kdflow.data.prepared import BUILTIN_SHAPES, default_input_shape
 
     data = cfg.data
+    images = is_image_data(data.data, data.image_column)  # an s3:// listing: once
+    if data.contract and not Path(data.contract).is_file():
+        raise ConfigError(f"--contract: {data.contract}: no such file", option="--contract")
     for option, names in (("--augment", cfg.distill.augment),
                           ("--teacher-augment", cfg.teachers.teacher_augment)):
-        if names and not is_image_data(data.data, data.image_column):
+        if names and not images:
             raise ConfigError(
                 f"{option}: image augmentations apply to image data (a folder of images, or "
                 "--image-column); for numeric columns see --augment-noise",
                 option=option,
             )
-    if is_image_data(data.data, data.image_column):
+    if images:
         _check_images(cfg)
         return
     if data.image_size or data.channels:
@@ -80,12 +91,7 @@ def check_run(cfg: RunConfig) -> None:
         n_features = None
         if columns is not None:
             if data.label_column not in columns:
-                shown = ", ".join(columns[:12]) + (" ..." if len(columns) > 12 else "")
-                raise ConfigError(
-                    f"--label-column: {data.label_column!r} is not a column of {data.data} "
-                    f"(columns: {shown})",
-                    option="--label-column",
-                )
+                raise _not_a_column("--label-column", data.label_column, data.data, columns)
             n_features = len(columns) - 1
     if data.test_data:
         test_columns = table_columns(data.test_data, "--test-data")
@@ -94,8 +100,6 @@ def check_run(cfg: RunConfig) -> None:
                 f"--test-data: {data.test_data} has no label column {data.label_column!r}",
                 option="--test-data",
             )
-    if data.contract and not Path(data.contract).is_file():
-        raise ConfigError(f"--contract: {data.contract}: no such file", option="--contract")
     if data.text_column:
         _check_text(cfg, columns)
         return
@@ -172,11 +176,7 @@ def _check_text(cfg: RunConfig, columns: list[str] | None) -> None:
         for option, column in (("--text-column", data.text_column),
                                ("--text-pair-column", data.text_pair_column)):
             if column and column not in columns:
-                shown = ", ".join(columns[:12]) + (" ..." if len(columns) > 12 else "")
-                raise ConfigError(
-                    f"{option}: {column!r} is not a column of {data.data} (columns: {shown})",
-                    option=option,
-                )
+                raise _not_a_column(option, column, data.data, columns)
     if data.input_shape:
         raise ConfigError(
             "--input-shape: applies to numeric columns, not to --text-column",
@@ -227,13 +227,7 @@ def _check_images(cfg: RunConfig) -> None:
             for flag, column in (("--image-column", data.image_column),
                                  ("--label-column", data.label_column)):
                 if columns is not None and column not in columns:
-                    shown = ", ".join(columns[:12]) + (" ..." if len(columns) > 12 else "")
-                    raise ConfigError(
-                        f"{flag}: {column!r} is not a column of {uri} (columns: {shown})",
-                        option=flag,
-                    )
-    if data.contract and not Path(data.contract).is_file():
-        raise ConfigError(f"--contract: {data.contract}: no such file", option="--contract")
+                    raise _not_a_column(flag, column, uri, columns)
     for option, given, why in (
         ("--input-shape", data.input_shape, "the input shape follows from --image-size and "
          "--channels"),

@@ -12,6 +12,7 @@ from kdflow.config.settings import (
     RegistryConfig,
     RunConfig,
     TeacherConfig,
+    check_image_size,
     option_name,
 )
 
@@ -26,6 +27,7 @@ __all__ = [
     "RunConfig",
     "TeacherConfig",
     "build_config",
+    "check_image_size",
     "field_docs",
     "load_config",
     "option_name",

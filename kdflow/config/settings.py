@@ -8,6 +8,7 @@ and the Ray entry point all build these same objects.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,17 @@ def option_name(field_name: str) -> str:
 def _require(condition: bool, field_name: str, message: str) -> None:
     if not condition:
         raise ConfigError(f"{option_name(field_name)}: {message}", option=option_name(field_name))
+
+
+def check_image_size(image_size: Sequence[int] | None) -> None:
+    """ConfigError (--image-size) unless `image_size` is None or two positive integers H,W."""
+    if image_size is not None:
+        _require(
+            len(image_size) == 2 and all(int(d) > 0 for d in image_size),
+            "image_size",
+            "give the height and width in pixels, both at least 1, such as 32,32; got "
+            + ",".join(map(str, image_size)),
+        )
 
 
 def _check_augment(names: list[str], field_name: str) -> None:
@@ -95,13 +107,7 @@ class DataConfig:
             f"is the label column {self.label_column!r}; give the column of text",
         )
         _require(self.channels in (0, 1, 3), "channels", f"must be 1 or 3, got {self.channels}")
-        if self.image_size is not None:
-            _require(
-                len(self.image_size) == 2 and all(int(d) > 0 for d in self.image_size),
-                "image_size",
-                "give the height and width in pixels, both at least 1, such as 32,32; got "
-                + ",".join(map(str, self.image_size)),
-            )
+        check_image_size(self.image_size)
         _require(
             not (self.image_column and self.text_column),
             "image_column",

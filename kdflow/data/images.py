@@ -32,7 +32,7 @@ import numpy as np
 from kdflow.data import storage
 from kdflow.data.inputs import STREAM_ROWS, Encoder, read_labels
 from kdflow.data.prepared import DatasetMeta, Split
-from kdflow.errors import ConfigError, DataError
+from kdflow.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -106,19 +106,6 @@ def decode_many(
         with ThreadPoolExecutor(workers) as pool:
             list(pool.map(one, range(first, len(items)), chunksize=16))
     return out
-
-
-def check_image_size(image_size: Sequence[int] | None, option: str = "--image-size") -> None:
-    """ConfigError unless `image_size` is None or two positive integers H,W."""
-    if image_size is None:
-        return
-    if len(image_size) != 2 or any(int(v) < 1 for v in image_size):
-        shown = ",".join(map(str, image_size))
-        raise ConfigError(
-            f"{option}: give the height and width in pixels, both at least 1, "
-            f"such as 32,32; got {shown}",
-            option=option,
-        )
 
 
 def write_prepared_images(

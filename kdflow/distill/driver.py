@@ -76,17 +76,8 @@ def check_teacher_settings(
     """Settings that depend on the teachers and the data, checked on the driver before Ray
     Train starts: the weight count, the hint teacher, and the hint layers (one dummy forward
     pass)."""
-    if cfg.augment_noise and meta.kind != "columns":
-        raise ConfigError(
-            f"--augment-noise: Gaussian noise applies to numeric columns; this data is "
-            f"{meta.kind}",
-            option="--augment-noise",
-        )
-    if cfg.augment and meta.kind != "image":
-        raise ConfigError(
-            f"--augment: image augmentations apply to image data; this data is {meta.kind}",
-            option="--augment",
-        )
+    views_apply(bool(cfg.augment_noise), "--augment-noise", meta.kind)
+    views_apply(bool(cfg.augment), "--augment", meta.kind)
     if cfg.teacher_weights and len(cfg.teacher_weights) != len(teacher_uris):
         raise ConfigError(
             f"--teacher-weights: {len(cfg.teacher_weights)} weights for "
@@ -121,6 +112,21 @@ def check_teacher_settings(
         source_of_folder(saved, uri),
         source_for(cfg.student),
     )
+
+
+VIEWS = {
+    "--augment-noise": ("columns", "Gaussian noise applies to numeric columns"),
+    "--augment": ("image", "image augmentations apply to image data"),
+    "--teacher-augment": ("image", "image augmentations apply to image data"),
+}
+"""Each option that makes training views: the kind of data it applies to, and why."""
+
+
+def views_apply(given: bool, option: str, kind: str) -> None:
+    """ConfigError when `option` is given for data of another kind than it applies to."""
+    needed, what = VIEWS[option]
+    if given and kind != needed:
+        raise ConfigError(f"{option}: {what}; this data is {kind}", option=option)
 
 
 def same_inputs(student: nn.Module, teachers: list[nn.Module], uris: list[str]) -> None:
@@ -336,12 +342,7 @@ def train_teacher(
     epoch's metrics."""
     limit_threads()  # a pod's CPU limit, not the node's cores
     data = open_source(dataset_uri)
-    if cfg.teacher_augment and data.meta.kind != "image":
-        raise ConfigError(
-            f"--teacher-augment: image augmentations apply to image data; this data is "
-            f"{data.meta.kind}",
-            option="--teacher-augment",
-        )
+    views_apply(bool(cfg.teacher_augment), "--teacher-augment", data.meta.kind)
     with tempfile.TemporaryDirectory(prefix="kdflow-teacher-") as tmp:
         template = prepare_template(
             spec, data, tmp, seed, option="--teachers", trust_remote_code=cfg.trust_remote_code

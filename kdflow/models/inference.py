@@ -14,14 +14,20 @@ from torch import nn
 from kdflow.data.prepared import Split
 
 
-def as_tensor(x: np.ndarray) -> torch.Tensor:
-    """Rows as the tensor a model takes: floats as float32, image pixels as uint8 (the
-    model scales them), other integers as int64 (token ids); always a writable, contiguous
-    copy-or-view that torch.from_numpy accepts."""
+def model_dtype(x: np.ndarray) -> np.dtype:
+    """The dtype a model takes rows of `x` in: floats as float32, image pixels as uint8 (the
+    model scales them), other integers as int64 (token ids), anything else as it is."""
     if x.dtype.kind == "f":
-        x = x.astype(np.float32, copy=False)
-    elif x.dtype != np.uint8 and x.dtype.kind in "iub":
-        x = x.astype(np.int64, copy=False)
+        return np.dtype(np.float32)
+    if x.dtype != np.uint8 and x.dtype.kind in "iub":
+        return np.dtype(np.int64)
+    return x.dtype
+
+
+def as_tensor(x: np.ndarray) -> torch.Tensor:
+    """Rows as the tensor a model takes (`model_dtype`), always a writable, contiguous
+    copy-or-view that torch.from_numpy accepts."""
+    x = x.astype(model_dtype(x), copy=False)
     if not x.flags.writeable or not x.flags.c_contiguous:
         x = np.array(x, order="C")  # from_numpy warns on read-only arrays
     return torch.from_numpy(x)

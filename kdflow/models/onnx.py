@@ -181,15 +181,12 @@ ONNX_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(ui
 
 def input_dtype(session: Any, x: np.ndarray) -> np.dtype:
     """The dtype the session's input takes (float32, int64 token ids, uint8 pixels); for an
-    input type kdflow does not export, the convention of `kdflow.models.inference.as_tensor`
-    (floats as float32, uint8 kept, other integers as int64)."""
+    input type kdflow does not export, the PyTorch models' (`inference.model_dtype`)."""
+    from kdflow.models.inference import model_dtype
+
     inputs = session.get_inputs()
     declared = ONNX_TYPES.get(str(inputs[0].type)) if inputs else None
-    if declared is not None:
-        return np.dtype(declared)
-    if x.dtype.kind == "f":
-        return np.dtype(np.float32)
-    return np.dtype(np.uint8) if x.dtype == np.uint8 else np.dtype(np.int64)
+    return np.dtype(declared) if declared is not None else model_dtype(x)
 
 
 def run_onnx(session: Any, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:

@@ -27,7 +27,7 @@ from kdflow.data.prepared import DatasetMeta
 from kdflow.errors import ConfigError, ModelFormatError
 from kdflow.models.artifacts import SPEC, WEIGHTS, read_spec, save_model, sha256_file
 from kdflow.models.sources import PrepareContext
-from kdflow.models.zoo import penultimate_layer
+from kdflow.models.zoo import Normalised, penultimate_layer
 
 PREFIX = "python:"
 RESERVED = {"n_classes", "input_shape", "arch", "factory"}
@@ -121,11 +121,8 @@ def import_factory(factory: str, option: str) -> Any:
     return found
 
 
-class FactoryModel(nn.Module):
+class FactoryModel(Normalised):
     """Normalise flat features, reshape them to `input_shape`, and call the user's `net`."""
-
-    mean: torch.Tensor  # buffers, registered in __init__
-    std: torch.Tensor
 
     def __init__(
         self, spec: FactorySpec, net: nn.Module, input_shape: list[int], n_classes: int
@@ -139,15 +136,8 @@ class FactoryModel(nn.Module):
         self.register_buffer("std", torch.ones(n_features))
         self.net = net
 
-    def set_normalisation(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        self.mean.copy_(mean)
-        # A constant feature has std 0: leave it unscaled rather than divide by zero.
-        self.std.copy_(torch.where(std > 1e-8, std, torch.ones_like(std)))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Flat columns (N × F) or images (N × C × H × W, uint8 pixels or augmented floats).
-        x = (x.reshape(x.shape[0], -1).float() - self.mean) / self.std
-        return self.net(x.view(x.shape[0], *self.input_shape))
+        return self.net(self.normalised(x))
 
 
 def construct(

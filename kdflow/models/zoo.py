@@ -383,11 +383,29 @@ def resolve_teachers(
     return [TEXT_TEACHER] if kind == "text" else default_teachers(input_shape)
 
 
-class Classifier(nn.Module):
-    """Normalise flat features, reshape them to `input_shape`, and classify."""
+class Normalised(nn.Module):
+    """Inputs normalised by `mean` and `std` buffers (one value per feature or pixel, so
+    they travel inside the safetensors file) and reshaped to `input_shape`: what the zoo's
+    `Classifier` and the `python:` source's wrapper do before their network."""
 
-    mean: torch.Tensor  # buffers, registered in __init__
+    mean: torch.Tensor  # buffers, registered by the subclass's __init__
     std: torch.Tensor
+    input_shape: list[int]
+
+    def set_normalisation(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.mean.copy_(mean)
+        # A constant feature has std 0: leave it unscaled rather than divide by zero.
+        self.std.copy_(torch.where(std > 1e-8, std, torch.ones_like(std)))
+
+    def normalised(self, x: torch.Tensor) -> torch.Tensor:
+        """Flat columns (N × F) or images (N × C × H × W, uint8 pixels or augmented floats),
+        normalised and shaped as one sample of `input_shape`."""
+        x = (x.reshape(x.shape[0], -1).float() - self.mean) / self.std
+        return x.view(x.shape[0], *self.input_shape)
+
+
+class Classifier(Normalised):
+    """Normalise flat features, reshape them to `input_shape`, and classify."""
 
     def __init__(
         self, spec: ModelSpec, input_shape: list[int], n_classes: int, n_features: int
@@ -407,15 +425,8 @@ class Classifier(nn.Module):
         builder, _ = ARCHITECTURES[spec.arch]
         self.net = builder(self.input_shape, n_classes, **spec.kwargs)
 
-    def set_normalisation(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        self.mean.copy_(mean)
-        # A constant feature has std 0: leave it unscaled rather than divide by zero.
-        self.std.copy_(torch.where(std > 1e-8, std, torch.ones_like(std)))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Flat columns (N × F) or images (N × C × H × W, uint8 pixels or augmented floats).
-        x = (x.reshape(x.shape[0], -1).float() - self.mean) / self.std
-        return self.net(x.view(x.shape[0], *self.input_shape))
+        return self.net(self.normalised(x))
 
 
 def build_classifier(

@@ -32,8 +32,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from kdflow.config import check_image_size
 from kdflow.data.image_facts import IMAGE_EXTENSIONS, MAX_SIDE, ImageSet, usable_facts, usable_rows
-from kdflow.data.images import channels_of_mode, check_image_size
+from kdflow.data.images import channels_of_mode
 from kdflow.errors import ConfigError
 from kdflow.validation.contract import DataContract
 from kdflow.validation.findings import Finding, listing

@@ -8,8 +8,9 @@ from collections.abc import Callable, Sequence
 
 import pandas as pd
 
+from kdflow.config import check_image_size
 from kdflow.data.image_facts import ImageSet, usable_facts
-from kdflow.data.images import channels_of_mode, check_image_size
+from kdflow.data.images import channels_of_mode
 from kdflow.errors import ConfigError
 from kdflow.validation.findings import Finding
 

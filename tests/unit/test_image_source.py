@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from kdflow.config import check_image_size
 from kdflow.data.images import (
-    check_image_size,
     decode_image,
     decode_many,
     image_spec,
