@@ -36,8 +36,10 @@ def distill(
         metrics.log_metric(f"{role}_val_accuracy", result[role]["val_accuracy"])
     for i, teacher in enumerate(result["teachers"]):
         metrics.log_metric(f"teacher{i}_weight", teacher["weight"])
-        metrics.log_metric(f"teacher{i}_agreement", teacher["agreement"])
-    metrics.log_metric("ensemble_val_accuracy", result["ensemble"]["val_accuracy"])
+        if teacher["agreement"] is not None:  # classification; a causal LM's is on test
+            metrics.log_metric(f"teacher{i}_agreement", teacher["agreement"])
+    if result["ensemble"]["val_accuracy"] is not None:
+        metrics.log_metric("ensemble_val_accuracy", result["ensemble"]["val_accuracy"])
     metrics.log_metric("teacher_cache_hits", sum(t["cache_hit"] for t in result["teachers"]))
     metrics.log_metric("teacher_seconds", result["seconds"]["teachers"])
     metrics.log_metric("training_seconds", result["seconds"]["training"])

@@ -1,5 +1,7 @@
 """Checks a run's settings against its data before any step starts, so a mistake costs
-seconds and reads as one line naming the option, not a failed pipeline."""
+seconds and reads as one line naming the option, not a failed pipeline. Classification
+runs (numeric columns, text, images) and causal-lm runs (`check_corpus_run`) each have
+their own checks."""
 
 from __future__ import annotations
 
@@ -56,9 +58,12 @@ def check_run(cfg: RunConfig) -> None:
     from kdflow.data.prepared import BUILTIN_SHAPES, default_input_shape
 
     data = cfg.data
-    images = is_image_data(data.data, data.image_column)  # an s3:// listing: once
     if data.contract and not Path(data.contract).is_file():
         raise ConfigError(f"--contract: {data.contract}: no such file", option="--contract")
+    if data.task == "causal-lm":
+        check_corpus_run(cfg)
+        return
+    images = is_image_data(data.data, data.image_column)  # an s3:// listing: once
     for option, names in (("--augment", cfg.distill.augment),
                           ("--teacher-augment", cfg.teachers.teacher_augment)):
         if names and not images:
@@ -182,7 +187,7 @@ def _check_text(cfg: RunConfig, columns: list[str] | None) -> None:
             "--input-shape: applies to numeric columns, not to --text-column",
             option="--input-shape",
         )
-    teachers = resolve_teachers(cfg.teachers.teachers, [data.max_length], "text")
+    teachers = resolve_teachers(cfg.teachers.teachers, [data.tokens], "text")
     for t in teachers:
         if t.startswith("hf-from-teacher:"):
             raise ConfigError(
@@ -277,3 +282,100 @@ def _check_methods(
         build_classifier(parse_spec(teacher, "--teachers"), shape, 2, n_features),
         build_classifier(parse_spec(distill.student), shape, 2, n_features),
     )
+
+
+# ----------------------------------------------------------------------- causal-lm runs
+# The corpus's columns exist, every model is a transformers causal LM (or a registered
+# model), fresh ones have the positions --max-length needs, and no classification-only
+# option is given. The documents themselves are the validate step's.
+
+LM_PREFIXES = ("hf:", "hf-config:", "hf-from-teacher:")
+
+
+def corpus_columns(uri: str, option: str) -> list[str] | None:
+    """Column names of a local Parquet, CSV or JSONL corpus (None for remote URIs)."""
+    if uri.startswith(REMOTE_SCHEMES):
+        return None
+    path = Path(uri)
+    if path.suffix.lower() in (".jsonl", ".ndjson") and path.is_file():
+        import pandas as pd
+
+        try:
+            first = pd.read_json(path, lines=True, nrows=1)
+        except ValueError as exc:
+            raise ConfigError(f"{option}: {uri} cannot be read as JSON lines: {exc}",
+                              option=option) from exc
+        return [str(c) for c in first.columns]
+    return table_columns(uri, option)
+
+
+def check_corpus_run(cfg: RunConfig) -> None:
+    """ConfigError for what would make a causal-lm run fail on its first steps."""
+    from kdflow.distill.lm_checks import CLASSIFICATION_ONLY
+    from kdflow.models.zoo import resolve_teachers
+
+    data = cfg.data
+    for option, uri in (("--data", data.data), ("--test-data", data.test_data)):
+        if not uri:
+            continue
+        columns = corpus_columns(uri, option)
+        if columns is None:
+            continue
+        flags = [("--text-column", data.text_column), ("--prompt-column", data.prompt_column),
+                 ("--completion-column", data.completion_column)]
+        for flag, column in flags:
+            if column and column not in columns:
+                raise _not_a_column(flag, column, uri, columns)
+    for option, given in (("--input-shape", data.input_shape),
+                          ("--augment-noise", cfg.distill.augment_noise),
+                          ("--augment", cfg.distill.augment),
+                          ("--teacher-augment", cfg.teachers.teacher_augment),
+                          ("--image-size", data.image_size), ("--channels", data.channels)):
+        if given:
+            raise ConfigError(f"{option}: does not apply to --task causal-lm", option=option)
+    for option, applies in CLASSIFICATION_ONLY.items():
+        if applies(cfg.distill):
+            raise ConfigError(f"{option}: not available for --task causal-lm", option=option)
+    teachers = resolve_teachers(cfg.teachers.teachers, [data.tokens], "corpus")
+    for spec in teachers:
+        if spec.startswith("hf-from-teacher:"):
+            raise ConfigError(
+                f"--teachers: {spec}: hf-from-teacher makes a student from the first teacher; "
+                "give teachers as hf:, hf-config: or models:/",
+                option="--teachers",
+            )
+        _check_lm_spec(spec, "--teachers", data.tokens)
+    _check_lm_spec(cfg.distill.student, "--student", data.tokens)
+    _check_teacher_epochs(cfg, teachers)
+    if cfg.distill.teacher_weights and len(cfg.distill.teacher_weights) != len(teachers):
+        raise ConfigError(
+            f"--teacher-weights: {len(cfg.distill.teacher_weights)} weights for "
+            f"{len(teachers)} teachers; give one per teacher, in --teachers order",
+            option="--teacher-weights",
+        )
+
+
+def _check_lm_spec(spec: str, option: str, max_length: int) -> None:
+    """A spec's syntax; a causal-LM type and enough positions for a fresh model."""
+    from kdflow.models.hf_config import _split_type, config_for, parse_overrides
+    from kdflow.models.hf_lm import check_causal_type, check_positions
+    from kdflow.models.sources import source_for
+    from kdflow.models.zoo import MLFLOW_URI_PREFIX
+
+    if spec.startswith(MLFLOW_URI_PREFIX):
+        return
+    if not spec.startswith(LM_PREFIXES):
+        raise ConfigError(
+            f"{option}: {spec} is not a language model; --task causal-lm takes transformers "
+            "causal LMs: hf-config:gpt2:n_layer=2,n_embd=64,n_head=2, hf:FOLDER, or "
+            "hf-from-teacher:n_layer=2 for the student",
+            option=option,
+        )
+    source_for(spec).check(spec, option)
+    if spec.startswith("hf-config:"):
+        model_type, rest = _split_type(spec, option)
+        check_causal_type(model_type, spec, option)
+        overrides = parse_overrides(rest, spec, option)
+        overrides.pop("vocab_size", None)
+        check_positions(config_for(model_type, overrides, spec, option), max_length, spec,
+                        option)

@@ -92,6 +92,9 @@ def validate_data(
     from kdflow.validation.contract import DataContract, default_contract
 
     progress.emit("validate data", 0, 3, "contract checks")
+    if cfg.task == "causal-lm":
+        return _validate_corpus(cfg, seed, dataset_dir, report_path, docs_dir, tracking_uri,
+                                run_id)
     if is_image_data(cfg.data, cfg.image_column):
         return _validate_images(cfg, seed, dataset_dir, report_path, docs_dir, tracking_uri,
                                 run_id)
@@ -104,7 +107,7 @@ def validate_data(
             cfg.label_column,
             input_shape=input_shape,
             text_columns=text_columns or None,
-            max_length=cfg.max_length if text_columns else None,
+            max_length=cfg.tokens if text_columns else None,
         )
     )
     if cfg.data.startswith(BUILTIN_PREFIX):
@@ -135,7 +138,7 @@ def validate_data(
         sha,
         cfg.data,
         text_columns=text_columns or None,
-        max_length=cfg.max_length,
+        max_length=cfg.tokens,
     )
     progress.emit("validate data", 3, 3, report.summary_line())
     splits = {"train": train, "val": val, "test": test}
@@ -163,6 +166,27 @@ def _validate_images(
     _hold_to_contract(data.report, cfg, report_path, tracking_uri, run_id)
     progress.emit("validate data", 1, 3, "decoding images")
     meta, counts = prepare_image_data(data, cfg, seed, dataset_dir)
+    progress.emit("validate data", 3, 3, data.report.summary_line())
+    return _validated(meta, counts, data.report, cfg, report_path, tracking_uri, run_id)
+
+
+def _validate_corpus(
+    cfg: DataConfig,
+    seed: int,
+    dataset_dir: Path,
+    report_path: Path,
+    docs_dir: Path | None,
+    tracking_uri: str | None,
+    run_id: str | None,
+) -> dict[str, Any]:
+    """`validate_data` for a causal-lm corpus (a text column, or prompts and completions):
+    no classes, so the class counts are empty and `splits` counts documents."""
+    from kdflow.validation.corpus import prepare_corpus, validate_corpus
+
+    data = validate_corpus(cfg, seed, docs_dir, report_path)
+    _hold_to_contract(data.report, cfg, report_path, tracking_uri, run_id)
+    progress.emit("validate data", 1, 3, "splits")
+    meta, counts = prepare_corpus(data, cfg, dataset_dir)
     progress.emit("validate data", 3, 3, data.report.summary_line())
     return _validated(meta, counts, data.report, cfg, report_path, tracking_uri, run_id)
 
@@ -251,9 +275,9 @@ def train_teacher(
     distillation loop, or fetch an existing one (`models:/name@alias`) and use it as it is."""
     from kdflow.data.sources import open_source
     from kdflow.distill.driver import train_teacher as train_in_loop
+    from kdflow.distill.tasks import task_for, task_named
     from kdflow.distill.teachers import load_teacher
     from kdflow.errors import ConfigError
-    from kdflow.models.inference import accuracy
     from kdflow.models.sources import PrepareContext, encoder_of, source_for
     from kdflow.models.zoo import count_params
 
@@ -269,8 +293,10 @@ def train_teacher(
                                  option="--teachers")
         source.fetch(spec, model_dir, tracking_uri, context)
         model, _ = load_teacher(str(model_dir), data.meta)
+        task = task_named(task_for(data.meta))
+        val = data.read("val", encoder=encoder_of(model))
         return member | {
-            "val_accuracy": accuracy(model, data.read("val", encoder=encoder_of(model))),
+            "val_accuracy": task.score(model, val),
             "params": count_params(model),
             "epochs": 0,
             "history": [],

@@ -5,7 +5,10 @@ from kdflow.config.loading import build_config, field_docs, load_config, parse_i
 from kdflow.config.settings import (
     AUGMENTATIONS,
     BUILTIN_PREFIX,
+    KD_LOSSES,
+    LM_TOP_K,
     SECTIONS,
+    TASKS,
     DataConfig,
     DistillConfig,
     GateConfig,
@@ -19,7 +22,10 @@ from kdflow.config.settings import (
 __all__ = [
     "AUGMENTATIONS",
     "BUILTIN_PREFIX",
+    "KD_LOSSES",
+    "LM_TOP_K",
     "SECTIONS",
+    "TASKS",
     "DataConfig",
     "DistillConfig",
     "GateConfig",

@@ -17,6 +17,13 @@ from kdflow.errors import ConfigError
 BUILTIN_PREFIX = "builtin:"
 AUGMENTATIONS = ("crop", "flip", "rotate", "color", "mixup")
 """The names --augment takes (`kdflow.data.augment` implements each)."""
+TASKS = ("classification", "causal-lm")
+"""What --task takes: class logits per row, or next-token logits per token."""
+KD_LOSSES = ("forward_kl", "reverse_kl", "jsd")
+"""What --kd-loss takes (causal-lm; `kdflow.distill.lm_losses` computes each)."""
+DEFAULT_MAX_LENGTH = {"classification": 128, "causal-lm": 512}
+LM_TOP_K = 64
+"""Top-k logits per token a causal-LM teacher cache keeps when --top-k is 0."""
 
 
 def option_name(field_name: str) -> str:
@@ -53,6 +60,10 @@ def _check_augment(names: list[str], field_name: str) -> None:
 
 @dataclass
 class DataConfig:
+    task: str = "classification"
+    """What the models learn: `classification` (a class per row: columns, text or images)
+    or `causal-lm` (next-token prediction on a text corpus: --text-column, or
+    --prompt-column with --completion-column, where the loss counts completion tokens)."""
     data: str = "builtin:digits"
     """Training data: a Parquet or CSV file, a folder of images with one sub-folder per class
     (PNG/JPEG/WebP; local or s3://), or `builtin:digits` (scikit-learn's 8x8 digits)."""
@@ -75,9 +86,16 @@ class DataConfig:
     the other columns but the label are ignored)."""
     text_pair_column: str | None = None
     """Second text of each row, for sentence pairs (with --text-column)."""
-    max_length: int = 128
-    """Tokens per text (both texts of a pair together) for text data; longer texts are
-    truncated, and validation reports how many are."""
+    max_length: int = 0
+    """Tokens per text (both texts of a pair together) for text data, 128 by default;
+    longer texts are truncated, and validation reports how many are. For causal-lm, the
+    tokens per packed sequence (default 512): documents are packed end to end, and no
+    token attends across a document's end."""
+    prompt_column: str | None = None
+    """Column of prompts for causal-lm instruction data (with --completion-column): the
+    model reads the prompt and learns the completion only."""
+    completion_column: str | None = None
+    """Column of completions for causal-lm instruction data (with --prompt-column)."""
     image_column: str | None = None
     """Column of a Parquet/CSV table holding each image: a path (relative to the table's
     folder, absolute, or s3://) or the image file's bytes. Not needed for a folder of images."""
@@ -91,11 +109,20 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _require(bool(self.data), "data", "give a Parquet/CSV file or builtin:digits")
+        _require(
+            self.task in TASKS, "task", f"unknown task {self.task!r}; known: {', '.join(TASKS)}"
+        )
+        if self.task == "causal-lm":
+            self._check_corpus()
         _require(bool(self.label_column), "label_column", "must not be empty")
         _require(0.0 < self.test_fraction < 1.0, "test_fraction", "must be in (0, 1)")
         _require(0.0 <= self.val_fraction < 1.0, "val_fraction", "must be in [0, 1)")
         _require(self.validation in ("fail", "warn"), "validation", "must be `fail` or `warn`")
-        _require(self.max_length >= 1, "max_length", "must be at least 1 token (default 128)")
+        _require(
+            self.max_length >= 0,
+            "max_length",
+            f"must be at least 1 token (0 or unset: {DEFAULT_MAX_LENGTH[self.task]})",
+        )
         _require(
             self.text_pair_column is None or bool(self.text_column),
             "text_pair_column",
@@ -119,6 +146,56 @@ class DataConfig:
                 "input_shape",
                 f"dimensions must be positive integers, got {self.input_shape}",
             )
+        if self.task != "causal-lm":
+            for name in ("prompt_column", "completion_column"):
+                _require(getattr(self, name) is None, name, "is for --task causal-lm")
+
+    def _check_corpus(self) -> None:
+        _require(
+            self.data != "builtin:digits",
+            "data",
+            "--task causal-lm needs a text corpus (Parquet, CSV or JSONL)",
+        )
+        _require(
+            self.prompt_column is None or self.completion_column is not None,
+            "prompt_column",
+            "needs --completion-column (the text the model learns to write)",
+        )
+        _require(
+            self.completion_column is None or self.prompt_column is not None,
+            "completion_column",
+            "needs --prompt-column (the text the model reads first)",
+        )
+        _require(
+            (self.text_column is None) != (self.prompt_column is None),
+            "text_column",
+            "--task causal-lm needs --text-column (plain text) or --prompt-column with "
+            "--completion-column (instruction data), not both"
+            if self.text_column
+            else "--task causal-lm needs --text-column (plain text) or --prompt-column with "
+            "--completion-column (instruction data)",
+        )
+        for name in ("text_pair_column", "image_column"):
+            _require(getattr(self, name) is None, name, "is not for --task causal-lm")
+        if self.prompt_column is not None:
+            _require(
+                self.prompt_column != self.completion_column,
+                "completion_column",
+                "is the same column as --prompt-column",
+            )
+
+    @property
+    def tokens(self) -> int:
+        """--max-length, or the task's default when it is 0 (128 per text, 512 per packed
+        sequence of a corpus)."""
+        return self.max_length or DEFAULT_MAX_LENGTH[self.task]
+
+    @property
+    def corpus_columns(self) -> list[str]:
+        """The corpus's text column, or its prompt and completion columns (causal-lm)."""
+        if self.prompt_column and self.completion_column:
+            return [self.prompt_column, self.completion_column]
+        return [self.text_column] if self.text_column else []
 
 
 @dataclass
@@ -137,6 +214,10 @@ class TeacherConfig:
     pretrained hf: model)."""
     batch_size: int = 64
     """Mini-batch size for teacher training."""
+    vocab_size: int = 0
+    """Vocabulary of the byte-level BPE tokenizer trained on the corpus for fresh causal-lm
+    models (hf-config:), shared by every fresh teacher and student. 0: sized to the corpus
+    (about a fifth of its distinct words, between 512 and 16,384)."""
     trust_remote_code: bool = False
     """Let an hf: teacher run the modelling code its folder or hub repository ships (off:
     only architectures built into transformers load)."""
@@ -205,7 +286,17 @@ class DistillConfig:
     cached logit belongs to the image as it was, not to its augmented view, so --augment
     needs --teacher-mode online; give it a long schedule (--student-epochs)."""
     top_k: int = 0
-    """Keep only each teacher's k largest logits (0: all): a smaller cache, an approximation."""
+    """Keep only each teacher's k largest logits (0: all): a smaller cache, an approximation.
+    For causal-lm, 0 keeps 64 per token (a whole vocabulary per token is too large to
+    cache), and the teachers' remaining probability is kept as one tail bucket."""
+    kd_loss: str = "forward_kl"
+    """Token-level divergence for causal-lm: `forward_kl` (KL(teacher ‖ student), Hinton at
+    T), `reverse_kl` (KL(student ‖ teacher), mode-seeking) or `jsd` (generalised
+    Jensen-Shannon with --jsd-beta, Agarwal et al. 2024)."""
+    jsd_beta: float = 0.5
+    """β of --kd-loss jsd, in [0, 1]: the mixture is β·teacher + (1-β)·student, and the loss
+    β·KL(teacher ‖ mix) + (1-β)·KL(student ‖ mix) (TRL's convention; 0 is forward KL, 1 is
+    reverse KL)."""
     storage_path: str | None = None
     """Folder or s3://bucket/prefix for checkpoints and the teacher cache, shared by runs (a
     retried run resumes, caches are reused). Default: the step's own folder, not shared."""
@@ -296,6 +387,12 @@ class DistillConfig:
             "to their augmented views, which the teachers must label as the student sees them "
             "(function matching)",
         )
+        _require(
+            self.kd_loss in KD_LOSSES,
+            "kd_loss",
+            f"unknown loss {self.kd_loss!r}; known: {', '.join(KD_LOSSES)}",
+        )
+        _require(0.0 <= self.jsd_beta <= 1.0, "jsd_beta", f"must be in [0, 1], got {self.jsd_beta}")
         _require(self.top_k >= 0, "top_k", f"must be >= 0 (0 keeps every logit), got {self.top_k}")
         _require(
             not (self.top_k and self.ensemble == "mean_logits"),
@@ -386,6 +483,9 @@ class GateConfig:
     """Student accuracy may be at most this far below the current champion's."""
     max_ece: float = 0.1
     """Calibration ceiling: the student's expected calibration error (15 bins) must be <= this."""
+    max_perplexity_ratio: float = 1.5
+    """causal-lm: the student's test perplexity may be at most this times the teacher
+    ensemble's (the perplexity_retention gate)."""
 
     def __post_init__(self) -> None:
         _require(0.0 <= self.min_retention <= 1.5, "min_retention", "must be in [0, 1.5]")
@@ -393,6 +493,11 @@ class GateConfig:
         _require(self.min_speedup >= 0, "min_speedup", "must be >= 0")
         _require(0.0 <= self.max_regression <= 1.0, "max_regression", "must be in [0, 1]")
         _require(0.0 <= self.max_ece <= 1.0, "max_ece", f"must be in [0, 1], got {self.max_ece}")
+        _require(
+            self.max_perplexity_ratio >= 1.0,
+            "max_perplexity_ratio",
+            f"must be >= 1, got {self.max_perplexity_ratio}",
+        )
 
 
 @dataclass

@@ -166,7 +166,7 @@ class ImageSource:
         self.tokenize_seconds = 0.0
         self._pixels: dict[str, np.ndarray] = {}
 
-    def rows(self, split: str) -> int:
+    def rows(self, split: str, encoder: Encoder | None = None) -> int:
         return int(self.meta.rows[split])
 
     def pixels(self, split: str) -> np.ndarray:
@@ -208,7 +208,9 @@ class ImageSource:
     def texts(self, split: str, start: int = 0, stop: int | None = None) -> list[list[str]]:
         return []
 
-    def labels(self, split: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+    def labels(
+        self, split: str, start: int = 0, stop: int | None = None, encoder: Encoder | None = None
+    ) -> np.ndarray:
         return read_labels(self.uri, split, start, stop)
 
     def images(self, split: str, start: int = 0, stop: int | None = None) -> list[bytes]:

@@ -2,7 +2,8 @@
 
 A prepared dataset (the validate step's output) is a folder with `train.parquet`,
 `val.parquet`, `test.parquet` and `meta.json` (feature columns, class names, input shape,
-source hash). Labels are stored as class indices into `meta.json`'s `classes`.
+source hash). Labels are stored as class indices into `meta.json`'s `classes`; a causal-lm
+corpus has documents and no labels (`write_prepared_corpus`).
 """
 
 from __future__ import annotations
@@ -72,12 +73,16 @@ class DatasetMeta:
     source: str
     kind: str = "columns"
     """`columns` (numeric feature columns), `text` (the text columns, tokenized by each
-    model) or `image` (image files, decoded once into uint8 C × H × W pixels);
-    `kdflow.data.sources.KINDS` reads each."""
+    model), `image` (image files, decoded once into uint8 C × H × W pixels) or `corpus`
+    (causal-lm documents, packed into blocks of tokens by each model; no label column and
+    no classes, and `rows` counts documents, not blocks); `kdflow.data.sources.KINDS`
+    reads each."""
     text_columns: list[str] = field(default_factory=list)
-    """The text column, and the second text of a pair when there is one (kind `text`)."""
+    """The text column, and the second text of a pair when there is one (kind `text`);
+    a corpus's text column, or its prompt and completion columns (kind `corpus`)."""
     max_length: int = 0
-    """Tokens per text (kind `text`): longer texts are truncated."""
+    """Tokens per text (kind `text`): longer texts are truncated. Tokens per packed block
+    (kind `corpus`, whose `input_shape` is [max_length])."""
 
     @property
     def n_features(self) -> int:
@@ -179,6 +184,38 @@ def write_prepared(
         kind="text" if text_columns else "columns",
         text_columns=list(text_columns or []),
         max_length=max_length if text_columns else 0,
+    )
+    (folder / "meta.json").write_text(json.dumps(asdict(meta), indent=2))
+    return meta
+
+
+def write_prepared_corpus(
+    folder: Path,
+    splits: dict[str, pd.DataFrame],
+    columns: list[str],
+    max_length: int,
+    sha256: str,
+    source: str,
+) -> DatasetMeta:
+    """Write a causal-lm corpus's folder: each split's document `columns` ([text] or
+    [prompt, completion]) as strings (a missing value becomes the empty string), and
+    meta.json of kind `corpus`. Documents stay raw: each model packs them with its own
+    tokenizer at `max_length` tokens a block (`kdflow.data.corpus`)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, frame in splits.items():
+        out = pd.DataFrame({c: frame[c].fillna("").astype(str) for c in columns})
+        out.to_parquet(folder / f"{name}.parquet", index=False)
+    meta = DatasetMeta(
+        label_column="",
+        feature_columns=[],
+        classes=[],
+        input_shape=[max_length],
+        sha256=sha256,
+        rows={name: len(frame) for name, frame in splits.items()},
+        source=source,
+        kind="corpus",
+        text_columns=list(columns),
+        max_length=max_length,
     )
     (folder / "meta.json").write_text(json.dumps(asdict(meta), indent=2))
     return meta

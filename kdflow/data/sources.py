@@ -6,13 +6,16 @@ models normalise with. Nothing reads all of a split at once unless it asks for i
 
 `open_source(dataset_uri)` picks the implementation named by the prepared dataset's
 `meta.json` (`kind`, default `columns`): `ColumnSource` (numeric feature columns in
-Parquet) or `TextSource` (text columns, tokenized by each model's own `Encoder`). The next
-kinds (image files, corpora) add an implementation and an entry in `KINDS`; the loop does
-not change.
+Parquet), `TextSource` (text columns, tokenized by each model's own `Encoder`),
+`ImageSource` (decoded pixels) or `CorpusSource` (documents packed into blocks of tokens
+by a causal LM's encoder, so even its row count needs the encoder). A kind adds an
+implementation and an entry in `KINDS`; the loop does not change.
 
 Inputs are one array per row block whatever the kind: float32 N × F for columns, and for
 text an int64 N × K × L array that packs token ids, attention mask (and token types) as
-`Encoder.encode` makes them, so gathering, sharding and pinning rows work the same.
+`Encoder.encode` makes them, so gathering, sharding and pinning rows work the same. A
+corpus's inputs are int64 N × 2 × L blocks (token ids, segments) and its labels int64
+N × L next-token ids.
 """
 
 from __future__ import annotations
@@ -36,8 +39,9 @@ class DataSource(Protocol):
     tokenize_seconds: float
     """Time spent encoding rows for models (text: tokenizing), cache hits excluded."""
 
-    def rows(self, split: str) -> int:
-        """How many rows `split` has."""
+    def rows(self, split: str, encoder: Encoder | None = None) -> int:
+        """How many rows `split` has (a corpus: the blocks `encoder` packs it into; other
+        kinds ignore `encoder`)."""
         ...
 
     def read(
@@ -54,11 +58,15 @@ class DataSource(Protocol):
         ...
 
     def texts(self, split: str, start: int = 0, stop: int | None = None) -> list[list[str]]:
-        """Rows [start, stop) of the text columns, column-wise (kind `text`; [] otherwise)."""
+        """Rows [start, stop) of the text columns, column-wise (kinds `text` and `corpus`,
+        whose rows here are documents; [] otherwise)."""
         ...
 
-    def labels(self, split: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Rows [start, stop) of the class indices (int64), without the inputs."""
+    def labels(
+        self, split: str, start: int = 0, stop: int | None = None, encoder: Encoder | None = None
+    ) -> np.ndarray:
+        """Rows [start, stop) of the class indices (int64), without the inputs (a corpus:
+        the next-token labels of the blocks `encoder` packs, N × L)."""
         ...
 
     def input_stats(self) -> tuple[list[float], list[float]]:
@@ -74,7 +82,7 @@ class ColumnSource:
         self.uri, self.meta = uri, meta
         self.tokenize_seconds = 0.0
 
-    def rows(self, split: str) -> int:
+    def rows(self, split: str, encoder: Encoder | None = None) -> int:
         return int(self.meta.rows[split])
 
     def read(
@@ -93,7 +101,9 @@ class ColumnSource:
     def texts(self, split: str, start: int = 0, stop: int | None = None) -> list[list[str]]:
         return []
 
-    def labels(self, split: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+    def labels(
+        self, split: str, start: int = 0, stop: int | None = None, encoder: Encoder | None = None
+    ) -> np.ndarray:
         return read_labels(self.uri, split, start, stop)
 
     def input_stats(self) -> tuple[list[float], list[float]]:
@@ -112,7 +122,18 @@ def _image_source() -> type:
     return ImageSource
 
 
-KINDS: dict[str, Any] = {"columns": ColumnSource, "text": _text_source, "image": _image_source}
+def _corpus_source() -> type:
+    from kdflow.data.corpus import CorpusSource
+
+    return CorpusSource
+
+
+KINDS: dict[str, Any] = {
+    "columns": ColumnSource,
+    "text": _text_source,
+    "image": _image_source,
+    "corpus": _corpus_source,
+}
 """Data source kinds, by the `kind` a prepared dataset's meta.json names."""
 
 

@@ -1,17 +1,19 @@
 """Reading tables from local paths and S3 with clear errors, in bounded memory.
 
-`open_table(uri)` opens a Parquet or CSV file (a local path or `s3://bucket/key`) as a
-`TableSource`: schema and row count come from the Parquet footer without reading data, and
-`iter_batches(columns)` streams a subset of columns a few thousand rows at a time. Reading
-a few columns at a time is what bounds memory: a Parquet row group of 1 M rows × 100 float
-columns decodes to 800 MB, one 16-column slice of it to 130 MB, a 64 Ki-row batch of that
-to 8 MB. CSV has no columnar layout, so it is first streamed into a temporary Parquet file.
+`open_table(uri)` opens a Parquet, CSV or JSON Lines file (a local path or
+`s3://bucket/key`) as a `TableSource`: schema and row count come from the Parquet footer
+without reading data, and `iter_batches(columns)` streams a subset of columns a few
+thousand rows at a time. Reading a few columns at a time is what bounds memory: a Parquet
+row group of 1 M rows × 100 float columns decodes to 800 MB, one 16-column slice of it to
+130 MB, a 64 Ki-row batch of that to 8 MB. CSV and JSON Lines (one JSON object a line:
+`*.jsonl`, `*.ndjson`, as text corpora often come) have no columnar layout, so they are
+first streamed into a temporary Parquet file.
 
 S3 goes through `pyarrow.fs.S3FileSystem`: credentials from the usual AWS variables, the
 endpoint from `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL` (MinIO, moto), if set.
 
 Every failure a user can cause (missing file or bucket, a directory, an empty, header-only,
-truncated or non-Parquet file) raises `DataError` naming the URI.
+truncated or non-Parquet file, a malformed JSON line) raises `DataError` naming the URI.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.zst")
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.bz2", ".jsonl.zst", ".ndjson", ".ndjson.gz")
 BATCH_ROWS = 65_536
 """Rows per streamed batch: 64 Ki rows × 16 float columns = 8 MB."""
 _CSV_BLOCK_BYTES = 4 << 20
@@ -47,7 +50,7 @@ _PARQUET_BUFFER_BYTES = 1 << 20
 
 
 def read_table(uri: str) -> pd.DataFrame:
-    """Read a whole Parquet or CSV file (local or s3://) into a DataFrame.
+    """Read a whole Parquet, CSV or JSON Lines file (local or s3://) into a DataFrame.
 
     Raises DataError naming the file when it is missing, unreadable or has no rows.
     """
@@ -56,14 +59,20 @@ def read_table(uri: str) -> pd.DataFrame:
 
 
 def open_table(uri: str) -> TableSource:
-    """Open a Parquet or CSV file as a `TableSource` (use it as a context manager)."""
+    """Open a Parquet, CSV or JSON Lines file as a `TableSource` (use it as a context
+    manager)."""
     filesystem, path = resolve_uri(uri)
     _check_is_file(filesystem, path, uri)
+    convert = None
     if path.lower().endswith(CSV_SUFFIXES):
+        convert = csv_to_parquet
+    elif path.lower().endswith(JSONL_SUFFIXES):
+        convert = json_lines_to_parquet
+    if convert is not None:
         workdir = Path(tempfile.mkdtemp(prefix="kdflow-csv-"))
         try:
             converted = workdir / "table.parquet"
-            csv_to_parquet(uri, converted)
+            convert(uri, converted)
             return _open_parquet(pa_fs.LocalFileSystem(), str(converted), uri, workdir)
         except BaseException:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -230,6 +239,41 @@ def csv_to_parquet(uri: str, out: Path, batch_rows: int = BATCH_ROWS) -> Path:
         return out
 
 
+def json_lines_to_parquet(uri: str, out: Path, batch_rows: int = BATCH_ROWS) -> Path:
+    """Stream a JSON Lines file (one object a line) into Parquet in bounded memory.
+
+    Column types are inferred from the first 4 MiB; a later value of another type (text
+    after numbers) is an error naming the column and the row, as is a line that is not a
+    JSON object.
+    """
+    import pyarrow.json as pa_json
+
+    filesystem, path = resolve_uri(uri)
+    try:
+        stream = filesystem.open_input_stream(path, compression="detect")
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError(f"{uri}: cannot be read as JSON Lines: {exc}") from exc
+    try:
+        reader = pa_json.open_json(
+            stream, read_options=pa_json.ReadOptions(block_size=_CSV_BLOCK_BYTES)
+        )
+        rows = _write_batches(reader, out, batch_rows)
+    except pa.ArrowInvalid as exc:
+        if "Empty JSON stream" in str(exc):
+            raise DataError(f"{uri}: has no rows") from exc
+        raise DataError(
+            f"{uri}: not well-formed JSON Lines (one JSON object a line, each field of one "
+            f"type in every line): {exc}"
+        ) from exc
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError(f"{uri}: cannot be read as JSON Lines: {exc}") from exc
+    finally:
+        stream.close()
+    if rows == 0:
+        raise DataError(f"{uri}: has no rows")
+    return out
+
+
 def _write_batches(reader: pa.RecordBatchReader, out: Path, batch_rows: int) -> int:
     rows = 0
     with pq.ParquetWriter(out, reader.schema) as writer:
@@ -297,7 +341,10 @@ def _open_parquet(
     except (OSError, pa.ArrowException) as exc:
         hint = ""
         if not path.lower().endswith(PARQUET_SUFFIXES):
-            hint = f" (kdflow reads Parquet, or CSV named *{', *'.join(CSV_SUFFIXES)})"
+            hint = (
+                f" (kdflow reads Parquet, CSV named *{', *'.join(CSV_SUFFIXES)}, or JSON "
+                f"Lines named *{', *'.join(JSONL_SUFFIXES)})"
+            )
         raise DataError(
             f"{uri}: not a readable Parquet file (truncated or another format?){hint}: {exc}"
         ) from exc

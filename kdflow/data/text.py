@@ -6,10 +6,11 @@ a vocabulary for logit distillation. Tokenizing is done once per (dataset, split
 and cached, like the teachers' logits: in memory for the process, and, given a cache root
 (the run's storage path), as a safetensors file that later steps and runs read back:
 
-    <cache root>/token-cache/<dataset sha256[:24]>/<encoder fingerprint[:24]>/<split>.safetensors
+    <cache root>/token-cache/<split file sha256[:24]>/<encoder fingerprint[:24]>/<split>.safetensors
 
-holding `inputs`, int32 N × K × L (the encoder's int64 arrays, narrowed: token ids and masks
-fit in 32 bits). `tokenize_seconds` counts the time spent tokenizing (cache misses only).
+holding `inputs`, int32 N × K × L (the encoder's int64 arrays, narrowed: token ids, masks
+and labels fit in 32 bits). `kdflow.data.corpus` caches packed corpus blocks the same way.
+`tokenize_seconds` counts the time spent tokenizing (cache misses only).
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ class TextSource:
         self.uri, self.meta, self.cache_root = uri, meta, cache_root
         self.tokenize_seconds = 0.0
         self._encoded: dict[tuple[str, str], np.ndarray] = {}
+        self._split_keys: dict[str, str] = {}
 
-    def rows(self, split: str) -> int:
+    def rows(self, split: str, encoder: Encoder | None = None) -> int:
         return int(self.meta.rows[split])
 
     def texts(self, split: str, start: int = 0, stop: int | None = None) -> list[list[str]]:
@@ -51,7 +53,9 @@ class TextSource:
             [str(v) for v in table.column(c).to_pylist()] for c in self.meta.text_columns
         ]
 
-    def labels(self, split: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+    def labels(
+        self, split: str, start: int = 0, stop: int | None = None, encoder: Encoder | None = None
+    ) -> np.ndarray:
         return read_labels(self.uri, split, start, stop)
 
     def read(
@@ -92,10 +96,14 @@ class TextSource:
     def _cache_uri(self, split: str, encoder: Encoder) -> str | None:
         if not self.cache_root:
             return None
+        if split not in self._split_keys:
+            # The split file's own hash, not the dataset's: another seed or split fraction
+            # of the same table gives other rows under the same split name.
+            self._split_keys[split] = storage.sha256(storage.join(self.uri, f"{split}.parquet"))
         return storage.join(
             self.cache_root,
             TOKEN_CACHE,
-            self.meta.sha256[:24],
+            self._split_keys[split][:24],
             encoder.fingerprint[:24],
             f"{split}.safetensors",
         )
@@ -128,7 +136,9 @@ def _read_cached(uri: str) -> np.ndarray | None:
 def _write_cached(uri: str, inputs: np.ndarray) -> None:
     from safetensors.numpy import save_file
 
-    if inputs.size and (inputs.max() > np.iinfo(np.int32).max or inputs.min() < 0):
+    # Within int32, negatives included: a corpus's labels are -100 where nothing is learnt.
+    limits = np.iinfo(np.int32)
+    if inputs.size and (inputs.max() > limits.max or inputs.min() < limits.min):
         raise DataError(f"token ids outside int32 for the token cache {uri}")
     with tempfile.TemporaryDirectory(prefix="kdflow-tokens-") as tmp:
         path = Path(tmp) / "inputs.safetensors"

@@ -47,8 +47,9 @@ def dataset_key(dataset_uri: str | Path) -> str:
     return digest.hexdigest()
 
 
-def entry_uri(root: str | Path, data_key: str, teacher_sha: str, top_k: int) -> str:
-    name = f"{teacher_sha[:24]}{f'-top{top_k}' if top_k else ''}.safetensors"
+def entry_uri(root: str | Path, data_key: str, teacher_sha: str, top_k: int, tag: str = "") -> str:
+    """Where an entry lives; `tag` names what else it depends on (a causal LM's `-T1`)."""
+    name = f"{teacher_sha[:24]}{f'-top{top_k}' if top_k else ''}{tag}.safetensors"
     return storage.join(root, CACHE_FOLDER, data_key[:24], name)
 
 

@@ -29,11 +29,12 @@ from kdflow.data import storage
 from kdflow.data.prepared import DatasetMeta
 from kdflow.data.sources import DataSource, open_source
 from kdflow.distill import hints
+from kdflow.distill.lm_checks import lm_ensemble_report, lm_student_checks, lm_top_k
 from kdflow.distill.loop import InProcess, WorkerJob, role_history, train
 from kdflow.distill.ray_train import StudentResult, train_students
 from kdflow.distill.runtime import cpu_budget, ensure_ray, limit_threads, local_device
 from kdflow.distill.targets import Ensemble, ensemble_report
-from kdflow.distill.tasks import Task, task_named
+from kdflow.distill.tasks import Task, task_for, task_named
 from kdflow.distill.teachers import TeacherOutputs, load_teacher, teacher_outputs
 from kdflow.errors import ConfigError, KdflowError
 from kdflow.models.sources import (
@@ -56,13 +57,14 @@ def prepare_template(
     teacher: str | None = None,
     option: str = "--student",
     trust_remote_code: bool = False,
+    vocab_size: int = 0,
 ) -> str | None:
     """The initial model folder of `spec` at `uri`, written once here for every role and
     worker (`ModelSource.prepare`: a trained tokenizer, a teacher's layers); None for a
     source that builds from the spec alone."""
     source = source_for(spec)
     source.check(spec, option)
-    context = PrepareContext(data, seed, teacher, trust_remote_code, option)
+    context = PrepareContext(data, seed, teacher, trust_remote_code, option, vocab_size)
     with tempfile.TemporaryDirectory(prefix="kdflow-template-") as tmp:
         if not source.prepare(spec, context, Path(tmp)):
             return None
@@ -161,20 +163,29 @@ def _distill_once(
     born-again generation; this fills in what the teachers give (caches, ensemble)."""
     cfg = job.cfg
     started = time.monotonic()
-    top_k = cfg.top_k if 0 < cfg.top_k < meta.n_classes else 0
-    if cfg.top_k and not top_k:
-        log.info("--top-k %d >= %d classes: caching full logits", cfg.top_k, meta.n_classes)
-    teachers = teacher_outputs(job.dataset, teacher_uris, meta, cfg, storage_root, top_k, task)
+    if task.name == "causal-lm":
+        top_k, rows = lm_top_k(cfg, job.vocab_size), job.rows
+    else:
+        top_k, rows = (cfg.top_k if 0 < cfg.top_k < meta.n_classes else 0), None
+        if cfg.top_k and not top_k:
+            log.info("--top-k %d >= %d classes: caching full logits", cfg.top_k, meta.n_classes)
+    teachers = teacher_outputs(
+        job.dataset, teacher_uris, meta, cfg, storage_root, top_k, task, rows
+    )
     teachers_done = time.monotonic()
-    report = ensemble_report([t.val_logits for t in teachers], val_y, cfg)
+    if task.name == "causal-lm":
+        report = lm_ensemble_report([t.val_logits for t in teachers], cfg)
+    else:
+        report = ensemble_report([t.val_logits for t in teachers], val_y, cfg)
     for i, t in enumerate(teachers):
+        agreement = report["agreement"][i]
         log.info(
-            "teacher %d %s: val accuracy %.4f, weight %.3f, agreement with the ensemble %.4f%s",
+            "teacher %d %s: val accuracy %.4f, weight %.3f%s%s",
             i,
             describe(t.spec),
             report["teacher_val_accuracy"][i],
             report["weights"][i],
-            report["agreement"][i],
+            "" if agreement is None else f", agreement with the ensemble {agreement:.4f}",
             " (cached)" if t.cache_hit else "",
         )
     job = replace(
@@ -215,22 +226,25 @@ def run_distillation(
     if cfg.workers:  # in-process runs (workers=0) never start Ray
         ensure_ray(num_cpus=max(cfg.workers, cpu_budget()))
     ray_started = time.monotonic()
-    source = open_source(dataset_uri)
+    source = open_source(dataset_uri, cache_root=storage_root)
     meta = source.meta
-    rows = source.rows("train")
-    if rows < cfg.workers:
-        raise KdflowError(f"--workers {cfg.workers}: more workers than training rows ({rows})")
     template = prepare_template(
         cfg.student, source, storage.join(storage_root, "templates", run_name), seed,
         teacher=teacher_uris[0] if teacher_uris else None,
     )
+    task = task_named(task_for(meta), cfg)
+    encoder, vocab_size = None, 0
+    if task.name == "causal-lm":
+        encoder, vocab_size = lm_student_checks(cfg, teacher_uris, meta, template)
+    rows = source.rows("train", encoder)
+    if rows < cfg.workers:
+        raise KdflowError(f"--workers {cfg.workers}: more workers than training rows ({rows})")
     check_teacher_settings(cfg, teacher_uris, meta, template)
-    task = task_named("classification")
     born_again = storage.join(storage_root, "born-again", run_name)
     first = dict(outputs)
     if cfg.generations > 1:
         first["student"] = storage.join(born_again, "gen-1")
-    val_y = source.labels("val")
+    val_y = source.labels("val", encoder=encoder)
     job = WorkerJob(
         cfg=cfg,
         dataset=dataset_uri,
@@ -243,6 +257,8 @@ def run_distillation(
         fail_at_epoch=fail_at_epoch,
         template=template,
         token_cache=storage_root,
+        rows=rows,
+        vocab_size=vocab_size,
     )
     results, teachers, report, seconds = _distill_once(
         job, teacher_uris, first, storage_root, run_name, meta, val_y, task
@@ -345,7 +361,8 @@ def train_teacher(
     views_apply(bool(cfg.teacher_augment), "--teacher-augment", data.meta.kind)
     with tempfile.TemporaryDirectory(prefix="kdflow-teacher-") as tmp:
         template = prepare_template(
-            spec, data, tmp, seed, option="--teachers", trust_remote_code=cfg.trust_remote_code
+            spec, data, tmp, seed, option="--teachers", trust_remote_code=cfg.trust_remote_code,
+            vocab_size=cfg.vocab_size,
         )
         job = WorkerJob(
             cfg=teacher_training(cfg, spec),
@@ -354,6 +371,7 @@ def train_teacher(
             seed=seed,
             run_dir="",
             template=template,
+            task=task_for(data.meta),
         )
         (role,), history = train(job, InProcess(local_device(), on_epoch))
     role.classifier.cpu().eval()

@@ -36,7 +36,7 @@ from kdflow.distill import hints
 from kdflow.distill.checkpoints import restore_training, restore_weights
 from kdflow.distill.runtime import seed_everything
 from kdflow.distill.step import Batch, OnlineTeachers, Role, kd_step
-from kdflow.distill.targets import Ensemble, Targets
+from kdflow.distill.targets import Ensemble, SoftTargets
 from kdflow.distill.tasks import Task, task_named
 from kdflow.distill.teachers import load_teacher
 from kdflow.errors import KdflowError
@@ -81,6 +81,10 @@ class WorkerJob:
     (transformers: the tokenizer, the weights taken from a teacher)."""
     token_cache: str | None = None
     """Where encoded (tokenized) splits are cached: the run's storage path."""
+    rows: int = 0
+    """The training split's rows as the models read them (a corpus: packed blocks)."""
+    vocab_size: int = 0
+    """The shared vocabulary of a causal-lm run's models."""
     fail_at_epoch: int | None = None
     """Test hook: fail once after this epoch's checkpoint."""
 
@@ -151,7 +155,7 @@ def epoch_order(shard_rows: int, per_rank: int, seed: int) -> torch.Tensor:
     return order
 
 
-def shard_targets(job: WorkerJob, task: Task, start: int, stop: int) -> Targets:
+def shard_targets(job: WorkerJob, task: Task, start: int, stop: int) -> SoftTargets:
     """This shard's ensemble soft targets from the cache: one ranged read per teacher."""
     assert job.ensemble is not None
     parts = []
@@ -173,7 +177,7 @@ def batches(
     order: torch.Tensor,
     batch_size: int,
     device: torch.device,
-    targets: Targets | None = None,
+    targets: SoftTargets | None = None,
     transform: Transform | None = None,
 ) -> Iterator[Batch]:
     """Batches of the rows in `order`, with their cached soft targets when given.
@@ -380,22 +384,23 @@ def train(job: WorkerJob, reporter: Reporter) -> tuple[list[Role], list[dict[str
 def _train(
     job: WorkerJob, reporter: Reporter, template: Path | None
 ) -> tuple[list[Role], list[dict[str, Any]]]:
-    cfg, task = job.cfg, task_named(job.task)
+    cfg, task = job.cfg, task_named(job.task, job.cfg)
     rank, world, device = reporter.rank, reporter.world, reporter.device
     source = open_source(job.dataset, cache_root=job.token_cache)
     if job.stats is None:  # one pass over the training split, for normalisation and noise
         job = replace(job, stats=source.input_stats())
-    rows = source.rows("train")
-    start, stop = shard_bounds(rows, rank, world)
     teachers = online_teachers(job, source, task, device, template)
+    roles = build_roles(job, source, device, teachers, template)
+    # Each model reads the rows as it encodes them (text: its tokenizer, once per run; a
+    # corpus's rows are the blocks its tokenizer packs).
+    encoder = encoder_of(roles[0].classifier)
+    rows = source.rows("train", encoder)
+    start, stop = shard_bounds(rows, rank, world)
     targets = (
         shard_targets(job, task, start, stop)
         if cfg.teacher_mode == "offline" and "student" in job.roles
         else None
     )
-    roles = build_roles(job, source, device, teachers, template)
-    # Each model reads the rows as it encodes them (text: its tokenizer, once per run).
-    encoder = encoder_of(roles[0].classifier)
     train_rows = source.read("train", start, stop, encoder)
     val: Split | None = source.read("val", encoder=encoder) if rank == 0 else None
     first_epoch, history = 1, []

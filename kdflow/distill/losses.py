@@ -3,11 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 ENSEMBLE_MODES = ("mean_probs", "weighted_probs", "mean_logits")
+
+
+@dataclass
+class LossParts:
+    """One step's loss by named part. `total` is what backpropagates; the parts are
+    detached and unweighted, for the epoch's report.
+
+    `soft` is the cross-entropy H(p_T, q) against the teachers' targets (the KL plus the
+    teachers' entropy, which the loop subtracts for the report); `hard` is the label CE,
+    None when it is only reported and the loop computes it for the whole epoch at once.
+    """
+
+    total: torch.Tensor
+    hard: torch.Tensor | None
+    soft: torch.Tensor
+    feature: torch.Tensor | None = None
+    attention: torch.Tensor | None = None
 
 
 def soft_targets(

@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from kdflow.distill.hints import HintedStudent, Plan, TeacherTaps
-from kdflow.distill.losses import attention_loss, cosine_hidden_loss, hint_loss
-from kdflow.distill.targets import Ensemble, Targets
-from kdflow.distill.tasks import LossParts, Task
+from kdflow.distill.losses import LossParts, attention_loss, cosine_hidden_loss, hint_loss
+from kdflow.distill.targets import Ensemble, SoftTargets
+from kdflow.distill.tasks import Task
 
 
 @dataclass
@@ -75,10 +75,10 @@ class OnlineTeachers:
     """Hooks on the hint teacher: its features and attention maps of the same pass."""
 
     @torch.no_grad()
-    def targets(self, x: torch.Tensor) -> Targets:
+    def targets(self, x: torch.Tensor) -> SoftTargets:
         # The cache's rounding (float16, top-k) applies here too, so offline and online
         # runs on the same rows train the same student.
-        parts = [self.task.cache_parts(t(x).float(), self.ensemble.top_k) for t in self.models]
+        parts = [self.task.teacher_parts(t, x, self.ensemble.top_k) for t in self.models]
         return self.task.targets(parts, self.ensemble)
 
 
@@ -117,7 +117,7 @@ def kd_step(
         taps = teachers.taps.take() if teachers.taps is not None else None
 
     # 3. The loss, by named parts.
-    parts = task.loss(logits, batch.y, soft, temperature, role.alpha)
+    parts = task.loss(logits, batch.y, soft, temperature, role.alpha, role.classifier)
     if role.plan is not None:
         parts = with_hints(parts, role.plan, features, maps, taps)
 

@@ -4,7 +4,7 @@ the ensemble's soft targets at temperature T (dense, or sparse from top-k logits
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -52,6 +52,15 @@ def teacher_parts(logits: torch.Tensor, top_k: int) -> dict[str, torch.Tensor]:
     values, indices = z.float().topk(top_k, dim=-1)
     dtype = torch.int16 if logits.shape[-1] <= torch.iinfo(torch.int16).max else torch.int32
     return {"train_values": values.half(), "train_indices": indices.to(dtype)}
+
+
+class SoftTargets(Protocol):
+    """What the loop needs of a task's soft targets: rows by index, and each row's
+    entropy where the task reports the KL as a cross-entropy less it (None otherwise)."""
+
+    entropy: torch.Tensor | None
+
+    def rows(self, index: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
 @dataclass

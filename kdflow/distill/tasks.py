@@ -1,54 +1,47 @@
 """Tasks: what a model's output is, how teacher targets are cached and combined, and which
 loss and metric apply. The loop holds a `Task` and never asks which one it has.
 
-`classification` (class logits, N × C) is the first; a causal-LM task (per-token logits,
-N × L × V, top-k caches, masked token-level KL) is the next implementation of the same
-protocol.
+`classification` (class logits, N × C) and `causal-lm` (per-token logits over a
+vocabulary, top-k caches, masked token-level KL; `kdflow.distill.lm_task`) implement it.
+The task follows from the prepared data (`task_for`): a corpus is causal-lm.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdflow.data.prepared import Split
-from kdflow.distill.losses import kd_objective
-from kdflow.distill.targets import Ensemble, Targets, teacher_parts
+from kdflow.config import TASKS, DistillConfig
+from kdflow.data.inputs import STREAM_ROWS
+from kdflow.data.prepared import DatasetMeta, Split
+from kdflow.distill.losses import LossParts, kd_objective
+from kdflow.distill.targets import Ensemble, SoftTargets, teacher_parts
 from kdflow.errors import ConfigError
 from kdflow.models.inference import accuracy
-
-
-@dataclass
-class LossParts:
-    """One step's loss by named part. `total` is what backpropagates; the parts are
-    detached and unweighted, for the epoch's report.
-
-    `soft` is the cross-entropy H(p_T, q) against the teachers' targets (the KL plus the
-    teachers' entropy, which the loop subtracts for the report); `hard` is the label CE,
-    None when it is only reported and the loop computes it for the whole epoch at once.
-    """
-
-    total: torch.Tensor
-    hard: torch.Tensor | None
-    soft: torch.Tensor
-    feature: torch.Tensor | None = None
-    attention: torch.Tensor | None = None
 
 
 class Task(Protocol):
     name: str
     metric: str
     """The validation metric's name (higher is better)."""
+    stream_rows: int
+    """Rows per block when a split streams through the teachers (bounded memory)."""
+    predict_rows: int
+    """Rows per forward pass of a teacher's inference."""
 
     def cache_parts(self, logits: torch.Tensor, top_k: int) -> dict[str, torch.Tensor]:
         """A teacher's outputs as the cache stores them."""
         ...
 
-    def targets(self, parts: list[dict[str, torch.Tensor]], ensemble: Ensemble) -> Targets:
+    def teacher_parts(self, model: nn.Module, x: torch.Tensor, top_k: int
+                      ) -> dict[str, torch.Tensor]:
+        """`cache_parts` of a teacher's outputs on `x` (no grad is the caller's)."""
+        ...
+
+    def targets(self, parts: list[dict[str, torch.Tensor]], ensemble: Ensemble) -> SoftTargets:
         """The ensemble's soft targets of some rows from each teacher's cached parts."""
         ...
 
@@ -59,8 +52,10 @@ class Task(Protocol):
         soft: torch.Tensor | None,
         temperature: float,
         alpha: float,
+        model: nn.Module | None = None,
     ) -> LossParts:
-        """The distillation loss of one batch (hard labels alone when `soft` is None)."""
+        """The distillation loss of one batch (hard labels alone when `soft` is None);
+        `model` is the unwrapped model whose outputs these are (causal LMs: its head)."""
         ...
 
     def hard_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -78,11 +73,17 @@ class Classification:
 
     name = "classification"
     metric = "accuracy"
+    stream_rows = STREAM_ROWS
+    predict_rows = 1024
 
     def cache_parts(self, logits: torch.Tensor, top_k: int) -> dict[str, torch.Tensor]:
         return teacher_parts(logits, top_k)
 
-    def targets(self, parts: list[dict[str, torch.Tensor]], ensemble: Ensemble) -> Targets:
+    def teacher_parts(self, model: nn.Module, x: torch.Tensor, top_k: int
+                      ) -> dict[str, torch.Tensor]:
+        return teacher_parts(model(x).float(), top_k)
+
+    def targets(self, parts: list[dict[str, torch.Tensor]], ensemble: Ensemble) -> SoftTargets:
         return ensemble.combine(parts)
 
     def loss(
@@ -92,6 +93,7 @@ class Classification:
         soft: torch.Tensor | None,
         temperature: float,
         alpha: float,
+        model: nn.Module | None = None,
     ) -> LossParts:
         total, hard, soft_ce = kd_objective(
             logits, labels, soft, temperature, alpha, report_hard=False
@@ -105,10 +107,18 @@ class Classification:
         return accuracy(model, split)
 
 
-TASKS: dict[str, Task] = {"classification": Classification()}
+def task_named(name: str, cfg: DistillConfig | None = None) -> Task:
+    """The task `name`, with the run's loss settings where it has any (causal-lm)."""
+    if name == "classification":
+        return Classification()
+    if name == "causal-lm":
+        from kdflow.distill.lm_task import CausalLM
+
+        cfg = cfg or DistillConfig()
+        return CausalLM(cfg.kd_loss, cfg.jsd_beta, cfg.temperature)
+    raise ConfigError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
 
 
-def task_named(name: str) -> Task:
-    if name not in TASKS:
-        raise ConfigError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
-    return TASKS[name]
+def task_for(meta: DatasetMeta) -> str:
+    """The task of a prepared dataset: causal-lm for a corpus, else classification."""
+    return "causal-lm" if meta.kind == "corpus" else "classification"

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from kdflow.config import DistillConfig
@@ -23,7 +24,7 @@ from kdflow.distill import cache as teacher_cache
 from kdflow.distill.runtime import ensure_ray, local_device
 from kdflow.distill.tasks import Task, task_named
 from kdflow.errors import DataError, KdflowError
-from kdflow.models.inference import predict_logits
+from kdflow.models.inference import as_tensor, predict_logits
 from kdflow.models.sources import encoder_of, load_saved
 from kdflow.models.zoo import describe
 
@@ -37,8 +38,11 @@ def load_teacher(uri: str, meta: DatasetMeta) -> tuple[nn.Module, dict[str, Any]
         model, spec = load_saved(folder)
     reads_text = encoder_of(model) is not None
     reads = "text" if reads_text else "image" if spec.get("inputs") == "image" else "columns"
+    if spec.get("inputs") == "corpus":
+        reads, reads_text = "corpus", False
     if reads != meta.kind:
-        names = {"text": "text", "image": "images", "columns": "numeric columns"}
+        names = {"text": "text (a classifier)", "image": "images", "columns": "numeric columns",
+                 "corpus": "a corpus (a causal LM)"}
         raise KdflowError(
             f"teacher {uri} ({spec.get('source') or describe(spec)}) reads "
             f"{names[reads]}; the data is {names.get(meta.kind, meta.kind)}"
@@ -63,6 +67,7 @@ def _teacher_task(
     cache_uri: str | None,
     entry_meta: dict[str, Any],
     token_cache: str | None = None,
+    cfg: DistillConfig | None = None,
 ) -> dict[str, Any]:
     """One teacher's validation logits and, for the cache, its outputs over the train split.
 
@@ -71,21 +76,28 @@ def _teacher_task(
     """
     started = time.monotonic()
     source = open_source(dataset_uri, cache_root=token_cache)
-    task = task_named(task_name)
+    task = task_named(task_name, cfg)
     model, _ = load_teacher(teacher_uri, source.meta)
     model.to(local_device())
     encoder = encoder_of(model)  # each teacher reads the text through its own tokenizer
-    val_logits = predict_logits(model, source.read("val", encoder=encoder).x).half().numpy()
+    val = source.read("val", encoder=encoder)
+    if task.name == "causal-lm":  # per-token logits are too many to keep: the metrics
+        from kdflow.distill.lm_task import token_metrics
+
+        metrics = token_metrics(model, val)
+        val_logits = np.array([metrics["token_accuracy"], -metrics["log_likelihood"]], np.float32)
+    else:
+        val_logits = predict_logits(model, val.x).half().numpy()
     if cache_uri:
         top_k = int(entry_meta["top_k"])
         rows = int(entry_meta["rows"])
         arrays: dict[str, np.ndarray] = {}
         done = 0
-        for x in source.stream("train", encoder=encoder):
-            parts = task.cache_parts(predict_logits(model, x), top_k)
+        for x in source.stream("train", task.stream_rows, encoder=encoder):
+            parts = _teacher_parts(task, model, x, top_k)
             for name, t in parts.items():
                 if name not in arrays:
-                    arrays[name] = np.empty((rows, t.shape[1]), t.numpy().dtype)
+                    arrays[name] = np.empty((rows, *t.shape[1:]), t.numpy().dtype)
                 arrays[name][done : done + len(x)] = t.numpy()
             done += len(x)
         if done != rows:
@@ -96,6 +108,20 @@ def _teacher_task(
         "seconds": time.monotonic() - started,
         "tokenize_seconds": source.tokenize_seconds,
     }
+
+
+@torch.no_grad()
+def _teacher_parts(task: Task, model: nn.Module, x: np.ndarray, top_k: int
+                   ) -> dict[str, torch.Tensor]:
+    """The cache's parts of a block of rows, `task.predict_rows` at a time."""
+    model.eval()
+    device = next(model.parameters()).device
+    parts: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, len(x), task.predict_rows):
+        batch = as_tensor(x[start : start + task.predict_rows]).to(device)
+        for name, t in task.teacher_parts(model, batch, top_k).items():
+            parts.setdefault(name, []).append(t.cpu())
+    return {name: torch.cat(ts) for name, ts in parts.items()}
 
 
 @dataclass
@@ -130,12 +156,18 @@ def teacher_outputs(
     storage_root: str,
     top_k: int,
     task: Task,
+    rows: int | None = None,
 ) -> list[TeacherOutputs]:
     """Each teacher's validation logits; offline, also its cache entry, filled if missing.
 
     Cached teachers cost one read of their validation logits; the others run in parallel,
     one Ray task each (in-process runs, `workers=0`, run them here, one after the other).
-    Online mode writes no cache but reads validation logits from one.
+    Online mode writes no cache but reads validation logits from one. `rows` is the
+    training split's rows as the models read them (a corpus's packed blocks; default the
+    prepared split's rows). A causal LM's entry holds log-probabilities at the run's
+    temperature, so the temperature is part of its key, and its `val` holds the
+    validation token accuracy and mean negative log-likelihood per token (log perplexity)
+    rather than logits.
     """
     offline = cfg.teacher_mode == "offline"
     key = teacher_cache.dataset_key(dataset_uri)
@@ -147,10 +179,14 @@ def teacher_outputs(
             "dataset_key": key,
             "teacher_sha256": spec["weights_sha256"],
             "top_k": top_k,
-            "rows": int(meta.rows["train"]),
+            "rows": int(meta.rows["train"]) if rows is None else rows,
             "classes": meta.n_classes,
         }
-        cache = teacher_cache.entry_uri(storage_root, key, spec["weights_sha256"], top_k)
+        suffix = ""
+        if task.name == "causal-lm":
+            entry_meta |= {"temperature": cfg.temperature, "task": task.name}
+            suffix = f"-T{cfg.temperature:g}"
+        cache = teacher_cache.entry_uri(storage_root, key, spec["weights_sha256"], top_k, suffix)
         entry = teacher_cache.CacheEntry.open(cache)
         if entry is not None and entry.matches(entry_meta):
             log.info("teacher %d (%s): cached outputs %s", i, describe(spec), cache)
@@ -164,7 +200,8 @@ def teacher_outputs(
         # In-process runs start no Ray: the teachers fill their caches here, one by one.
         done = [
             _teacher_task(
-                dataset_uri, uri, task.name, cache if offline else None, entry_meta, storage_root
+                dataset_uri, uri, task.name, cache if offline else None, entry_meta, storage_root,
+                cfg,
             )
             for uri, _, cache, entry_meta in pending.values()
         ]
@@ -176,7 +213,8 @@ def teacher_outputs(
         remote = ray.remote(_teacher_task)
         refs = [
             remote.options(num_cpus=1, num_gpus=gpus, name=f"kdflow-teacher-{i}").remote(
-                dataset_uri, uri, task.name, cache if offline else None, entry_meta, storage_root
+                dataset_uri, uri, task.name, cache if offline else None, entry_meta, storage_root,
+                cfg,
             )
             for i, (uri, _, cache, entry_meta) in pending.items()
         ]

@@ -27,6 +27,34 @@ class Gate:
         return asdict(self)
 
 
+def common_gates(
+    cfg: GateConfig, student: dict[str, Any], teachers: list[dict[str, Any]]
+) -> list[Gate]:
+    """The gates every task shares: compression (parameters) and speedup (`latency_ms`:
+    batch-1 latency of a classifier, time per generated token of a causal LM)."""
+    compression = min(t["params"] for t in teachers) / max(student["params"], 1)
+    fastest = min(t["latency_ms"] for t in teachers)
+    speedup = fastest / student["latency_ms"] if student["latency_ms"] > 0 else 0.0
+    return [
+        Gate(
+            "compression",
+            compression >= cfg.min_compression - EPS,
+            round(compression, 2),
+            cfg.min_compression,
+            ">=",
+            f"smallest teacher params / student params {student['params']}",
+        ),
+        Gate(
+            "speedup",
+            speedup >= cfg.min_speedup - EPS,
+            round(speedup, 2),
+            cfg.min_speedup,
+            ">=",
+            f"fastest teacher {fastest:.3f} ms / student {student['latency_ms']:.3f} ms",
+        ),
+    ]
+
+
 def decide_gates(
     cfg: GateConfig,
     *,
@@ -46,9 +74,6 @@ def decide_gates(
     """
     retention = student["accuracy"] / ensemble_acc if ensemble_acc > 0 else 0.0
     gain = student["accuracy"] - baseline["accuracy"]
-    compression = min(t["params"] for t in teachers) / max(student["params"], 1)
-    fastest = min(t["latency_ms"] for t in teachers)
-    speedup = fastest / student["latency_ms"] if student["latency_ms"] > 0 else 0.0
     gates = [
         Gate(
             "retention",
@@ -66,22 +91,7 @@ def decide_gates(
             ">",
             f"student {student['accuracy']:.4f} - baseline {baseline['accuracy']:.4f}",
         ),
-        Gate(
-            "compression",
-            compression >= cfg.min_compression - EPS,
-            round(compression, 2),
-            cfg.min_compression,
-            ">=",
-            f"smallest teacher params / student params {student['params']}",
-        ),
-        Gate(
-            "speedup",
-            speedup >= cfg.min_speedup - EPS,
-            round(speedup, 2),
-            cfg.min_speedup,
-            ">=",
-            f"fastest teacher {fastest:.3f} ms / student {student['latency_ms']:.3f} ms",
-        ),
+        *common_gates(cfg, student, teachers),
         Gate(
             "calibration",
             student["ece"] <= cfg.max_ece + EPS,

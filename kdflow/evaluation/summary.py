@@ -144,9 +144,16 @@ def evaluate_models(
 
     The arguments are those of `kdflow.steps.evaluate`, which documents them.
     """
-    progress.emit("evaluate", 0, 3, "test-split predictions")
     data = open_source(str(dataset_dir))
     meta = data.meta
+    if meta.kind == "corpus":
+        from kdflow.evaluation.lm_summary import evaluate_lm_models
+
+        return evaluate_lm_models(
+            dataset_dir, teacher_dirs, student_dir, baseline_dir, gates_cfg, tracking_uri,
+            model_name, dataset_info, teacher_sources, histories,
+        )
+    progress.emit("evaluate", 0, 3, "test-split predictions")
     rows = TestRows(data)
     teachers = [load_saved(d) for d in teacher_dirs]
     student, student_spec = load_saved(student_dir)

@@ -13,7 +13,9 @@ input example is one row of the columns it reads: the training features' mean, a
 text in each text column, or one image file's bytes in an `image` column (a plain grey PNG
 at the model's size). An image pyfunc's signature has two optional columns, `image`
 (MLflow's `binary`: base64 in a served request's JSON) and `path` (`string`), as the
-pyfunc reads either (`kdflow.mlflow.serving.image_column`).
+pyfunc reads either (`kdflow.mlflow.serving.image_column`). A causal LM's pyfunc reads a
+`prompt` column and returns each prompt's greedy `completion`, `max_new_tokens` (64) as a
+param; it carries no ONNX model.
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ PYFUNC_NAME = "student"
 ONNX_NAME = "student-onnx"
 EXAMPLE_TEXT = "a short example text to classify"
 """The text of a text student's input example (one per text column)."""
+PROMPT_COLUMN = "prompt"
+"""The column a causal-LM pyfunc reads its prompts from."""
+DEFAULT_NEW_TOKENS = 64
+"""Tokens a causal-LM pyfunc generates per prompt unless `params` say otherwise."""
 EXAMPLE_GREY = 128
 """The pixel value of an image student's input example: a plain mid-grey image."""
 
@@ -160,6 +166,8 @@ def _input_example(student_dir: Path) -> Any:
     from kdflow.models.artifacts import read_spec
 
     spec = read_spec(student_dir)
+    if spec.get("task") == "causal-lm":
+        return pd.DataFrame({PROMPT_COLUMN: [EXAMPLE_TEXT]})
     if _reads_images(spec):
         return pd.DataFrame({"image": [example_image(spec)]})
     text_columns = _text_columns(spec)
@@ -207,6 +215,11 @@ def pyfunc_signature(student_dir: Path) -> tuple[Any, Any]:
     from kdflow.models.artifacts import read_spec
 
     example = _input_example(student_dir)
+    if read_spec(student_dir).get("task") == "causal-lm":
+        return infer_signature(
+            example, pd.DataFrame({"completion": ["text"]}),
+            params={"max_new_tokens": DEFAULT_NEW_TOKENS},
+        ), example
     signature = infer_signature(example, pd.DataFrame({"label": ["0"], "probability": [0.5]}))
     if _reads_images(read_spec(student_dir)):
         inputs = Schema([ColSpec(DataType.binary, "image", required=False),

@@ -188,7 +188,7 @@ def summary_metrics(summary: dict[str, Any]) -> dict[str, float]:
     for key in (
         "accuracy", "macro_f1", "ece", "nll", "agreement", "params", "file_bytes", "flops",
         "latency_ms", "latency_p95_ms", "throughput_per_s", "latency_text_ms", "latency_image_ms",
-        "throughput_image_per_s",
+        "throughput_image_per_s", "perplexity", "token_accuracy", "tokens_per_s",
     ):
         if student.get(key) is not None:
             metrics[f"student_{key}"] = float(student[key])
@@ -198,15 +198,18 @@ def summary_metrics(summary: dict[str, Any]) -> dict[str, float]:
     for name, acc in (student.get("per_class_accuracy") or {}).items():
         metrics[f"student_class_accuracy/{metric_safe(name)}"] = float(acc)
     for role in ("baseline", "ensemble"):
-        for key in ("accuracy", "macro_f1", "ece", "nll", "latency_ms"):
+        for key in ("accuracy", "macro_f1", "ece", "nll", "latency_ms", "perplexity",
+                    "token_accuracy", "agreement"):
             if summary[role].get(key) is not None:
                 metrics[f"{role}_{key}"] = float(summary[role][key])
     for i, teacher in enumerate(summary.get("teachers", [])):
-        for key in ("accuracy", "latency_ms", "params"):
+        for key in ("accuracy", "latency_ms", "params", "perplexity", "tokens_per_s"):
             if teacher.get(key) is not None:
                 metrics[f"teacher{i}_{key}"] = float(teacher[key])
     if summary.get("champion"):
         metrics["champion_accuracy"] = float(summary["champion"]["accuracy"])
+        if summary["champion"].get("perplexity") is not None:
+            metrics["champion_perplexity"] = float(summary["champion"]["perplexity"])
     for name, gate in (summary.get("gates") or {}).items():
         if gate.get("value") is not None:
             metrics[f"gate_{name}"] = float(gate["value"])
@@ -221,6 +224,7 @@ def _headline(summary: dict[str, Any]) -> dict[str, Any]:
         key: value
         for key, value in {
             "accuracy": student.get("accuracy"),
+            "perplexity": student.get("perplexity"),
             "macro_f1": student.get("macro_f1"),
             "ece": student.get("ece"),
             "latency_ms": student.get("latency_ms"),

@@ -9,7 +9,9 @@ spec's `text_columns` as raw text and tokenizes them with the tokenizer saved be
 weights (`kdflow.models.sources.encoder_of`); an image classifier (spec `inputs: image`)
 reads image files, as bytes in an `image` column or as paths in a `path` (or `image`)
 column, and decodes them with `kdflow.data.images.decode_image` at the spec's `image_size`
-and `channels`: the very preprocessing its training data went through.
+and `channels`: the very preprocessing its training data went through. A causal LM
+(spec `task: causal-lm`) reads a `prompt` column and returns each prompt's greedy
+`completion` (`params={"max_new_tokens": N}`, 64 by default).
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ class StudentModel(PythonModel):
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: Any = None
     ) -> pd.DataFrame:
+        if self.spec.get("task") == "causal-lm":
+            return self._completions(model_input, params or {})
         if self.spec.get("inputs") == "image":
             probs = self._image_probs(model_input)
         elif self.encoder is not None:
@@ -57,6 +61,25 @@ class StudentModel(PythonModel):
         return pd.DataFrame(
             {"label": names[probs.argmax(1)], "probability": probs.max(1).astype(np.float64)}
         )
+
+    def _completions(self, model_input: Any, params: dict[str, Any]) -> pd.DataFrame:
+        """Each prompt's greedy continuation (a causal LM), `max_new_tokens` per prompt."""
+        from kdflow.mlflow.logged_models import DEFAULT_NEW_TOKENS, PROMPT_COLUMN
+
+        frame = _as_frame(model_input, [PROMPT_COLUMN])
+        if PROMPT_COLUMN not in frame.columns:
+            got = ", ".join(map(str, frame.columns[:10])) or "none"
+            raise ValueError(f"missing the `{PROMPT_COLUMN}` column; the input's columns: {got}")
+        new_tokens = int(params.get("max_new_tokens", DEFAULT_NEW_TOKENS))
+        if new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {new_tokens}")
+        generate: Any = self.model.generate
+        with torch.inference_mode():
+            completions = [
+                generate(str(p), new_tokens)[0]
+                for p in frame[PROMPT_COLUMN].fillna("").astype(str)
+            ]
+        return pd.DataFrame({"completion": completions})
 
     def _column_probs(self, model_input: Any) -> np.ndarray:
         if isinstance(model_input, pd.DataFrame):

@@ -109,12 +109,19 @@ def load_model(folder: str | Path) -> tuple[Classifier, dict[str, Any]]:
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], meta: dict[str, Any], folder: Path) -> None:
-    """Checkpoint helper: tensors as safetensors, everything else as JSON."""
+    """Checkpoint helper: tensors as safetensors, everything else as JSON. Tensors that share
+    memory (a language model's output embeddings tied to its input embeddings) are stored
+    once each under every name, as copies: safetensors refuses shared storage, and loading
+    the copies back into tied parameters writes the same values twice."""
     folder.mkdir(parents=True, exist_ok=True)
-    save_file(
-        {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
-        str(folder / "state.safetensors"),
-    )
+    seen: set[tuple[int, object]] = set()
+    out: dict[str, torch.Tensor] = {}
+    for k, v in tensors.items():
+        t = v.detach().cpu().contiguous()
+        key = (t.untyped_storage().data_ptr(), t.storage_offset())
+        out[k] = t.clone() if key in seen else t
+        seen.add(key)
+    save_file(out, str(folder / "state.safetensors"))
     (folder / "state.json").write_text(json.dumps(meta))
 
 

@@ -42,6 +42,7 @@ from torch import nn
 from kdflow.data import storage
 from kdflow.data.prepared import DatasetMeta
 from kdflow.errors import ConfigError, ModelFormatError
+from kdflow.models import hf_lm
 from kdflow.models.hf import (
     DEFAULT_VOCAB,
     KIND,
@@ -108,7 +109,7 @@ class _Hf:
         if template is None:
             raise ConfigError(f"{spec}: a transformers model is built from its prepared folder")
         model, saved = load_any(template, train=True)
-        reads = str(saved.get("task", "text"))
+        reads = {"causal-lm": "corpus"}.get(str(saved.get("task", "text")), saved.get("task"))
         if reads != meta.kind:
             raise ConfigError(
                 f"{option}: {spec}: the prepared model reads {reads}; this data is {meta.kind}",
@@ -136,6 +137,8 @@ class _Hf:
     ) -> Path:
         if isinstance(model, HfImageClassifier):
             return save_hf_image(model, folder, meta, extra)
+        if isinstance(model, hf_lm.HfCausalLM):
+            return hf_lm.save_lm(model, folder, meta.text_columns, extra)
         assert isinstance(model, HfClassifier)
         return save_hf(model, folder, meta.classes, meta.text_columns, extra)
 
@@ -177,16 +180,18 @@ class _Hf:
         save_hf_image(wrapped, folder, meta, extra or {})
 
 
-def load_any(folder: Path, train: bool = False) -> tuple[HfTapped, dict[str, Any]]:
-    """A saved transformers folder, text or image by its spec.json's task."""
+def load_any(folder: Path, train: bool = False) -> tuple[Any, dict[str, Any]]:
+    """A saved transformers folder, text, image or causal LM by its spec.json's task."""
     task = json.loads((folder / SPEC).read_text()).get("task", "text")
     if task == TASK:
         return load_hf_image(folder, train)
+    if task == hf_lm.TASK:
+        return hf_lm.load_lm(folder, train)
     return load_hf(folder, train)
 
 
 def _needs_text_or_images(spec: str, meta: DatasetMeta, option: str = "--student") -> None:
-    if meta.kind not in ("text", "image"):
+    if meta.kind not in ("text", "image", "corpus"):
         raise ConfigError(
             f"{option}: {spec} classifies text or images; this data has numeric columns (give "
             "--text-column for text data, image files for images, or a zoo model such as "
@@ -206,6 +211,9 @@ class FromConfig(_Hf):
     def prepare(self, spec: str, context: PrepareContext, folder: Path) -> bool:
         meta = context.data.meta
         _needs_text_or_images(spec, meta, context.option)
+        if meta.kind == "corpus":
+            hf_lm.prepare_fresh(spec, context, folder)
+            return True
         model_type, _ = _split_type(spec, context.option)
         check_type_for(model_type, meta.kind, spec, context.option)
         if meta.kind == "image":
@@ -284,6 +292,9 @@ class FromTeacher(_Hf):
         _needs_text_or_images(spec, context.data.meta, option)
         if context.teacher is None:
             raise ConfigError(f"{option}: {spec} needs a teacher to start from", option=option)
+        if context.data.meta.kind == "corpus":
+            hf_lm.prepare_from_teacher(spec, context, folder)
+            return True
         with storage.local_dir(context.teacher) as teacher_dir:
             saved = json.loads((teacher_dir / "spec.json").read_text())
             if saved.get("kind") != KIND:
@@ -395,6 +406,10 @@ class Pretrained(_Hf):
         option, meta = context.option, context.data.meta
         _needs_text_or_images(spec, meta, option)
         with _located(spec, option) as where:
+            if meta.kind == "corpus":
+                _checked_folder(where, spec, option, causal=True)
+                hf_lm.prepare_pretrained(spec, context, folder, where)
+                return
             config = _checked_folder(where, spec, option)
             _check_reads(config, meta.kind, spec, option)
             differ = _new_head(config, meta, spec, option, fine_tune)
@@ -495,7 +510,7 @@ def _default_labels(labels: list[str]) -> bool:
     return all(label == f"LABEL_{i}" for i, label in enumerate(labels))
 
 
-def _checked_folder(where: Path, spec: str, option: str) -> dict[str, Any]:
+def _checked_folder(where: Path, spec: str, option: str, causal: bool = False) -> dict[str, Any]:
     """The folder's config.json, after the checks that need no model library."""
     if not where.is_dir():
         raise ConfigError(f"{option}: {spec}: no such folder {where}", option=option)
@@ -516,10 +531,11 @@ def _checked_folder(where: Path, spec: str, option: str) -> dict[str, Any]:
                           option=option)
     config: dict[str, Any] = json.loads((where / "config.json").read_text())
     architectures = config.get("architectures") or []
-    if any(a.endswith(CAUSAL) for a in architectures):
+    if not causal and any(a.endswith(CAUSAL) for a in architectures):
         raise ConfigError(
             f"{option}: {spec} is a generative model ({architectures[0]}), not a text "
-            "classifier; give a ...ForSequenceClassification model or an encoder to fine-tune",
+            "classifier; give a ...ForSequenceClassification model or an encoder to fine-tune "
+            "(or distil it with --task causal-lm)",
             option=option,
         )
     return config

@@ -119,6 +119,8 @@ class PrepareContext:
     """Whether a fetched model may run code of its own (`--trust-remote-code`)."""
     option: str = "--student"
     """The option the spec came from, for error messages."""
+    vocab_size: int = 0
+    """--vocab-size: the BPE a fresh causal LM trains on the corpus (0: sized to it)."""
 
 
 SOURCES: dict[str, str] = {

@@ -366,6 +366,8 @@ def default_teachers(input_shape: list[int]) -> list[str]:
     return list(DEFAULT_TEACHERS[min(len(input_shape), 3)])
 
 
+LM_TEACHER = "hf-config:gpt2:n_layer=4,n_embd=128,n_head=4"
+"""`auto` on a corpus (--task causal-lm): a small GPT-2 trained on it, with a BPE of its own."""
 TEXT_TEACHER = (
     "hf-config:bert:hidden_size=128,num_hidden_layers=4,num_attention_heads=4,"
     "intermediate_size=512"
@@ -377,9 +379,11 @@ def resolve_teachers(
     teachers: list[str], input_shape: list[int], kind: str = "columns"
 ) -> list[str]:
     """The teacher specs of a run: `auto` alone becomes `default_teachers(input_shape)`, or
-    on text data `TEXT_TEACHER`."""
+    on text data `TEXT_TEACHER`, on a corpus `LM_TEACHER`."""
     if teachers != [AUTO]:
         return list(teachers)
+    if kind == "corpus":
+        return [LM_TEACHER]
     return [TEXT_TEACHER] if kind == "text" else default_teachers(input_shape)
 
 

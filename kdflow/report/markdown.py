@@ -56,6 +56,10 @@ def _misclassified_lines(entry: dict[str, Any] | None) -> list[str]:
 
 def report_markdown(summary: dict[str, Any]) -> str:
     """The evaluation as Markdown, for the KFP UI and the run folder."""
+    if summary.get("task") == "causal-lm":
+        from kdflow.report.lm_markdown import lm_report_markdown
+
+        return lm_report_markdown(summary)
     lines = [
         "# kdflow evaluation",
         "",

@@ -168,8 +168,8 @@ def test_hf_from_teacher_as_a_teacher(texts, tmp_path, capsys) -> None:
                            tmp_path)
 
 
-def test_a_max_length_of_zero(texts, tmp_path, capsys) -> None:
-    code = main(kdflow_run(tmp_path, texts, "--max-length", "0"))
+def test_a_negative_max_length(texts, tmp_path, capsys) -> None:
+    code = main(kdflow_run(tmp_path, texts, "--max-length", "-1"))
     assert_one_line_naming(capsys, code, "--max-length", "must be at least 1 token", tmp_path)
 
 

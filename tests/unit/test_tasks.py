@@ -49,5 +49,6 @@ def test_cached_parts_combine_into_the_ensembles_soft_targets():
 
 def test_an_unknown_task_is_refused():
     assert task_named("classification").metric == "accuracy"
-    with pytest.raises(ConfigError, match="unknown task 'causal-lm'; known: classification"):
-        task_named("causal-lm")
+    assert task_named("causal-lm").metric == "accuracy"  # token accuracy
+    with pytest.raises(ConfigError, match="unknown task 'regression'; known: classification"):
+        task_named("regression")

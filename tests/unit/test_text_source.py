@@ -4,10 +4,13 @@ trimming each batch to its longest text."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from safetensors.numpy import load_file
@@ -83,8 +86,8 @@ def test_the_token_cache_is_written_under_the_root_and_read_back_by_a_later_sour
     first.read("train", encoder=encoder)  # the process's own copy: no second tokenizing
     seconds = first.tokenize_seconds
     assert seconds > 0
-    meta = json.loads((dataset / "meta.json").read_text())
-    cached = root / TOKEN_CACHE / meta["sha256"][:24] / encoder.fingerprint[:24]
+    split_key = hashlib.sha256((dataset / "train.parquet").read_bytes()).hexdigest()[:24]
+    cached = root / TOKEN_CACHE / split_key / encoder.fingerprint[:24]
     assert sorted(p.name for p in cached.iterdir()) == ["train.safetensors"]
     stored = load_file(str(cached / "train.safetensors"))["inputs"]
     assert stored.dtype == np.int32
@@ -102,7 +105,28 @@ def test_the_token_cache_is_written_under_the_root_and_read_back_by_a_later_sour
     assert longer.fingerprint != encoder.fingerprint
     assert second.read("train", encoder=longer).x.shape[2] == 20
     assert second.tokenize_seconds > 0
-    assert (root / TOKEN_CACHE / meta["sha256"][:24] / longer.fingerprint[:24]).is_dir()
+    assert (root / TOKEN_CACHE / split_key / longer.fingerprint[:24]).is_dir()
+
+
+def test_another_split_of_the_same_table_is_tokenized_again(
+    tmp_path: Path, tokenizer: object
+) -> None:
+    """The dataset's hash is the table's; the cache is keyed by each split file, so another
+    seed's split (other rows under the same name) never reads this one's tokens."""
+    root = tmp_path / "storage"
+    encoder = TextEncoder(tokenizer, 16)
+    first = text_dataset(tmp_path / "one")
+    second = tmp_path / "two"
+    shutil.copytree(first, second)
+    frame = pd.read_parquet(second / "train.parquet")
+    frame.iloc[::-1].reset_index(drop=True).to_parquet(second / "train.parquet", index=False)
+    assert json.loads((first / "meta.json").read_text())["sha256"] == json.loads(
+        (second / "meta.json").read_text())["sha256"]
+    a = open_source(str(first), cache_root=str(root)).read("train", encoder=encoder)
+    other = open_source(str(second), cache_root=str(root))
+    b = other.read("train", encoder=encoder)
+    assert other.tokenize_seconds > 0, "tokenized, not read from the first split's cache"
+    np.testing.assert_array_equal(b.x, a.x[::-1])
 
 
 def test_an_unreadable_token_cache_is_tokenized_again(
