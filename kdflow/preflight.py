@@ -155,10 +155,15 @@ TEXT_PREFIXES = ("hf:", "hf-config:", "hf-from-teacher:")
 
 
 def _not_zoo(spec: str, option: str) -> bool:
-    """Check a spec's syntax with its source; True for a transformers (text) spec."""
+    """Check a spec's syntax with its source (a local hf: folder: that it classifies); True
+    for a transformers (text) spec."""
     from kdflow.models.sources import source_for
 
     source_for(spec).check(spec, option)
+    if spec.startswith("hf:"):
+        from kdflow.models.hf_folders import check_classifier_folder
+
+        check_classifier_folder(spec, option)
     return spec.startswith(TEXT_PREFIXES)
 
 
@@ -358,7 +363,7 @@ def check_corpus_run(cfg: RunConfig) -> None:
 def _check_lm_spec(spec: str, option: str, max_length: int) -> None:
     """A spec's syntax; a causal-LM type and enough positions for a fresh model."""
     from kdflow.models.hf_config import _split_type, config_for, parse_overrides
-    from kdflow.models.hf_lm import check_causal_type, check_positions
+    from kdflow.models.hf_lm import buildable, check_causal_type, check_positions
     from kdflow.models.sources import source_for
     from kdflow.models.zoo import MLFLOW_URI_PREFIX
 
@@ -372,10 +377,25 @@ def _check_lm_spec(spec: str, option: str, max_length: int) -> None:
             option=option,
         )
     source_for(spec).check(spec, option)
+    location = Path(spec.removeprefix("hf:")).expanduser()
+    if spec.startswith("hf:") and (location / "config.json").is_file():
+        import json
+
+        from kdflow.models.hf_lm import is_causal_folder
+
+        config = json.loads((location / "config.json").read_text())
+        if not is_causal_folder(config):
+            kind = (config.get("architectures") or [config.get("model_type", "?")])[0]
+            raise ConfigError(
+                f"{option}: {spec} is not a causal language model ({kind}); --task causal-lm "
+                "takes ...ForCausalLM / ...LMHeadModel folders",
+                option=option,
+            )
     if spec.startswith("hf-config:"):
         model_type, rest = _split_type(spec, option)
         check_causal_type(model_type, spec, option)
         overrides = parse_overrides(rest, spec, option)
         overrides.pop("vocab_size", None)
-        check_positions(config_for(model_type, overrides, spec, option), max_length, spec,
-                        option)
+        config = config_for(model_type, overrides, spec, option)
+        check_positions(config, max_length, spec, option)
+        buildable(config, spec, option)

@@ -486,7 +486,9 @@ def register(
     summary = dict(summary)
     with tempfile.TemporaryDirectory() as tmp:
         exported = (summary["student"].get("onnx") or {}).get("exported", True)
-        if onnx_path is None and exported:
+        if not exported:  # the evaluate step said why (a causal LM has no ONNX model)
+            onnx_path = None
+        elif onnx_path is None:
             onnx_path = export_checked(student_dir, Path(tmp))
         summary["registered"] = register_student(
             student_dir,

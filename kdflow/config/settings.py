@@ -474,7 +474,8 @@ class GateConfig:
     min_retention: float = 0.97
     """Student accuracy must be at least this fraction of the teacher ensemble's."""
     min_gain_over_baseline: float = 0.0
-    """Student accuracy minus the no-distillation baseline's must exceed this."""
+    """Student accuracy minus the no-distillation baseline's must exceed this (causal-lm:
+    the baseline's log perplexity minus the student's)."""
     min_compression: float = 5.0
     """Smallest teacher's parameter count over the student's must be at least this."""
     min_speedup: float = 1.0

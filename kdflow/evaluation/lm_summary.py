@@ -227,11 +227,13 @@ def lm_champion(uri: str, model_name: str, meta: DatasetMeta, test: Split, seen:
 
 def lm_gates(cfg: GateConfig, summary: dict[str, Any], champion_unscored: str | None
              ) -> list[Gate]:
-    """perplexity_retention, beats_baseline (perplexity below the baseline's), compression,
+    """perplexity_retention, beats_baseline (the baseline's log perplexity less the student's
+    above --min-gain-over-baseline, 0 by default: a lower perplexity), compression,
     speedup (time per generated token) and no regression vs the champion (perplexity at
     most (1 + max_regression) × the champion's)."""
     student, baseline, ensemble = summary["student"], summary["baseline"], summary["ensemble"]
     ratio = student["perplexity"] / max(ensemble["perplexity"], 1e-12)
+    gain = float(np.log(baseline["perplexity"]) - np.log(student["perplexity"]))
     gates = [
         Gate(
             "perplexity_retention",
@@ -244,11 +246,11 @@ def lm_gates(cfg: GateConfig, summary: dict[str, Any], champion_unscored: str | 
         ),
         Gate(
             "beats_baseline",
-            student["perplexity"] < baseline["perplexity"] - EPS,
-            round(baseline["perplexity"] - student["perplexity"], 4),
-            0.0,
+            gain > cfg.min_gain_over_baseline + EPS,
+            round(gain, 4),
+            cfg.min_gain_over_baseline,
             ">",
-            f"baseline perplexity {baseline['perplexity']:.3f} - student "
+            f"log perplexity: baseline log {baseline['perplexity']:.3f} - student log "
             f"{student['perplexity']:.3f}",
         ),
         *common_gates(cfg, student, summary["teachers"]),

@@ -165,6 +165,19 @@ def check_positions(config: Any, max_length: int, spec: str, option: str) -> Non
         )
 
 
+def buildable(config: Any, spec: str, option: str) -> None:
+    """ConfigError when transformers cannot build a causal LM from `config` (a width that
+    the heads do not divide, say): built on the meta device, so no weights are made."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            AutoModelForCausalLM.from_config(config)
+    except (ValueError, TypeError, AttributeError, AssertionError) as exc:
+        why = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{option}: {spec}: {why}", option=option) from exc
+
+
 def is_causal_folder(config: dict[str, Any]) -> bool:
     """Whether a folder's config.json is a causal LM (by its architectures, else its type)."""
     architectures = [str(a) for a in config.get("architectures") or []]
@@ -273,6 +286,7 @@ def fresh_lm(spec: str, model_type: str, overrides: dict[str, Any], tokenizer: A
         tokenizer.eos_token_id)
     config.eos_token_id = tokenizer.eos_token_id
     check_positions(config, max_length, spec, option)
+    buildable(config, spec, option)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     return HfCausalLM(model, tokenizer, max_length, spec)

@@ -30,9 +30,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +59,8 @@ from kdflow.models.hf_config import (
     make_config,
     parse_overrides,
 )
+from kdflow.models.hf_folders import checked_folder, is_local, located
+from kdflow.models.hf_folders import short as _short
 from kdflow.models.hf_vision import (
     TASK,
     HfImageClassifier,
@@ -84,8 +83,6 @@ from kdflow.models.sources import PrepareContext
 
 log = logging.getLogger(__name__)
 
-CAUSAL = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
-"""Architecture name endings of generative models: not classifiers."""
 
 
 class _Hf:
@@ -381,8 +378,9 @@ class Pretrained(_Hf):
                 "or hf:org/name",
                 option=option,
             )
-        if not storage.is_remote(location) and _is_local(location):
-            _checked_folder(Path(location).expanduser(), spec, option)
+        if not storage.is_remote(location) and is_local(location):
+            # Which head the folder needs is the task's: checked again when it is imported.
+            checked_folder(Path(location).expanduser(), spec, option, causal=True)
 
     def prepare(self, spec: str, context: PrepareContext, folder: Path) -> bool:
         """The pretrained model as the initial weights (a student, or a teacher to fine-tune):
@@ -405,12 +403,12 @@ class Pretrained(_Hf):
     def _import(self, spec: str, context: PrepareContext, folder: Path, fine_tune: bool) -> None:
         option, meta = context.option, context.data.meta
         _needs_text_or_images(spec, meta, option)
-        with _located(spec, option) as where:
+        with located(spec, option) as where:
             if meta.kind == "corpus":
-                _checked_folder(where, spec, option, causal=True)
+                checked_folder(where, spec, option, causal=True)
                 hf_lm.prepare_pretrained(spec, context, folder, where)
                 return
-            config = _checked_folder(where, spec, option)
+            config = checked_folder(where, spec, option)
             _check_reads(config, meta.kind, spec, option)
             differ = _new_head(config, meta, spec, option, fine_tune)
             kwargs: dict[str, Any] = {"use_safetensors": True,
@@ -497,10 +495,6 @@ def _new_head(config: dict[str, Any], meta: DatasetMeta, spec: str, option: str,
     return differ
 
 
-def _short(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-
-
 def _labels(config: dict[str, Any]) -> list[str]:
     id2label = config.get("id2label") or {}
     return [str(id2label[k]) for k in sorted(id2label, key=lambda k: int(k))]
@@ -508,86 +502,3 @@ def _labels(config: dict[str, Any]) -> list[str]:
 
 def _default_labels(labels: list[str]) -> bool:
     return all(label == f"LABEL_{i}" for i, label in enumerate(labels))
-
-
-def _checked_folder(where: Path, spec: str, option: str, causal: bool = False) -> dict[str, Any]:
-    """The folder's config.json, after the checks that need no model library."""
-    if not where.is_dir():
-        raise ConfigError(f"{option}: {spec}: no such folder {where}", option=option)
-    if not (where / "config.json").is_file():
-        raise ConfigError(
-            f"{option}: {spec}: no config.json in {where}; give a folder written by "
-            "save_pretrained",
-            option=option,
-        )
-    if not list(where.glob("*.safetensors")):
-        pickled = [p.name for p in where.glob("*.bin")] + [p.name for p in where.glob("*.pt")]
-        hint = (
-            f" (found {', '.join(pickled)}: pickled weights are never loaded; convert with "
-            "`AutoModel.from_pretrained(folder).save_pretrained(folder)` where you trust them)"
-            if pickled else ""
-        )
-        raise ConfigError(f"{option}: {spec}: no safetensors weights in {where}{hint}",
-                          option=option)
-    config: dict[str, Any] = json.loads((where / "config.json").read_text())
-    architectures = config.get("architectures") or []
-    if not causal and any(a.endswith(CAUSAL) for a in architectures):
-        raise ConfigError(
-            f"{option}: {spec} is a generative model ({architectures[0]}), not a text "
-            "classifier; give a ...ForSequenceClassification model or an encoder to fine-tune "
-            "(or distil it with --task causal-lm)",
-            option=option,
-        )
-    return config
-
-
-def _is_local(location: str) -> bool:
-    """A path on this machine, rather than a hub id (`org/name`)."""
-    return (
-        Path(location).expanduser().exists()
-        or location.startswith((".", "/", "~"))
-        or location.count("/") != 1
-    )
-
-
-class _located:
-    """The spec's folder on local disk: itself, a copy of an s3:// prefix, or a hub
-    snapshot (honouring HF_HUB_OFFLINE); the copies are removed afterwards."""
-
-    def __init__(self, spec: str, option: str) -> None:
-        self.location, self.option, self.spec = spec.removeprefix("hf:"), option, spec
-        self.tmp: str | None = None
-
-    def __enter__(self) -> Path:
-        location = self.location
-        if storage.is_remote(location):
-            self.tmp = tempfile.mkdtemp(prefix="kdflow-hf-")
-            try:
-                return storage.download_dir(location, Path(self.tmp))
-            except Exception as exc:  # StorageError and the S3 client's own
-                raise ConfigError(f"{self.option}: {self.spec}: {_short(exc)}",
-                                  option=self.option) from exc
-        if _is_local(location):
-            return Path(location).expanduser()
-        return self._hub(location)
-
-    def _hub(self, repo: str) -> Path:
-        from huggingface_hub import snapshot_download
-
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-        try:
-            return Path(snapshot_download(
-                repo, local_files_only=offline,
-                allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.bin"],
-            ))
-        except Exception as exc:  # the hub client raises many kinds; all mean "not here"
-            where = "in the local hub cache (HF_HUB_OFFLINE is set)" if offline else "on the hub"
-            raise ConfigError(
-                f"{self.option}: {self.spec}: no folder {repo!r} here and not found {where}: "
-                f"{_short(exc)}",
-                option=self.option,
-            ) from exc
-
-    def __exit__(self, *exc: object) -> None:
-        if self.tmp:
-            shutil.rmtree(self.tmp, ignore_errors=True)
