@@ -215,13 +215,16 @@ def print_result(console: Any, summary: dict[str, Any], artifacts: dict[str, str
     from kdflow.report.pages import model_rows
 
     table = Table(title="kdflow: distillation result")
-    columns = ("model", "accuracy", "params", "latency ms", "speed-up vs ensemble")
+    lm = summary.get("task") == "causal-lm"
+    # A causal LM's quality is its perplexity, its latency the time per generated token.
+    columns = ("model", "perplexity" if lm else "accuracy", "params",
+               "ms per token" if lm else "latency ms", "speed-up vs ensemble")
     for column in columns:
         table.add_column(column, justify="left" if column == "model" else "right")
     for row in model_rows(summary):
         table.add_row(
             row["name"],
-            f"{row['accuracy']:.4f}",
+            f"{row['perplexity']:,.3f}" if lm else f"{row['accuracy']:.4f}",
             "" if row.get("params") is None else f"{row['params']:,}",
             "" if row.get("latency_ms") is None else f"{row['latency_ms']:.3f}",
             "" if row.get("speedup") is None else f"{row['speedup']:.1f}×",

@@ -179,6 +179,16 @@ def image_latency_text(summary: dict[str, Any]) -> str:
 
 def _models_html(summary: dict[str, Any]) -> str:
     rows = model_rows(summary)
+    if summary.get("task") == "causal-lm":
+        return table_html(
+            ["model", "perplexity", "token accuracy", "params", "ms per generated token",
+             "speed-up vs ensemble"],
+            [[esc(r["name"]), fmt_or_dash(r.get("perplexity"), ",.3f"),
+              fmt_or_dash(r.get("token_accuracy"), ".4f"), fmt_or_dash(r.get("params"), ","),
+              fmt_or_dash(r.get("latency_ms"), ".3f"),
+              fmt_or_dash(r.get("speedup"), ".1f") + "×" if r.get("speedup") else "–"]
+             for r in rows],
+            [r["role"] for r in rows])
     cells = [
         [esc(r["name"]), fmt_or_dash(r.get("accuracy"), ".4f"),
          fmt_or_dash(r.get("params"), ","), fmt_or_dash(r.get("latency_ms"), ".3f"),
