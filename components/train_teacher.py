@@ -26,7 +26,8 @@ def train_teacher(
                            tracking_uri or None, index=index)
     # The history rides on the model to the evaluate step, which draws every curve.
     model.metadata.update({"spec": spec, "seed": seed, "index": index, "params": result["params"],
-                           "history": compact_history(result["history"])})
+                           "history": compact_history(result["history"]),
+                           "cost": result["cost"]})
     Path(curves.path).write_text(teacher_page(result))
     metrics.log_metric("val_accuracy", result["val_accuracy"])
     metrics.log_metric("params", result["params"])

@@ -272,7 +272,24 @@ def train_teacher(
     index: int = 0,
 ) -> dict[str, Any]:
     """Train ensemble member `index` with its own `seed` (`plan_teachers`) through the
-    distillation loop, or fetch an existing one (`models:/name@alias`) and use it as it is."""
+    distillation loop, or fetch an existing one (`models:/name@alias`) and use it as it is.
+    `cost` is what the step used (`kdflow.evaluation.cost`)."""
+    from kdflow.evaluation.cost import Meter
+
+    with Meter() as meter:
+        result = _train_teacher(dataset_dir, spec, cfg, seed, model_dir, tracking_uri, index)
+    return result | {"cost": meter.record()}
+
+
+def _train_teacher(
+    dataset_dir: Path,
+    spec: str,
+    cfg: TeacherConfig,
+    seed: int,
+    model_dir: Path,
+    tracking_uri: str | None,
+    index: int,
+) -> dict[str, Any]:
     from kdflow.data.sources import open_source
     from kdflow.distill.driver import train_teacher as train_in_loop
     from kdflow.distill.tasks import task_for, task_named
@@ -333,25 +350,29 @@ def distill(
     record_as: str | None = None,
 ) -> dict[str, Any]:
     """Distil (`kdflow.distill.run.distill`), with progress per epoch; with `record_as` (the
-    pipeline run id) the per-epoch curves go to that run's MLflow run too."""
+    pipeline run id) the per-epoch curves go to that run's MLflow run too. `cost` is what
+    the step used and how much of its wall time went to the teacher cache."""
     from kdflow.distill.run import distill as run_distill
+    from kdflow.evaluation.cost import Meter
     from kdflow.mlflow.tracking import record_training
 
-    progress.emit("teacher inference", 0, len(teacher_dirs))
-    watcher = None
-    if not cfg.ray_address:
-        run_dir = storage.join(cfg.storage_path or str(work_dir), "ray", run_name)
-        watcher = _EpochWatcher(run_dir, cfg.student_epochs)
-        watcher.start()
-    try:
-        result = run_distill(
-            dataset_dir, teacher_dirs, cfg, student_dir, baseline_dir, work_dir, run_name, seed
-        )
-    finally:
-        if watcher is not None:
-            watcher.stop()
-    if record_as:
-        result["mlflow_run_id"] = record_training(tracking_uri, record_as, result)
+    with Meter() as meter:
+        progress.emit("teacher inference", 0, len(teacher_dirs))
+        watcher = None
+        if not cfg.ray_address:
+            run_dir = storage.join(cfg.storage_path or str(work_dir), "ray", run_name)
+            watcher = _EpochWatcher(run_dir, cfg.student_epochs)
+            watcher.start()
+        try:
+            result = run_distill(dataset_dir, teacher_dirs, cfg, student_dir, baseline_dir,
+                                 work_dir, run_name, seed)
+        finally:
+            if watcher is not None:
+                watcher.stop()
+        if record_as:
+            result["mlflow_run_id"] = record_training(tracking_uri, record_as, result)
+    result["cost"] = {"record": meter.record(),
+                      "cache_fill_wall_s": float(result["seconds"]["teachers"])}
     return result
 
 
@@ -414,8 +435,13 @@ def evaluate(
     teacher_sources: list[str] | None = None,
     onnx_dir: Path | None = None,
     histories: dict[str, Any] | None = None,
+    costs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Test-split metrics for every model, the gates, and the run summary (not yet registered).
+
+    `costs` are the other steps' `cost` records, `{"teachers": [...], "distill": ...}`: the
+    summary's `cost` ledger adds this step's and the saving per request
+    (`kdflow.evaluation.cost.ledger`).
 
     `histories` are the training curves, `{"teachers": [[epoch, ...], ...], "student": [...],
     "baseline": [...]}` (each epoch a dict of losses and val accuracy), kept in the summary
@@ -425,13 +451,16 @@ def evaluate(
     teacher, recorded with the version it resolves to); `onnx_dir` receives the student's
     ONNX export (`model.onnx`), checked against PyTorch on the whole test split.
     """
+    from kdflow.evaluation.cost import Meter, ledger
     from kdflow.evaluation.summary import evaluate_models
     from kdflow.report.markdown import report_markdown
 
-    summary = evaluate_models(
-        dataset_dir, teacher_dirs, student_dir, baseline_dir, gates_cfg, tracking_uri,
-        model_name, dataset_info, teacher_sources, onnx_dir, histories,
-    )
+    with Meter() as meter:
+        summary = evaluate_models(
+            dataset_dir, teacher_dirs, student_dir, baseline_dir, gates_cfg, tracking_uri,
+            model_name, dataset_info, teacher_sources, onnx_dir, histories,
+        )
+    summary["cost"] = ledger(costs or {}, meter.record(), summary)
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(report_markdown(summary))
     return summary

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from kdflow import progress
+from kdflow.evaluation.gates import gate_status
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 ERROR_LINE = re.compile(r"kdflow\.errors\.(\w+): (.*)")
@@ -237,7 +238,8 @@ def print_result(console: Any, summary: dict[str, Any], artifacts: dict[str, str
     for name, g in summary["gates"].items():
         gates.add_row(
             name,
-            "[green]pass[/]" if g["passed"] else "[bold red]FAIL[/]",
+            {"passed": "[green]pass[/]", "inconclusive": "[yellow]inconclusive[/]"}.get(
+                gate_status(g), "[bold red]FAIL[/]"),
             "-" if g["value"] is None else str(g["value"]),
             f"{g['op']} {g['threshold']}",
         )

@@ -43,17 +43,19 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run folder holding summary.json, as `kdflow run --output` leaves it."""
     from kdflow.config import DataConfig, DistillConfig, GateConfig, TeacherConfig
     from kdflow.distill.run import distill
+    from kdflow.evaluation.cost import charge
     from kdflow.steps import compact_history, evaluate, train_teacher, validate_data
 
     root = tmp_path_factory.mktemp("run")
     dataset = root / "dataset"
     info = validate_data(DataConfig(), 0, dataset, root / "validation.md", root / "docs")
-    teacher_dirs, teacher_histories = [], []
+    teacher_dirs, teacher_histories, teacher_costs = [], [], []
     for i, spec in enumerate(["mlp:hidden=64", "cnn:channels=8-16,hidden=32"]):
         folder = root / f"teacher-{i}"
         result = train_teacher(dataset, spec, TeacherConfig(teacher_epochs=3), 0, folder)
         teacher_dirs.append(folder)
         teacher_histories.append(compact_history(result["history"]))
+        teacher_costs.append(result["cost"])
     _fill_teacher_cache(dataset, teacher_dirs, root / "work")
     cfg = DistillConfig(student="mlp:hidden=16", student_epochs=4, temperature=4.0, alpha=0.5,
                         workers=0)
@@ -64,11 +66,14 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     student = compact_history(result["student"]["history"])
     baseline = compact_history(result["baseline"]["history"])
     lenient = GateConfig(min_retention=0, min_gain_over_baseline=-1, min_compression=1,
-                         min_speedup=0, max_regression=1, max_ece=1)
+                         min_speedup=0, max_regression=1, max_ece=1, max_class_regression=1)
     summary = evaluate(
         dataset, teacher_dirs, root / "student", root / "baseline", lenient,
         f"sqlite:///{root / 'mlflow.db'}", "digits", info, root / "evaluation.md",
         histories={"teachers": teacher_histories, "student": student, "baseline": baseline},
+        costs={"teachers": teacher_costs, "distill": {
+            "record": charge(result["seconds"]["total"], result["seconds"]["total"]),
+            "cache_fill_wall_s": result["seconds"]["teachers"]}},
     )
     out = root / "out"
     out.mkdir()

@@ -8,6 +8,7 @@ and the Ray entry point all build these same objects.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,8 @@ TASKS = ("classification", "causal-lm")
 """What --task takes: class logits per row, or next-token logits per token."""
 KD_LOSSES = ("forward_kl", "reverse_kl", "jsd")
 """What --kd-loss takes (causal-lm; `kdflow.distill.lm_losses` computes each)."""
+GATE_TESTS = ("paired", "point")
+"""How the comparative gates decide: on their intervals (paired) or point estimates."""
 DEFAULT_MAX_LENGTH = {"classification": 128, "causal-lm": 512}
 LM_TOP_K = 64
 """Top-k logits per token a causal-LM teacher cache keeps when --top-k is 0."""
@@ -29,6 +32,16 @@ LM_TOP_K = 64
 def option_name(field_name: str) -> str:
     """The CLI spelling of a field: `teacher_epochs` -> `--teacher-epochs`."""
     return "--" + field_name.replace("_", "-")
+
+
+def _check_finite(config: Any) -> None:
+    """Every number setting is finite: `inf` and `nan` parse as floats, and pass a `>= 0`
+    check (inf) or slip through every comparison as False (nan) far from the option."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, float) and not math.isfinite(v):
+                _require(False, f.name, f"must be a finite number, got {v}")
 
 
 def _require(condition: bool, field_name: str, message: str) -> None:
@@ -108,6 +121,7 @@ class DataConfig:
     all have the same."""
 
     def __post_init__(self) -> None:
+        _check_finite(self)
         _require(bool(self.data), "data", "give a Parquet/CSV file or builtin:digits")
         _require(
             self.task in TASKS, "task", f"unknown task {self.task!r}; known: {', '.join(TASKS)}"
@@ -227,6 +241,7 @@ class TeacherConfig:
     they trained on such views. Default: none."""
 
     def __post_init__(self) -> None:
+        _check_finite(self)
         _check_augment(self.teacher_augment, "teacher_augment")
         _require(len(self.teachers) > 0, "teachers", "give at least one teacher, or `auto`")
         _require(
@@ -339,6 +354,7 @@ class DistillConfig:
         return self.feature_weight > 0 or self.attention_weight > 0
 
     def __post_init__(self) -> None:
+        _check_finite(self)
         _require(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
         _require(0.0 <= self.alpha <= 1.0, "alpha", f"must be in [0, 1], got {self.alpha}")
         _require(self.student_epochs >= 1, "student_epochs", "must be at least 1")
@@ -487,8 +503,22 @@ class GateConfig:
     max_perplexity_ratio: float = 1.5
     """causal-lm: the student's test perplexity may be at most this times the teacher
     ensemble's (the perplexity_retention gate)."""
+    confidence: float = 0.95
+    """Confidence of the statistical gates' intervals: beats_baseline and
+    no_regression_vs_champion decide on McNemar's exact test over the same test rows, and
+    say `inconclusive` (not passed) when the interval straddles the threshold."""
+    gate_test: str = "paired"
+    """`paired`: the comparative gates decide on their intervals at --confidence. `point`:
+    on the point estimates alone (a gain of one test row passes), the evidence still shown."""
+    max_class_regression: float = 0.1
+    """No class's accuracy may drop by more than this vs the champion's (a class whose
+    observed drop is past it is inconclusive; past it with its whole interval, failed)."""
+    min_agreement: float = 0.0
+    """Student-ensemble top-1 agreement on the test split must reach this, by its interval's
+    lower end (0: off; the agreement is reported either way)."""
 
     def __post_init__(self) -> None:
+        _check_finite(self)
         _require(0.0 <= self.min_retention <= 1.5, "min_retention", "must be in [0, 1.5]")
         _require(self.min_compression >= 0, "min_compression", "must be >= 0")
         _require(self.min_speedup >= 0, "min_speedup", "must be >= 0")
@@ -499,6 +529,14 @@ class GateConfig:
             "max_perplexity_ratio",
             f"must be >= 1, got {self.max_perplexity_ratio}",
         )
+        _require(0.5 <= self.confidence < 1.0, "confidence",
+                 f"must be in [0.5, 1), got {self.confidence}")
+        _require(self.gate_test in GATE_TESTS, "gate_test",
+                 f"must be one of {', '.join(GATE_TESTS)}, got {self.gate_test!r}")
+        _require(0.0 <= self.max_class_regression <= 1.0, "max_class_regression",
+                 f"must be in [0, 1], got {self.max_class_regression}")
+        _require(0.0 <= self.min_agreement <= 1.0, "min_agreement",
+                 f"must be in [0, 1], got {self.min_agreement}")
 
 
 @dataclass
@@ -511,6 +549,7 @@ class RegistryConfig:
     """`auto` moves the `champion` alias when every gate passed; `manual` leaves it to a person."""
 
     def __post_init__(self) -> None:
+        _check_finite(self)
         _require(bool(self.model_name.strip()), "model_name", "must not be empty")
         _require(self.promotion in ("auto", "manual"), "promotion", "must be `auto` or `manual`")
 

@@ -22,6 +22,7 @@ perplexity.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -125,13 +126,18 @@ class CausalLM:
 
 
 @torch.no_grad()
-def token_metrics(model: nn.Module, split: Split, rows: int = EVAL_ROWS) -> dict[str, float]:
+def token_metrics(model: nn.Module, split: Split, rows: int = EVAL_ROWS, per_row: bool = False
+                  ) -> dict[str, Any]:
     """Perplexity (exp of the mean negative log-likelihood per counted token), token
-    accuracy and the counted tokens of `model` on `split`."""
+    accuracy and the counted tokens of `model` on `split`; with `per_row`, also each row's
+    summed negative log-likelihood (`row_nll`, float64) and counted tokens (`row_tokens`):
+    the paired evidence of the perplexity gates."""
     was = model.training
     model.eval()
     device = next(model.parameters()).device
     total, correct, tokens = 0.0, 0, 0
+    row_nll: list[np.ndarray] = []
+    row_tokens: list[np.ndarray] = []
     for start in range(0, len(split.x), rows):
         x = torch.from_numpy(np.ascontiguousarray(split.x[start : start + rows])).to(device)
         y = torch.from_numpy(np.ascontiguousarray(split.y[start : start + rows])).to(device)
@@ -139,11 +145,21 @@ def token_metrics(model: nn.Module, split: Split, rows: int = EVAL_ROWS) -> dict
         total += float(logprobs.double().sum())
         correct += int(right.sum())
         tokens += int(logprobs.numel())
+        if per_row:  # counted tokens come row by row, in order
+            counts = (y != -100).sum(1).cpu().numpy()
+            owner = np.repeat(np.arange(len(counts)), counts)
+            row_nll.append(np.bincount(owner, weights=-logprobs.double().cpu().numpy(),
+                                       minlength=len(counts)))
+            row_tokens.append(counts)
     model.train(was)
     nll = -total / max(tokens, 1)
-    return {
+    found: dict[str, Any] = {
         "perplexity": float(np.exp(min(nll, 700.0))),
         "log_likelihood": -nll,
         "token_accuracy": correct / max(tokens, 1),
         "tokens": tokens,
     }
+    if per_row:
+        found["row_nll"] = np.concatenate(row_nll) if row_nll else np.zeros(0)
+        found["row_tokens"] = np.concatenate(row_tokens) if row_tokens else np.zeros(0, int)
+    return found

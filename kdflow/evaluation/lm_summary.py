@@ -31,7 +31,7 @@ from kdflow.config import GateConfig
 from kdflow.data.prepared import DatasetMeta, Split
 from kdflow.data.sources import open_source
 from kdflow.distill.lm_task import EVAL_ROWS, token_metrics
-from kdflow.evaluation.gates import EPS, Gate, common_gates
+from kdflow.evaluation.gates import EPS, Gate, LMOutcomes, common_gates, lm_paired_gate
 from kdflow.mlflow.client import DATASET_TAG, resolve_tracking_uri
 from kdflow.mlflow.logged_models import download_model
 from kdflow.mlflow.versions import champion_version, resolve_model_uri
@@ -149,9 +149,13 @@ def evaluate_lm_models(
     uri = resolve_tracking_uri(tracking_uri)
     sources = list(teacher_sources or [])
 
-    def entry(model: nn.Module, spec: dict[str, Any], folder: Path, given: str | None = None
-              ) -> dict[str, Any]:
-        metrics = token_metrics(model, test)
+    per_row: dict[str, np.ndarray] = {}
+
+    def entry(model: nn.Module, spec: dict[str, Any], folder: Path, given: str | None = None,
+              name: str = "") -> dict[str, Any]:
+        metrics = token_metrics(model, test, per_row=bool(name))
+        if name:
+            per_row[name] = metrics["row_nll"]
         speed = generation_speed(model, prompts)
         return {
             "spec": given or str(spec.get("source") or spec["model"]["arch"]),
@@ -176,8 +180,8 @@ def evaluate_lm_models(
     progress.emit("evaluate", 1, 3, "ensemble, baseline and student")
     weights = weights or [1.0] * len(teachers)
     summary["ensemble"] = ensemble_metrics([m for m, _ in teachers], weights, student, test)
-    summary["baseline"] = entry(baseline, baseline_spec, baseline_dir)
-    summary["student"] = entry(student, student_spec, student_dir)
+    summary["baseline"] = entry(baseline, baseline_spec, baseline_dir, name="baseline")
+    summary["student"] = entry(student, student_spec, student_dir, name="student")
     summary["student"]["agreement"] = summary["ensemble"]["agreement"]
     summary["student"]["onnx"] = {"exported": False, "reason": "causal LMs are registered "
                                   "as transformers models, not exported to ONNX"}
@@ -186,7 +190,11 @@ def evaluate_lm_models(
     seen = champion_version(uri, model_name)
     summary["champion_seen"] = None if seen is None else int(seen.version)
     summary["champion"], not_compared = lm_champion(uri, model_name, meta, test, seen, encoder)
-    gates = lm_gates(gates_cfg, summary, not_compared)
+    if summary["champion"] is not None:
+        per_row["champion"] = summary["champion"].pop("row_nll")
+    tokens = (test.y != -100).sum(1)
+    gates = lm_gates(gates_cfg, summary, not_compared, LMOutcomes(
+        tokens=np.asarray(tokens), **per_row) if len(tokens) else None)
     summary["gates"] = {
         g.name: {k: v for k, v in g.to_dict().items() if k != "name"} for g in gates
     }
@@ -213,9 +221,10 @@ def lm_champion(uri: str, model_name: str, meta: DatasetMeta, test: Split, seen:
             reason = (f"champion v{seen.version} not compared: it uses another tokenizer "
                       f"({int(spec.get('vocab_size', 0)):,} tokens)")
         else:
-            metrics = token_metrics(model, test)
+            metrics = token_metrics(model, test, per_row=True)
             return {
                 "version": int(seen.version),
+                "row_nll": metrics["row_nll"],
                 "perplexity": metrics["perplexity"],
                 "token_accuracy": metrics["token_accuracy"],
                 "accuracy": metrics["token_accuracy"],
@@ -225,15 +234,28 @@ def lm_champion(uri: str, model_name: str, meta: DatasetMeta, test: Split, seen:
     return None, reason
 
 
-def lm_gates(cfg: GateConfig, summary: dict[str, Any], champion_unscored: str | None
-             ) -> list[Gate]:
+def lm_gates(cfg: GateConfig, summary: dict[str, Any], champion_unscored: str | None,
+             outcomes: LMOutcomes | None = None) -> list[Gate]:
     """perplexity_retention, beats_baseline (the baseline's log perplexity less the student's
     above --min-gain-over-baseline, 0 by default: a lower perplexity), compression,
     speedup (time per generated token) and no regression vs the champion (perplexity at
-    most (1 + max_regression) × the champion's)."""
+    most (1 + max_regression) × the champion's). With `outcomes` (each test block's
+    log-likelihoods) and --gate-test paired, beats_baseline and the champion gate decide
+    on the paired bootstrap interval over blocks, as the classification gates do on rows."""
     student, baseline, ensemble = summary["student"], summary["baseline"], summary["ensemble"]
     ratio = student["perplexity"] / max(ensemble["perplexity"], 1e-12)
     gain = float(np.log(baseline["perplexity"]) - np.log(student["perplexity"]))
+    margin = cfg.min_gain_over_baseline
+    if outcomes is None:
+        beats = Gate("beats_baseline", gain > margin + EPS, round(gain, 4), margin, ">",
+                     f"log perplexity: baseline log {baseline['perplexity']:.3f} - student "
+                     f"log {student['perplexity']:.3f}")
+    else:
+        beats = lm_paired_gate(
+            "beats_baseline", cfg, outcomes, "baseline", "student", margin, gain > margin + EPS,
+            round(gain, 4), margin, ">",
+            {"passed": "student better than baseline", "failed": "student not better than "
+             "baseline", "inconclusive": "cannot tell the student from its baseline"})
     gates = [
         Gate(
             "perplexity_retention",
@@ -244,15 +266,7 @@ def lm_gates(cfg: GateConfig, summary: dict[str, Any], champion_unscored: str | 
             f"student perplexity {student['perplexity']:.3f} / ensemble "
             f"{ensemble['perplexity']:.3f}",
         ),
-        Gate(
-            "beats_baseline",
-            gain > cfg.min_gain_over_baseline + EPS,
-            round(gain, 4),
-            cfg.min_gain_over_baseline,
-            ">",
-            f"log perplexity: baseline log {baseline['perplexity']:.3f} - student log "
-            f"{student['perplexity']:.3f}",
-        ),
+        beats,
         *common_gates(cfg, student, summary["teachers"]),
     ]
     champion = summary.get("champion")
@@ -263,8 +277,9 @@ def lm_gates(cfg: GateConfig, summary: dict[str, Any], champion_unscored: str | 
                        "(kdflow promote), or register it under another --model-name")
         gates.append(Gate("no_regression_vs_champion", not champion_unscored, None,
                           cfg.max_regression, "<=", detail))
-    else:
-        rise = student["perplexity"] / max(champion["perplexity"], 1e-12) - 1.0
+        return gates
+    rise = student["perplexity"] / max(champion["perplexity"], 1e-12) - 1.0
+    if outcomes is None or outcomes.champion is None:
         gates.append(Gate(
             "no_regression_vs_champion",
             rise <= cfg.max_regression + EPS,
@@ -274,4 +289,14 @@ def lm_gates(cfg: GateConfig, summary: dict[str, Any], champion_unscored: str | 
             f"student perplexity {student['perplexity']:.3f} / champion v{champion['version']} "
             f"{champion['perplexity']:.3f} - 1",
         ))
+        return gates
+    tolerance = f" by more than {cfg.max_regression:.0%} in perplexity"
+    gates.append(lm_paired_gate(
+        "no_regression_vs_champion", cfg, outcomes, "champion", "student",
+        -float(np.log1p(cfg.max_regression)), rise <= cfg.max_regression + EPS, round(rise, 4),
+        cfg.max_regression, "<=",
+        {"passed": f"no worse than champion v{champion['version']}{tolerance}",
+         "failed": f"worse than champion v{champion['version']}{tolerance}",
+         "inconclusive": f"cannot tell whether it is worse than champion "
+                         f"v{champion['version']}{tolerance}"}))
     return gates

@@ -37,7 +37,7 @@ from kdflow import progress
 from kdflow.config import GateConfig
 from kdflow.data.prepared import DatasetMeta, Split
 from kdflow.data.sources import DataSource, open_source
-from kdflow.evaluation.gates import decide_gates
+from kdflow.evaluation.gates import Outcomes, decide_gates
 from kdflow.evaluation.metrics import (
     ensemble_probabilities,
     logits_on,
@@ -185,8 +185,9 @@ def evaluate_models(
         summary["teachers"].append(teacher)
     ensemble_quality = quality_metrics(ensemble, rows.y, meta.classes)
     summary["ensemble"] = {k: ensemble_quality[k] for k in ENSEMBLE_KEYS}
+    baseline_z = logits_on(baseline, rows.of(baseline))
     summary["baseline"] = entry("baseline", describe(baseline_spec), baseline_dir,
-                                torch.softmax(logits_on(baseline, rows.of(baseline)), -1))
+                                torch.softmax(baseline_z, -1))
     summary["student"] = entry("student", describe(student_spec), student_dir,
                                torch.softmax(student_z, -1))
     summary["student"]["onnx"] = onnx
@@ -203,6 +204,12 @@ def evaluate_models(
     summary["champion"], not_compared = champion_comparison(
         tracking_uri, model_name, meta, rows, seen=seen
     )
+    outcomes = Outcomes(
+        y=np.asarray(rows.y), student=student_z.argmax(-1).numpy(),
+        baseline=baseline_z.argmax(-1).numpy(), ensemble=ensemble_pred,
+        classes=[str(c) for c in meta.classes],
+        champion=(summary["champion"] or {}).pop("predictions", None),
+    )
     gates = decide_gates(
         gates_cfg,
         student=summary["student"],
@@ -211,6 +218,7 @@ def evaluate_models(
         teachers=summary["teachers"],
         champion=summary["champion"],
         champion_unscored=not_compared,
+        outcomes=outcomes,
     )
     summary["gates"] = {
         g.name: {k: v for k, v in g.to_dict().items() if k != "name"} for g in gates
@@ -493,7 +501,10 @@ def champion_on_test(
     the champion's ModelVersion when the caller has read it already; the version is
     downloaded by number, so the numbers belong to exactly that version.
     """
-    return champion_comparison(tracking_uri, model_name, meta, test, seen)[0]
+    found = champion_comparison(tracking_uri, model_name, meta, test, seen)[0]
+    if found is not None:
+        found.pop("predictions", None)
+    return found
 
 
 def champion_comparison(
@@ -503,8 +514,9 @@ def champion_comparison(
     test: Split | TestRows | DataSource,
     seen: Any = None,
 ) -> tuple[dict[str, Any] | None, str | None]:
-    """`champion_on_test`'s metrics, and why the champion was not compared when there is
-    one that was not (for the champion gate's detail): None, None without a champion."""
+    """`champion_on_test`'s metrics with its predicted class per test row (`predictions`,
+    for the paired gates), and why the champion was not compared when there is one that
+    was not (for the champion gate's detail): None, None without a champion."""
     uri = resolve_tracking_uri(tracking_uri)
     version = seen if seen is not None else champion_version(uri, model_name)
     if version is None:
@@ -531,5 +543,7 @@ def champion_comparison(
         "accuracy": quality["accuracy"],
         "macro_f1": quality["macro_f1"],
         "ece": quality["ece"],
+        "per_class_accuracy": quality["per_class_accuracy"],
         "dataset_sha256": (version.tags or {}).get(DATASET_TAG),
+        "predictions": probs.argmax(-1).numpy(),
     }, None

@@ -213,6 +213,16 @@ def summary_metrics(summary: dict[str, Any]) -> dict[str, float]:
     for name, gate in (summary.get("gates") or {}).items():
         if gate.get("value") is not None:
             metrics[f"gate_{name}"] = float(gate["value"])
+    cost = summary.get("cost") or {}
+    for part, figures in cost.items():  # cost_total_core_s, cost_break_even_requests_onnx...
+        if not isinstance(figures, dict) or part == "inference":
+            continue
+        for key, value in figures.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                metrics[f"cost_{part}_{key}"] = float(value)
+    for key, value in ((cost.get("inference") or {}).get("saving_ms") or {}).items():
+        if value is not None:
+            metrics[f"cost_saving_ms_{key}"] = float(value)
     return metrics
 
 

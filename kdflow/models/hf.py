@@ -279,19 +279,27 @@ def save_hf(
     return write_spec(folder, spec, extra)
 
 
-def load_hf(folder: Path, train: bool = False) -> tuple[HfClassifier, dict[str, Any]]:
-    """A saved folder as an `HfClassifier` (eval mode unless `train`), weights checked."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+def load_folder(folder: Path, auto_class: str, what: str) -> tuple[Any, Any, dict[str, Any]]:
+    """A saved folder's transformers model (`auto_class` of transformers, safetensors only),
+    its tokenizer and its checked spec.json; remote code only where the spec allows it."""
+    import transformers
 
     spec = checked_spec(folder)
     remote = bool(spec.get("trust_remote_code", False))
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
+        model = getattr(transformers, auto_class).from_pretrained(
             folder, use_safetensors=True, trust_remote_code=remote
         )
-        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=remote)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, trust_remote_code=remote)
     except (OSError, ValueError) as exc:
-        raise ModelFormatError(f"{folder}: not a loadable transformers folder: {exc}") from exc
+        raise ModelFormatError(f"{folder}: not a loadable {what} folder: {exc}") from exc
+    return model, tokenizer, spec
+
+
+def load_hf(folder: Path, train: bool = False) -> tuple[HfClassifier, dict[str, Any]]:
+    """A saved folder as an `HfClassifier` (eval mode unless `train`), weights checked."""
+    model, tokenizer, spec = load_folder(folder, "AutoModelForSequenceClassification",
+                                         "transformers")
     wrapped = HfClassifier(model, tokenizer, int(spec["max_length"]), str(spec.get("source", "")))
     wrapped.train(train)
     return wrapped, spec

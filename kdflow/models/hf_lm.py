@@ -29,13 +29,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdflow.errors import ConfigError, ModelFormatError
+from kdflow.errors import ConfigError
 from kdflow.models.hf import (
     KIND,
     SPEC,
-    checked_spec,
     copy_from_teacher,
     evenly_spaced,
+    load_folder,
     model_summary,
     quiet_transformers,
     write_spec,
@@ -237,17 +237,7 @@ def save_lm(model: HfCausalLM, folder: Path, text_columns: list[str],
 
 def load_lm(folder: Path, train: bool = False) -> tuple[HfCausalLM, dict[str, Any]]:
     """A saved folder as an `HfCausalLM` (eval mode unless `train`), weights checked."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    spec = checked_spec(folder)
-    remote = bool(spec.get("trust_remote_code", False))
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            folder, use_safetensors=True, trust_remote_code=remote
-        )
-        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=remote)
-    except (OSError, ValueError) as exc:
-        raise ModelFormatError(f"{folder}: not a loadable causal LM folder: {exc}") from exc
+    model, tokenizer, spec = load_folder(folder, "AutoModelForCausalLM", "causal LM")
     wrapped = HfCausalLM(model, tokenizer, int(spec["max_length"]), str(spec.get("source", "")))
     wrapped.train(train)
     return wrapped, spec

@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from kdflow.evaluation.timing import THROUGHPUT_BATCH
+from kdflow.report.pages import cost_lines, gate_lines, image_latency_text, not_passed
 from kdflow.report.pages import fmt_or_dash as _num
-from kdflow.report.pages import image_latency_text
 
 
 def _model_row(label: str, m: dict[str, Any]) -> str:
@@ -139,14 +139,10 @@ def report_markdown(summary: dict[str, Any]) -> str:
         "",
         "## Gates",
         "",
-        "| gate | result | value | threshold | detail |",
-        "| --- | --- | --- | --- | --- |",
+        *gate_lines(summary, detail=True),
     ]
-    for name, g in summary["gates"].items():
-        lines.append(
-            f"| {name} | {'PASS' if g['passed'] else 'FAIL'} | {g['value']} | "
-            f"{g['op']} {g['threshold']} | {g['detail']} |"
-        )
-    verdict = "all gates passed" if summary["passed"] else "a gate failed: not registered"
+    verdict = "all gates passed" if summary["passed"] else (
+        "not registered: " + ", ".join(not_passed(summary)))
+    lines += cost_lines(summary)
     lines += ["", f"**{verdict}**", ""]
     return "\n".join(lines)

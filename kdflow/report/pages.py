@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kdflow.errors import ConfigError
+from kdflow.evaluation.gates import PASSED, gate_status
 
 SUMMARY = "summary.json"
 REPORT = "report.html"
@@ -71,6 +72,7 @@ tr.student td { font-weight: 600; }
 table.kv td, table.gates td:last-child { text-align: left; }
 td.pass { color: #17632a; font-weight: 600; }
 td.fail { color: #8a1c1c; font-weight: 600; }
+td.warn { color: #7a5600; font-weight: 600; }
 figure { background: white; border: 1px solid #d8dbe0; margin: 12px 0; padding: 12px; }
 figure img { max-width: 100%; height: auto; display: block; }
 figcaption { color: #5b616b; font-size: 0.88rem; margin-top: 6px; }
@@ -204,7 +206,7 @@ def _models_html(summary: dict[str, Any]) -> str:
 
 def _gates_html(summary: dict[str, Any]) -> str:
     rows = [
-        [esc(name), "PASS" if g["passed"] else "FAIL",
+        [esc(name), gate_status(g).upper(),
          "–" if g.get("value") is None else esc(g["value"]),
          esc(f"{g['op']} {g['threshold']}"), esc(g.get("detail", ""))]
         for name, g in (summary.get("gates") or {}).items()
@@ -212,8 +214,9 @@ def _gates_html(summary: dict[str, Any]) -> str:
     body = table_html(["gate", "result", "value", "threshold", "detail"], rows,
                       css_class="gates")
     # Colour the result cells: the second cell of each row.
-    return body.replace("<td>PASS</td>", '<td class="pass">PASS</td>').replace(
-        "<td>FAIL</td>", '<td class="fail">FAIL</td>')
+    return body.replace("<td>PASSED</td>", '<td class="pass">PASSED</td>').replace(
+        "<td>FAILED</td>", '<td class="fail">FAILED</td>').replace(
+        "<td>INCONCLUSIVE</td>", '<td class="warn">INCONCLUSIVE</td>')
 
 
 def _verdict_html(summary: dict[str, Any]) -> str:
@@ -224,9 +227,8 @@ def _verdict_html(summary: dict[str, Any]) -> str:
                 f'{esc(registered["version"])} ({esc(aliases)})</span>')
     if summary.get("passed"):
         return '<span class="verdict warn">every gate passed; not registered yet</span>'
-    failed = [n for n, g in (summary.get("gates") or {}).items() if not g["passed"]]
-    return (f'<span class="verdict bad">not registered: gate(s) failed: '
-            f'{esc(", ".join(failed))}</span>')
+    return (f'<span class="verdict bad">not registered: gate(s) not passed: '
+            f'{esc(", ".join(not_passed(summary)))}</span>')
 
 
 def _dataset_html(summary: dict[str, Any]) -> str:
@@ -295,6 +297,7 @@ def render_html(summary: dict[str, Any], pictures: dict[str, bytes],
         "runs every teacher." + esc(image_latency_text(summary)) + "</p>",
         "<h2>Gates</h2>",
         _gates_html(summary),
+        *(["<h2>Cost and savings</h2>", _cost_html(summary)] if summary.get("cost") else []),
         "<h2>Registry</h2>",
         _registry_html(summary, mlflow_url),
         "<h2>Data</h2>",
@@ -464,12 +467,71 @@ def mlflow_run_url(tracking_uri: str, run_id: str) -> str:
 # ------------------------------------------------------------------ the registry's verdict
 
 
-def _gate_lines(summary: dict[str, Any]) -> list[str]:
-    lines = ["| gate | result | value | threshold |", "| --- | --- | --- | --- |"]
+COST_PARTS = {"teachers": "teachers", "cache_fill": "teacher cache", "distillation":
+              "distillation", "evaluation": "evaluation", "total": "total"}
+RUNTIMES = {"pytorch": "PyTorch, batch 1", "onnx": "ONNX Runtime, batch 1",
+            "pytorch_batch": "PyTorch, per row at the throughput batch"}
+
+
+def cost_tables(summary: dict[str, Any]) -> list[tuple[list[str], list[list[str]]]]:
+    """The cost ledger as two tables (headers, rows of plain text): what each part used,
+    and per runtime the saving per request and the break-even; [] without a ledger."""
+    cost = summary.get("cost")
+    if not cost:
+        return []
+    used = [[label, f"{cost[k]['wall_s']:,.1f}", f"{cost[k]['cpu_s']:,.1f}",
+             f"{cost[k]['core_s']:,.1f}", f"{cost[k]['gpu_s']:,.1f}"]
+            for k, label in COST_PARTS.items() if k in cost]
+    inference = cost["inference"]
+    unit = inference.get("unit", "row")
+    saved = []
+    for key, label in RUNTIMES.items():
+        if key not in inference["saving_ms"] or inference["saving_ms"][key] is None:
+            continue
+        even = cost["break_even_requests"].get(key)
+        both = cost["break_even_requests_with_teachers"].get(key)
+        saved.append([label, f"{inference['ensemble_ms'][key]:.4f}",
+                      f"{inference['student_ms'][key]:.4f}", f"{inference['saving_ms'][key]:.4f}",
+                      "never" if even is None else f"{even:,}",
+                      "never" if both is None else f"{both:,}"])
+    return [(["part", "wall s", "CPU s", "core-s held", "GPU-s held"], used),
+            (["runtime", f"ensemble ms / {unit}", f"student ms / {unit}", "saved ms",
+              "break-even requests", "with the teachers' training"], saved)]
+
+
+def cost_lines(summary: dict[str, Any]) -> list[str]:
+    """The ledger's tables in Markdown ([] without a ledger)."""
+    lines: list[str] = []
+    for headers, rows in cost_tables(summary):
+        lines += ["", "| " + " | ".join(headers) + " |", "|" + " --- |" * len(headers)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return (["", "## Cost and savings", *lines, "",
+             "Core- and GPU-seconds are the resources each step held for its wall time; the "
+             "break-even is the requests whose CPU saving pays back the cache, distillation "
+             "and evaluation (and the teachers' training in the last column)."]
+            if lines else [])
+
+
+def _cost_html(summary: dict[str, Any]) -> str:
+    return "".join(table_html(h, [[esc(c) for c in row] for row in rows])
+                   for h, rows in cost_tables(summary))
+
+
+def not_passed(summary: dict[str, Any]) -> list[str]:
+    """The gates that did not pass, each with how (`beats_baseline (inconclusive)`)."""
+    return [f"{name} ({gate_status(g)})" for name, g in (summary.get("gates") or {}).items()
+            if gate_status(g) != PASSED]
+
+
+def gate_lines(summary: dict[str, Any], detail: bool = False) -> list[str]:
+    """The gates as a Markdown table: result (PASSED, FAILED, INCONCLUSIVE), value,
+    threshold, and with `detail` what each concluded and on what evidence."""
+    head = ["gate", "result", "value", "threshold", *(["detail"] if detail else [])]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for name, g in (summary.get("gates") or {}).items():
-        lines.append(f"| {name} | {'PASS' if g['passed'] else 'FAIL'} | "
-                     f"{'–' if g.get('value') is None else g['value']} | "
-                     f"{g['op']} {g['threshold']} |")
+        cells = [name, gate_status(g).upper(), "–" if g.get("value") is None else g["value"],
+                 f"{g['op']} {g['threshold']}", *([g.get("detail", "")] if detail else [])]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return lines
 
 
@@ -485,21 +547,22 @@ def registration_markdown(summary: dict[str, Any]) -> str:
         f"- MLflow run `{r.get('run_id', '–')}` on `{r.get('tracking_uri', '–')}` (with the "
         "report and its pictures under `report/`)",
         "",
-        *_gate_lines(summary),
+        *gate_lines(summary),
         "",
     ]
     return "\n".join(lines)
 
 
 def skipped_markdown(summary: dict[str, Any]) -> str:
-    """The else branch's page: the gates that failed, so nothing was registered."""
-    failed = [n for n, g in (summary.get("gates") or {}).items() if not g["passed"]]
+    """The else branch's page: the gates that did not pass, so nothing was registered."""
+    failed = not_passed(summary)
     return "\n".join([
         "# Not registered",
         "",
-        f"Gate(s) failed: {', '.join(failed) or 'none'}. The student stays out of the registry; "
+        f"Gate(s) not passed: {', '.join(failed) or 'none'}. The student stays out of the "
+        "registry; "
         "the evaluate step's report shows every number.",
         "",
-        *_gate_lines(summary),
+        *gate_lines(summary),
         "",
     ])

@@ -20,7 +20,7 @@ DPI = 100
 WIDE = (10.0, 4.2)
 # One colour per role, the same in every picture.
 COLOURS = {"teacher": "#7f7f7f", "ensemble": "#1f77b4", "baseline": "#ff7f0e",
-           "student": "#2ca02c"}
+           "student": "#2ca02c", "champion": "#9467bd"}
 MARKERS = {"teacher": "o", "ensemble": "*", "baseline": "s", "student": "D"}
 # Above this many classes, labels and per-cell counts would only be noise.
 MAX_LABELLED_CLASSES = 20
@@ -224,9 +224,13 @@ def confusion_matrix(matrix: list[list[int]], classes: list[str]) -> Figure:
     return fig
 
 
-def per_class_accuracy(series: dict[str, dict[str, float]]) -> Figure:
+def per_class_accuracy(series: dict[str, dict[str, float]],
+                       flagged: dict[str, str] | None = None) -> Figure:
     """Accuracy of each class, side by side for each model in `series` (name -> class ->
-    accuracy); above MAX_LABELLED_CLASSES classes, lines over classes sorted by the first."""
+    accuracy); above MAX_LABELLED_CLASSES classes, lines over classes sorted by the first.
+    `flagged` (class -> `failed` or `inconclusive`: the max_class_regression gate's classes)
+    are marked on the axis, in red, with the word."""
+    flagged = flagged or {}
     fig = _figure()
     ax = fig.subplots()
     names = list(series)
@@ -238,15 +242,26 @@ def per_class_accuracy(series: dict[str, dict[str, float]]) -> Figure:
             ax.bar([c + (i - (len(names) - 1) / 2) * width for c in range(len(classes))],
                    [series[name][k] for k in classes], width=width, label=name,
                    color=COLOURS[role])
-        ax.set_xticks(range(len(classes)), labels=classes)
-        ax.set_xlabel("class")
+        ax.set_xticks(range(len(classes)), labels=[
+            f"{k}\n{flagged[k]}" if k in flagged else k for k in classes])
+        for label, k in zip(ax.get_xticklabels(), classes, strict=True):
+            if k in flagged:
+                label.set_color("#8a1c1c")
+                label.set_fontweight("bold")
+        ax.set_xlabel("class" + ("; marked: dropped vs the champion past --max-class-regression"
+                                 if flagged else ""))
     else:
         order = sorted(classes, key=lambda k: series[names[0]][k])
         for name in names:
             role = name if name in COLOURS else "teacher"
             ax.plot(range(len(order)), [series[name][k] for k in order], label=name,
                     color=COLOURS[role])
-        ax.set_xlabel(f"class, sorted by {names[0]} accuracy ({len(classes)} classes)")
+        ax.set_xlabel(f"class, sorted by {names[0]} accuracy ({len(classes)} classes)"
+                      + (f"; {len(flagged)} dropped vs the champion: "
+                         + ", ".join(list(flagged)[:5]) if flagged else ""))
+        for x, k in enumerate(order):
+            if k in flagged:
+                ax.axvline(x, color="#8a1c1c", alpha=0.4, linewidth=1)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("test accuracy")
     ax.grid(True, axis="y", alpha=0.3)
@@ -390,10 +405,14 @@ def figures(summary: dict[str, Any]) -> dict[str, Figure]:
     if student.get("confusion_matrix") and student.get("per_class_accuracy"):
         out["confusion_matrix"] = confusion_matrix(student["confusion_matrix"],
                                                    list(student["per_class_accuracy"]))
-    per_class = {role: summary[role]["per_class_accuracy"] for role in ("ensemble", "student")
+    per_class = {role: summary[role]["per_class_accuracy"]
+                 for role in ("ensemble", "champion", "student")
                  if (summary.get(role) or {}).get("per_class_accuracy")}
     if per_class:
-        out["per_class_accuracy"] = per_class_accuracy(per_class)
+        slices = ((summary.get("gates") or {}).get("max_class_regression") or {})
+        classes = (slices.get("evidence") or {}).get("classes") or {}
+        out["per_class_accuracy"] = per_class_accuracy(per_class, {
+            k: v["status"] for k, v in classes.items() if v["status"] != "passed"})
     wrong = summary.get("misclassified") or {}
     if wrong.get("shown") and (wrong.get("thumbnails") or {}).get("png"):
         out["misclassified"] = misclassified_grid(wrong)

@@ -24,5 +24,6 @@ def test_the_failed_gates_are_named_on_the_page_in_the_log_and_as_a_metric(
         returned = skip(summary=json.dumps(summary), report=report, metrics=metrics)
     assert json.loads(returned) == summary  # the pipeline's output, as register's would be
     assert metrics.metadata == {"gates_failed": 2}
-    assert "Gate(s) failed: compression, speedup." in Path(report.path).read_text()
-    assert "not registered: gate(s) failed: compression, speedup" in caplog.text
+    named = "compression (failed), speedup (failed)"
+    assert f"Gate(s) not passed: {named}." in Path(report.path).read_text()
+    assert f"not registered: gate(s) not passed: {named}" in caplog.text

@@ -22,7 +22,7 @@ from safetensors.numpy import load_file
 from kdflow.config import DistillConfig, TeacherConfig
 from tests.unit.image_helpers import prepared_images
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.e2e]
 
 TEACHER = "cnn:channels=4-8,hidden=16"
 AUGMENT = ["crop", "rotate", "mixup"]

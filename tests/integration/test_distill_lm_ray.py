@@ -14,7 +14,7 @@ from safetensors.numpy import load_file
 from kdflow.config import DistillConfig, TeacherConfig
 from tests.unit.lm_helpers import corpus_dataset, instruction_frame, tiny_gpt2
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.e2e]
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from safetensors.numpy import load_file
 from kdflow.config import DistillConfig, TeacherConfig
 from tests.unit.text_helpers import text_dataset, tiny_bert
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.e2e]
 
 
 @pytest.fixture(scope="module")

@@ -40,6 +40,11 @@ def data_csv(tmp_path_factory) -> Path:
         (["--input-shape", "3,3"], "--input-shape", "holds 9 values"),
         (["--student", "cnn:channels=4"], "--student", "C,H,W"),
         (["--temperature", "hot"], "--temperature", "invalid float value"),
+        (["--temperature", "inf"], "--temperature", "must be a finite number, got inf"),
+        (["--min-speedup", "inf"], "--min-speedup", "must be a finite number, got inf"),
+        (["--alpha", "nan"], "--alpha", "must be a finite number, got nan"),
+        (["--confidence", "1"], "--confidence", "must be in [0.5, 1)"),
+        (["--gate-test", "bootstrap"], "--gate-test", "must be one of paired, point"),
     ],
 )
 def test_bad_option_is_one_line_naming_it(args, option, text, data_csv):

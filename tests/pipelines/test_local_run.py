@@ -16,7 +16,7 @@ FAST = ["--teacher-epochs", "2", "--student-epochs", "2", "--teachers", "mlp:hid
         "cnn:channels=8-16,hidden=32", "--student", "mlp:hidden=16"]
 LENIENT = ["--min-retention", "0", "--min-gain-over-baseline", "-1", "--min-speedup", "0",
            "--max-ece", "1", "--min-compression", "1",
-           "--max-regression", "1"]
+           "--max-regression", "1", "--max-class-regression", "1"]
 
 
 def kdflow(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -65,8 +65,8 @@ def test_run_writes_summary_with_every_documented_field(first_run):
     assert summary["student"]["params"] == summary["baseline"]["params"] > 0
     assert summary["student"]["latency_ms"] > 0
     assert set(summary["gates"]) == {"retention", "beats_baseline", "compression", "speedup",
-                                     "calibration",
-                                     "no_regression_vs_champion"}
+                                     "calibration", "no_regression_vs_champion",
+                                     "max_class_regression", "min_agreement"}
     for gate in summary["gates"].values():
         assert {"passed", "value", "threshold"} <= set(gate)
     assert summary["passed"] is True

@@ -20,7 +20,7 @@ from tests.unit.image_helpers import image_folder
 if TYPE_CHECKING:
     from mlflow.pyfunc import PyFuncModel
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.e2e]
 
 CLASSES = 10
 TRAIN_PER_CLASS, TEST_PER_CLASS = 30, 10

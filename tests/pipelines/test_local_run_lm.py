@@ -14,7 +14,7 @@ import pytest
 from tests.pipelines.test_local_run import LENIENT, kdflow, registry_versions
 from tests.unit.lm_helpers import corpus_frame, tiny_gpt2
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.e2e]
 
 
 def test_a_causal_lm_run_registers_a_student_that_generates(tmp_path: Path) -> None:

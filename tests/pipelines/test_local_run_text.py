@@ -12,7 +12,7 @@ import pytest
 from tests.pipelines.test_local_run import LENIENT, kdflow, registry_versions
 from tests.unit.text_helpers import text_frame, tiny_bert
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.e2e]
 
 
 def test_a_text_run_registers_a_student_that_serves_raw_text(tmp_path: Path) -> None:

@@ -115,7 +115,8 @@ def test_evaluate_measures_text_models_through_their_tokenizers(text_run, tmp_pa
     assert onnx["latency_ms"] > 0 and onnx["speedup_vs_pytorch"] > 0
     assert (summary["champion"], summary["champion_seen"]) == (None, None)
     assert set(summary["gates"]) == {"retention", "beats_baseline", "compression", "speedup",
-                                     "calibration", "no_regression_vs_champion"}
+                                     "calibration", "no_regression_vs_champion",
+                                     "max_class_regression", "min_agreement"}
     assert summary["gates"]["compression"]["value"] > 1
     assert "| retention | " in report_markdown(summary)
 

@@ -1,5 +1,7 @@
-"""The registration gates (`kdflow.evaluation.gates`), one test per path: each gate passes at
-its threshold and fails beyond it, with the value, threshold and detail a report shows."""
+"""The registration gates (`kdflow.evaluation.gates`) on point estimates (no per-row
+outcomes, as `--gate-test point` decides), one test per path: each gate passes at its
+threshold and fails beyond it, with the value, threshold and detail a report shows. The
+statistical decisions are tests/unit/test_gate_statistics.py."""
 
 from kdflow.config import GateConfig
 from kdflow.evaluation.gates import decide_gates
@@ -47,6 +49,8 @@ def test_every_gate_passes_for_a_good_student():
         "speedup",
         "calibration",
         "no_regression_vs_champion",
+        "max_class_regression",
+        "min_agreement",
     ]
     assert all(g.passed for g in result.values())
 

@@ -40,7 +40,7 @@ def test_the_markdown_page_shows_perplexity_continuations_and_gates() -> None:
     assert "| student `hf-config:gpt2:n_layer=2` | 15.250 | 0.4000 | 0.7500 | 300 |" in page
     assert "1,234 counted tokens" in page
     assert "| the cat | sat \\| on the mat | sat \\| on the mat |" in page
-    assert "| perplexity_retention | PASS | 1.22 | <= 1.5 |" in page
+    assert "| perplexity_retention | PASSED | 1.22 | <= 1.5 |" in page
     assert "accuracy | params | latency (ms)" not in page, "not the classifier's table"
 
 

@@ -50,19 +50,20 @@ def test_report_lists_every_gate_with_pass():
         "speedup",
         "calibration",
         "no_regression_vs_champion",
+        "max_class_regression",
+        "min_agreement",
     }
-    assert all(" | PASS | " in row for name, row in rows.items() if name != "gate")
+    assert all(" | PASSED | " in row for name, row in rows.items() if name != "gate")
     assert "**all gates passed**" in report
 
 
 def test_report_marks_the_failed_gate_and_the_verdict():
     report = report_markdown(summary_with(champion={"version": 2, "accuracy": 0.99}))
     rows = gate_rows(report)
-    assert (
-        "| no_regression_vs_champion | FAIL | 0.04 | <= 0.01 |" in rows["no_regression_vs_champion"]
-    )
-    assert " | PASS | " in rows["retention"]
-    assert "**a gate failed: not registered**" in report
+    row = rows["no_regression_vs_champion"]
+    assert "| no_regression_vs_champion | FAILED | 0.04 | <= 0.01 |" in row
+    assert " | PASSED | " in rows["retention"]
+    assert "**not registered: no_regression_vs_champion (failed)**" in report
 
 
 def test_report_lists_every_model():

@@ -56,7 +56,7 @@ def test_report_shows_every_model_gate_and_the_verdict(written: Path, run_summar
     assert f"{run_summary['ensemble']['accuracy']:.4f}" in page
     for gate in run_summary["gates"]:
         assert f"<td>{gate}</td>" in page
-    assert page.count('<td class="pass">PASS</td>') == len(run_summary["gates"])
+    assert page.count('<td class="pass">PASSED</td>') == len(run_summary["gates"])
     assert "every gate passed; not registered yet" in page
     assert run_summary["dataset"]["sha256"] in page
 
@@ -66,8 +66,8 @@ def test_report_marks_a_failed_gate_and_says_nothing_was_registered(run_summary)
     summary["gates"]["compression"]["passed"] = False
     summary["passed"] = False
     page = report.render_html(summary, {})
-    assert '<td class="fail">FAIL</td>' in page
-    assert "not registered: gate(s) failed: compression" in page
+    assert '<td class="fail">FAILED</td>' in page
+    assert "not registered: gate(s) not passed: compression (failed)" in page
     assert "Nothing was registered in this run." in page
 
 

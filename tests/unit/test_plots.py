@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import struct
 from pathlib import Path
 
@@ -193,3 +194,21 @@ def test_the_grid_is_in_the_pictures_only_when_the_student_gets_images_wrong(run
     assert "misclassified" not in plots.figures({**run_summary,
                                                  "misclassified": everything_right})
     assert "misclassified" not in plots.figures(run_summary)  # numeric data
+
+
+def test_per_class_chart_draws_the_champion_and_marks_the_classes_that_dropped(run_summary):
+    summary = json.loads(json.dumps(run_summary))
+    classes = list(summary["student"]["per_class_accuracy"])
+    summary["champion"] = {"version": 1, "accuracy": 0.9,
+                           "per_class_accuracy": dict.fromkeys(classes, 0.9)}
+    summary["gates"]["max_class_regression"] = {
+        "passed": False, "status": "failed", "value": 0.3, "threshold": 0.1, "op": "<=",
+        "detail": "", "evidence": {"classes": {
+            classes[1]: {"status": "failed", "drop": 0.3},
+            classes[2]: {"status": "inconclusive", "drop": 0.15},
+            classes[3]: {"status": "passed", "drop": 0.0}}}}
+    ax = plots.figures(summary)["per_class_accuracy"].axes[0]
+    assert ax.get_legend_handles_labels()[1] == ["ensemble", "champion", "student"]
+    ticks = {t.get_text(): t.get_color() for t in ax.get_xticklabels()}
+    assert ticks[f"{classes[1]}\nfailed"] == ticks[f"{classes[2]}\ninconclusive"] == "#8a1c1c"
+    assert ticks[classes[3]] != "#8a1c1c"

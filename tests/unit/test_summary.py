@@ -46,7 +46,8 @@ def test_evaluate_step_measures_every_model_and_checks_the_onnx_student(
                                         "per_class_accuracy", "reliability"}
     assert (summary["champion"], summary["champion_seen"]) == (None, None)
     assert set(summary["gates"]) == {"retention", "beats_baseline", "compression", "speedup",
-                                     "calibration", "no_regression_vs_champion"}
+                                     "calibration", "no_regression_vs_champion",
+                                     "max_class_regression", "min_agreement"}
     # An untrained student keeps nothing of the ensemble.
     assert summary["passed"] is False
     assert summary["gates"]["retention"]["passed"] is False
