@@ -497,7 +497,7 @@ def register(
     from kdflow.models.onnx import export_checked
 
     if not summary.get("passed"):
-        raise KdflowError("refusing to register: a gate failed (see the evaluation report)")
+        raise KdflowError("refusing to register: a gate did not pass (see the evaluation report)")
     teachers = [
         {"spec": t["spec"], **{k: v for k, v in t.get("registry", {}).items() if k != "uri"}}
         for t in summary["teachers"]

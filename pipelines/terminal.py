@@ -252,7 +252,22 @@ def print_result(console: Any, summary: dict[str, Any], artifacts: dict[str, str
             f"{', '.join(registered['aliases'])} ({registered['tracking_uri']})"
         )
     else:
-        console.print("[yellow]not registered[/]: a gate failed (see the gates above)")
+        from kdflow.report.pages import not_passed
+
+        console.print("[yellow]not registered[/]: " + (", ".join(not_passed(summary))
+                                                       or "every gate passed"))
+        for name, g in summary["gates"].items():
+            if gate_status(g) != "passed":
+                console.print(f"  {name}: {g.get('detail', '')}", highlight=False)
+    cost = summary.get("cost") or {}
+    even = (cost.get("break_even_requests") or {}).get("pytorch")
+    if cost.get("total"):
+        console.print(
+            f"cost: {cost['total']['core_s']:,.0f} core-seconds held "
+            f"({cost['total']['wall_s']:,.0f} s of steps); the student pays back the cache, "
+            "distillation and evaluation after "
+            + ("no number of requests (it saves no CPU)" if even is None else
+               f"{even:,} batch-1 requests (PyTorch, CPU)"), highlight=False)
     # Paths and URLs stay on one line each, so they can be copied whole.
     if mlflow_url:
         console.print(f"MLflow run: {mlflow_url}", soft_wrap=True, highlight=False)

@@ -226,7 +226,7 @@ def evaluate_models(
     summary["passed"] = all(g.passed for g in gates)
     summary["registered"] = None
     summary["history"] = histories or {}
-    progress.emit("evaluate", 3, 3, "gates passed" if summary["passed"] else "a gate failed")
+    progress.emit("evaluate", 3, 3, "gates passed" if summary["passed"] else "a gate did not pass")
     return summary
 
 

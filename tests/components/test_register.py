@@ -42,5 +42,5 @@ def test_the_student_is_registered_as_champion_with_its_kd_settings(evaluated, a
 
 def test_a_summary_whose_gates_failed_is_refused(evaluated, artifact):
     failed = {**json.loads(evaluated["summary"]), "passed": False}
-    with pytest.raises(KdflowError, match="refusing to register: a gate failed"):
+    with pytest.raises(KdflowError, match="refusing to register: a gate did not pass"):
         call(evaluated, artifact, json.dumps(failed))

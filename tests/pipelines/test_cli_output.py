@@ -81,7 +81,8 @@ def test_run_shows_each_step_and_loop_then_the_tables_and_paths(replayed_run, ca
                      "  ✓ evaluate success"):
         assert any(line.startswith(expected) for line in lines), expected
     assert "distilled student" in printed.out and "speed-up vs ensemble" in printed.out
-    assert "not registered" in printed.out
+    assert "not registered: every gate passed" in printed.out  # the replay registers nothing
+    assert any(line.startswith("cost: ") and "core-seconds held" in line for line in lines)
     assert f"  report: {out / 'report.html'}" in lines
     assert f"  summary: {out / 'summary.json'}" in lines
     assert (out / "report.html").exists() and len(list((out / "plots").glob("*.png"))) == 6
@@ -161,3 +162,21 @@ def test_report_on_a_folder_that_is_not_a_run_is_one_line_and_exit_2(make, tmp_p
     assert len(lines) == 1 and lines[0].startswith("kdflow report: error: "), proc.stderr
     assert "summary.json" in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_an_inconclusive_gate_is_named_with_its_evidence(run_summary):
+    from rich.console import Console
+
+    from pipelines.terminal import print_result
+
+    summary = json.loads(json.dumps(run_summary))
+    summary["passed"] = False
+    summary["gates"]["beats_baseline"] |= {
+        "passed": False, "status": "inconclusive",
+        "detail": "cannot tell the student from its baseline: +0.8 points, 95% CI [-0.8, +2.7]"}
+    out = io.StringIO()
+    print_result(Console(file=out, width=200), summary, {}, None)
+    text = out.getvalue()
+    assert "not registered: beats_baseline (inconclusive)" in text
+    assert "  beats_baseline: cannot tell the student from its baseline: +0.8 points" in text
+    assert "│ beats_baseline            │ inconclusive │" in text
