@@ -35,7 +35,7 @@ test: $(STAMP) ## Lint (ruff, the import-linter layering contracts), then the su
 	$(VENV)/bin/python -m pytest -m "not e2e" $(ARGS)
 
 .PHONY: test-e2e
-test-e2e: $(STAMP) ## The e2e runs alone: each modality's whole pipeline and Ray Train run (~8 min)
+test-e2e: $(STAMP) ## The e2e runs alone: each modality's whole pipeline and Ray Train run (~10-16 min)
 	$(VENV)/bin/python -m pytest -m e2e $(ARGS)
 
 .PHONY: test-all
