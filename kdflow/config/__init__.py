@@ -16,6 +16,7 @@ from kdflow.config.settings import (
     RunConfig,
     TeacherConfig,
     check_image_size,
+    check_tracking_uri,
     option_name,
 )
 
@@ -34,6 +35,7 @@ __all__ = [
     "TeacherConfig",
     "build_config",
     "check_image_size",
+    "check_tracking_uri",
     "field_docs",
     "load_config",
     "option_name",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,21 @@ def _check_finite(config: Any) -> None:
         for v in value if isinstance(value, list) else [value]:
             if isinstance(v, float) and not math.isfinite(v):
                 _require(False, f.name, f"must be a finite number, got {v}")
+
+
+def check_tracking_uri(uri: str, option: str) -> str:
+    """`uri` when it names its scheme (`sqlite:///…`, `http(s)://…`, `file:///…`,
+    `postgresql://…`, `databricks`), else a ConfigError naming `option`."""
+    if re.match(r"^[A-Za-z][\w.-]*:\d+(/|$)", uri.strip()):
+        raise ConfigError(f"{option}: {uri!r} is a host and port, not a URI; give "
+                          f"http://{uri.strip()} (or https://)", option=option)
+    if uri == "databricks" or re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:", uri.strip()):
+        return uri
+    raise ConfigError(
+        f"{option}: {uri!r} has no scheme; give sqlite:///PATH/mlflow.db, "
+        "http(s)://HOST:PORT for a tracking server, or file:///PATH for a file store",
+        option=option,
+    )
 
 
 def _require(condition: bool, field_name: str, message: str) -> None:
@@ -551,6 +567,8 @@ class RegistryConfig:
     def __post_init__(self) -> None:
         _check_finite(self)
         _require(bool(self.model_name.strip()), "model_name", "must not be empty")
+        if self.tracking_uri:
+            check_tracking_uri(self.tracking_uri, "--tracking-uri")
         _require(self.promotion in ("auto", "manual"), "promotion", "must be `auto` or `manual`")
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from kdflow.config import check_tracking_uri
 from kdflow.errors import KdflowError, RegistryError
 
 log = logging.getLogger(__name__)
@@ -232,11 +233,13 @@ def registry_errors(tracking_uri: str, model_name: str) -> Iterator[None]:
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
-    """The given URI, else $MLFLOW_TRACKING_URI, else a sqlite store under ./.kdflow/."""
+    """The given URI, else $MLFLOW_TRACKING_URI, else a sqlite store under ./.kdflow/; a URI
+    without a scheme is refused (MLflow would read `mlruns` or `localhost:5000` as a folder
+    and quietly start a new file store there)."""
     if uri:
-        return uri
+        return check_tracking_uri(uri, "--tracking-uri")
     if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
+        return check_tracking_uri(os.environ["MLFLOW_TRACKING_URI"], "MLFLOW_TRACKING_URI")
     root = Path(LOCAL_STORE).resolve()
     root.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{root / 'mlflow.db'}"

@@ -45,6 +45,9 @@ def data_csv(tmp_path_factory) -> Path:
         (["--alpha", "nan"], "--alpha", "must be a finite number, got nan"),
         (["--confidence", "1"], "--confidence", "must be in [0.5, 1)"),
         (["--gate-test", "bootstrap"], "--gate-test", "must be one of paired, point"),
+        (["--tracking-uri", "mlruns"], "--tracking-uri", "'mlruns' has no scheme"),
+        (["--tracking-uri", "localhost:5000"], "--tracking-uri",
+         "is a host and port, not a URI; give http://localhost:5000"),
     ],
 )
 def test_bad_option_is_one_line_naming_it(args, option, text, data_csv):
@@ -56,6 +59,16 @@ def test_bad_option_is_one_line_naming_it(args, option, text, data_csv):
     assert option in lines[0] and text in lines[0], lines[0]
     assert "Traceback" not in proc.stderr
     assert not (data_csv.parent / "outputs").exists(), "nothing may start on a bad option"
+
+
+@pytest.mark.parametrize("command", [["models", "list", "m"], ["promote", "m", "1"],
+                                     ["rollback", "m"], ["compare", "m", "1", "2"]])
+def test_registry_commands_refuse_a_tracking_uri_without_a_scheme(command, tmp_path):
+    proc = run_cli(*command, "--tracking-uri", "./mlflow.db", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert "--tracking-uri: './mlflow.db' has no scheme; give sqlite:///" in line
+    assert not list(tmp_path.iterdir()), "no store may be created"
 
 
 def test_bad_config_file_key_is_named(tmp_path, data_csv):

@@ -137,3 +137,17 @@ def test_a_run_id_with_quotes_finds_its_own_run(tmp_path: Path):
     assert first != other
     assert find_or_create_run(client, experiment, "it's") == first
     assert client.get_run(first).info.run_name == "it's"
+
+
+def test_a_tracking_uri_from_the_environment_must_have_a_scheme_too(monkeypatch) -> None:
+    import pytest as _pytest
+
+    from kdflow.errors import ConfigError
+    from kdflow.mlflow.client import resolve_tracking_uri
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "mlruns")
+    with _pytest.raises(ConfigError, match="MLFLOW_TRACKING_URI: 'mlruns' has no scheme"):
+        resolve_tracking_uri(None)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.kdflow:5000")
+    assert resolve_tracking_uri(None) == "http://mlflow.kdflow:5000"
+    assert resolve_tracking_uri("databricks") == "databricks"
