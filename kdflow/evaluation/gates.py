@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -26,7 +25,7 @@ from kdflow.config import GateConfig
 from kdflow.evaluation.metrics import ECE_BINS
 from kdflow.evaluation.stats import (
     PairedTest,
-    accuracy_spread,
+    accuracy_interval,
     describe,
     paired_accuracy_test,
     paired_mean_test,
@@ -124,12 +123,34 @@ def _decide(test: PairedTest, line: float, point_passes: bool, cfg: GateConfig,
         return FAILED, None
     if spread is not None:
         return INCONCLUSIVE, rows_needed(test.estimate, spread, line, cfg.confidence)
-    if test.a_only + test.b_only == 0 and test.estimate > line:
-        # No row differs: the score interval's half-width is about z²/(n + z²).
-        z = NormalDist().inv_cdf((1.0 + cfg.confidence) / 2.0)
-        return INCONCLUSIVE, max(test.n + 1, math.ceil(z * z / (test.estimate - line) - z * z))
-    spread = accuracy_spread(test.a_only, test.b_only, test.n)
-    return INCONCLUSIVE, rows_needed(test.estimate, spread, line, cfg.confidence)
+    return INCONCLUSIVE, accuracy_rows_needed(test, line, cfg.confidence)
+
+
+def accuracy_rows_needed(test: PairedTest, line: float, confidence: float,
+                         most: int = 100_000_000) -> int | None:
+    """The fewest test rows at which the observed table, scaled (the same shares of rows
+    won, lost and tied), puts the decision interval's lower end above `line`: the exact
+    counterpart of the normal approximation, which promises too few rows when the rows the
+    models disagree on are few (5 won, 1 lost of 360: 515 by the approximation, more by
+    the interval the gate uses). None when the estimate is not above the line, or past
+    `most` rows."""
+    if test.estimate <= line:
+        return None
+
+    def clears(n: int) -> bool:
+        a = round(test.a_only * n / test.n)
+        b = round(test.b_only * n / test.n)
+        return accuracy_interval(a, b, n, confidence)[0] > line + EPS
+
+    low, high = test.n, test.n * 2
+    while not clears(high):
+        low, high = high, high * 2
+        if high > most:
+            return None
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if clears(mid) else (mid, high)
+    return high
 
 
 def lm_paired_gate(name: str, cfg: GateConfig, found: LMOutcomes, worse: str, better: str,

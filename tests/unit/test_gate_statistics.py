@@ -270,3 +270,26 @@ def test_the_evaluate_steps_gates_carry_their_evidence(run_summary: dict) -> Non
     assert agreement["value"] == pytest.approx(run_summary["student"]["agreement"], abs=1e-4)
     assert 0.0 <= agreement["evidence"]["copied_errors"] <= 1.0
     assert run_summary["gates"]["retention"]["evidence"]["n"] == rows
+
+
+def test_the_rows_needed_are_the_fewest_at_which_the_same_table_would_conclude() -> None:
+    from kdflow.evaluation.gates import accuracy_rows_needed
+    from kdflow.evaluation.stats import (
+        accuracy_interval,
+        accuracy_spread,
+        paired_accuracy_test,
+        rows_needed,
+    )
+
+    test = paired_accuracy_test(*[o == outcomes(360, 5, 1).y for o in (
+        outcomes(360, 5, 1).student, outcomes(360, 5, 1).baseline)])
+    needed = accuracy_rows_needed(test, 0.0, 0.95)
+    assert needed is not None
+
+    def low(n: int) -> float:
+        return accuracy_interval(round(5 * n / 360), round(1 * n / 360), n)[0]
+
+    assert low(needed) > 0 >= low(needed - 1)
+    # the normal approximation promises fewer rows than the exact interval needs here
+    assert rows_needed(test.estimate, accuracy_spread(5, 1, 360), 0.0) < needed
+    assert accuracy_rows_needed(test, 0.02, 0.95) is None  # the estimate is not past 2 points
