@@ -40,6 +40,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.text import epoch_seconds
+
 RESULTS = Path(__file__).parent / "results" / "lm.md"
 MAX_LENGTH = 128
 TEACHER = "hf-config:gpt2:n_layer=4,n_embd=128,n_head=4,n_positions=128"
@@ -93,10 +95,6 @@ def perplexity(model_dir: Path, dataset: Path) -> dict[str, float]:
 
     model, _ = load_saved(model_dir)
     return token_metrics(model, open_source(str(dataset)).read("test", encoder=encoder_of(model)))
-
-
-def epoch_seconds(result: dict[str, Any], role: str) -> float:
-    return sum(h.get("seconds", 0.0) for h in result[role]["history"])
 
 
 def cache_bytes_per_token(result: dict[str, Any]) -> dict[str, Any]:

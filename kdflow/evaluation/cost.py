@@ -51,15 +51,11 @@ def _cpu_seconds() -> float:
 
 def held() -> tuple[int, int]:
     """(cores, GPUs) this process may use."""
+    import torch
+
     from kdflow.distill.runtime import cpu_budget
 
-    try:
-        import torch
-
-        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    except ImportError:  # pragma: no cover - torch is a dependency
-        gpus = 0
-    return cpu_budget(), gpus
+    return cpu_budget(), torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def charge(wall_s: float, cpu_s: float, cores: int | None = None, gpus: int | None = None

@@ -159,28 +159,35 @@ def lm_paired_gate(name: str, cfg: GateConfig, found: LMOutcomes, worse: str, be
     """A causal LM's comparative gate on its blocks: the interval of log perplexity of
     `worse` minus `better` against `line` (nats), in the words of `said` (by status)."""
     test, spread = found.gain(worse, better, cfg.confidence)
-    status, needed = _decide(test, line, point_passes, cfg, spread)
     sentence = (f"log perplexity {worse} − {better}: {test.estimate:+.4f} nats per token "
                 f"(perplexity ×{math.exp(-test.estimate):.3f}), {cfg.confidence:.0%} CI "
                 f"[{test.low:+.4f}, {test.high:+.4f}] (paired bootstrap over blocks), "
                 f"n = {test.n:,} blocks")
+    return _paired_gate(name, cfg, test, line, point_passes, value, threshold, op, said,
+                        sentence, spread=spread, unit="blocks")
+
+
+def _paired_gate(name: str, cfg: GateConfig, test: PairedTest, line: float,
+                 point_passes: bool, value: float, threshold: float, op: str,
+                 said: dict[str, str], sentence: str, spread: float | None = None,
+                 unit: str = "rows") -> Gate:
+    """A comparative gate decided on `test` against `line` (`_decide`), its detail the words
+    of `said` for its status, the evidence's `sentence` and, when inconclusive, the test
+    `unit`s it would need; the evidence recorded beside it."""
+    status, needed = _decide(test, line, point_passes, cfg, spread)
     return Gate(name, status == PASSED, value, threshold, op,
-                f"{said[status]}: {sentence}{_needs(status, needed, test.n, cfg)}"
-                .replace("test rows", "test blocks"), status, _evidence(test, needed, sentence))
+                f"{said[status]}: {sentence}{_needs(status, needed, test.n, cfg, unit)}",
+                status, {**test.to_dict(), "rows_needed": needed, "summary": sentence})
 
 
-def _evidence(test: PairedTest, needed: int | None, sentence: str) -> dict[str, Any]:
-    return {**test.to_dict(), "rows_needed": needed, "summary": sentence}
-
-
-def _needs(status: str, needed: int | None, n: int, cfg: GateConfig) -> str:
+def _needs(status: str, needed: int | None, n: int, cfg: GateConfig, unit: str) -> str:
     if status != INCONCLUSIVE:
         return ""
     level = f"{cfg.confidence:.0%}"
     if needed is None:
-        return (f"; inconclusive at {level}, and more rows would not help: the observed "
+        return (f"; inconclusive at {level}, and more {unit} would not help: the observed "
                 "difference is not past the threshold")
-    return (f"; inconclusive at {level}: about {needed:,} test rows would show an effect "
+    return (f"; inconclusive at {level}: about {needed:,} test {unit} would show an effect "
             f"this size (this split has {n:,})")
 
 
@@ -285,15 +292,13 @@ def _beats_baseline(cfg: GateConfig, student: dict[str, Any], baseline: dict[str
         return Gate("beats_baseline", gain > margin + EPS, round(gain, 4), margin, ">", point)
     test = paired_accuracy_test(outcomes.correct("student"), outcomes.correct("baseline"),
                                 cfg.confidence)
-    status, needed = _decide(test, margin, gain > margin + EPS, cfg)
-    sentence = describe(test, "student vs baseline")
-    said = {PASSED: "student better than baseline", FAILED: "student not better than baseline",
-            INCONCLUSIVE: "cannot tell the student from its baseline"}[status]
-    if margin:
-        said += f" by more than {margin * 100:g} points"
-    return Gate("beats_baseline", status == PASSED, round(gain, 4), margin, ">",
-                f"{said}: {sentence}{_needs(status, needed, test.n, cfg)}", status,
-                _evidence(test, needed, sentence))
+    by = f" by more than {margin * 100:g} points" if margin else ""
+    said = {PASSED: "student better than baseline" + by,
+            FAILED: "student not better than baseline" + by,
+            INCONCLUSIVE: "cannot tell the student from its baseline" + by}
+    return _paired_gate("beats_baseline", cfg, test, margin, gain > margin + EPS,
+                        round(gain, 4), margin, ">", said,
+                        describe(test, "student vs baseline"))
 
 
 def _champion_gate(cfg: GateConfig, student: dict[str, Any], champion: dict[str, Any] | None,
@@ -312,14 +317,12 @@ def _champion_gate(cfg: GateConfig, student: dict[str, Any], champion: dict[str,
         return Gate(name, drop <= tolerance + EPS, round(drop, 4), tolerance, "<=", point)
     test = paired_accuracy_test(outcomes.correct("student"), outcomes.correct("champion"),
                                 cfg.confidence)
-    status, needed = _decide(test, -tolerance - 2 * EPS, drop <= tolerance + EPS, cfg)
-    sentence = describe(test, f"student vs champion v{champion['version']}")
-    said = {PASSED: "no worse than the champion", FAILED: "worse than the champion",
-            INCONCLUSIVE: "cannot tell whether it is worse than the champion"}[status]
-    said += f" by more than {tolerance * 100:g} points"
-    return Gate(name, status == PASSED, round(drop, 4), tolerance, "<=",
-                f"{said}: {sentence}{_needs(status, needed, test.n, cfg)}", status,
-                _evidence(test, needed, sentence))
+    by = f" by more than {tolerance * 100:g} points"
+    said = {PASSED: "no worse than the champion" + by, FAILED: "worse than the champion" + by,
+            INCONCLUSIVE: "cannot tell whether it is worse than the champion" + by}
+    return _paired_gate(name, cfg, test, -tolerance - 2 * EPS, drop <= tolerance + EPS,
+                        round(drop, 4), tolerance, "<=", said,
+                        describe(test, f"student vs champion v{champion['version']}"))
 
 
 def _class_regression_gate(cfg: GateConfig, champion: dict[str, Any] | None,

@@ -156,6 +156,7 @@ def evaluate_lm_models(
         metrics = token_metrics(model, test, per_row=bool(name))
         if name:
             per_row[name] = metrics["row_nll"]
+            per_row["tokens"] = metrics["row_tokens"]  # the same blocks for every model
         speed = generation_speed(model, prompts)
         return {
             "spec": given or str(spec.get("source") or spec["model"]["arch"]),
@@ -192,9 +193,8 @@ def evaluate_lm_models(
     summary["champion"], not_compared = lm_champion(uri, model_name, meta, test, seen, encoder)
     if summary["champion"] is not None:
         per_row["champion"] = summary["champion"].pop("row_nll")
-    tokens = (test.y != -100).sum(1)
-    gates = lm_gates(gates_cfg, summary, not_compared, LMOutcomes(
-        tokens=np.asarray(tokens), **per_row) if len(tokens) else None)
+    gates = lm_gates(gates_cfg, summary, not_compared,
+                     LMOutcomes(**per_row) if len(per_row["tokens"]) else None)
     summary["gates"] = {
         g.name: {k: v for k, v in g.to_dict().items() if k != "name"} for g in gates
     }

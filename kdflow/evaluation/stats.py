@@ -78,9 +78,19 @@ def mcnemar_exact(a_only: int, b_only: int, alternative: str = "two-sided") -> f
     return min(1.0, 2.0 * min(greater, less))
 
 
-def _check_common(confidence: float, resamples: int) -> None:
+def _check_confidence(confidence: float) -> None:
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence}")
+
+
+def _check_table(a_only: int, b_only: int, n: int) -> None:
+    """The discordant counts of a 2x2 table of n paired rows."""
+    if n <= 0 or a_only < 0 or b_only < 0 or a_only + b_only > n:
+        raise ValueError(f"need n > 0 and 0 <= a_only + b_only <= n; got {a_only}, {b_only}, {n}")
+
+
+def _check_common(confidence: float, resamples: int) -> None:
+    _check_confidence(confidence)
     if resamples < 1:
         raise ValueError(f"resamples must be >= 1, got {resamples}")
 
@@ -163,10 +173,8 @@ def score_interval(a_only: int, b_only: int, n: int, confidence: float = 0.95
     T(Δ) = (b − c − nΔ) / sqrt(n·(2·q(Δ) + Δ(1 − Δ))), b, c the discordant counts and q(Δ) the
     maximum-likelihood share of c-rows under Δ; each end found by bisection (T falls with Δ).
     """
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence}")
-    if n <= 0 or a_only < 0 or b_only < 0 or a_only + b_only > n:
-        raise ValueError(f"need n > 0 and 0 <= a_only + b_only <= n; got {a_only}, {b_only}, {n}")
+    _check_confidence(confidence)
+    _check_table(a_only, b_only, n)
     z = NormalDist().inv_cdf((1.0 + confidence) / 2.0)
     b, c = float(a_only), float(b_only)
 
@@ -200,10 +208,8 @@ def difference_interval(a_only: int, b_only: int, n: int, confidence: float = 0.
     difference's. It is the interval McNemar's exact test inverts (conditional on m, as the
     test is). No discordant rows: [0, 0].
     """
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence}")
-    if n <= 0 or a_only < 0 or b_only < 0 or a_only + b_only > n:
-        raise ValueError(f"need n > 0 and 0 <= a_only + b_only <= n; got {a_only}, {b_only}, {n}")
+    _check_confidence(confidence)
+    _check_table(a_only, b_only, n)
     m = a_only + b_only
     if m == 0:
         return 0.0, 0.0
@@ -270,10 +276,7 @@ def accuracy_spread(a_only: int, b_only: int, n: int) -> float:
     difference, Var = pi_d - d^2 (the variance behind McNemar sample-size formulas, e.g.
     Connor 1987, Biometrics 43:207).
     """
-    if n <= 0:
-        raise ValueError(f"n must be > 0, got {n}")
-    if a_only < 0 or b_only < 0 or a_only + b_only > n:
-        raise ValueError(f"need 0 <= a_only, b_only; a_only + b_only <= n; got {a_only}, {b_only}")
+    _check_table(a_only, b_only, n)
     pi_d, d = (a_only + b_only) / n, (a_only - b_only) / n
     return math.sqrt(max(0.0, pi_d - d * d))
 
@@ -285,8 +288,7 @@ def rows_needed(
     the margin: n = ceil(z^2 * spread^2 / (estimate - margin)^2), z the two-sided normal
     critical value (1.96 at 0.95). None when estimate <= margin: no n concludes in favour.
     """
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence}")
+    _check_confidence(confidence)
     if spread < 0:
         raise ValueError(f"spread must be >= 0, got {spread}")
     if estimate <= margin:

@@ -106,6 +106,13 @@ def figure_html(name: str, png: bytes) -> str:
             "</figure>")
 
 
+def table_md(headers: Iterable[str], rows: Iterable[Iterable[Any]]) -> list[str]:
+    """A Markdown table's lines (cells as `str` gives them)."""
+    names = list(headers)
+    return ["| " + " | ".join(names) + " |", "|" + " --- |" * len(names),
+            *("| " + " | ".join(str(c) for c in row) + " |" for row in rows)]
+
+
 def table_html(headers: Iterable[str], rows: Iterable[Iterable[str]],
                row_classes: Iterable[str] | None = None, css_class: str = "") -> str:
     """A table whose cells are already HTML (escape text with `esc`)."""
@@ -503,8 +510,7 @@ def cost_lines(summary: dict[str, Any]) -> list[str]:
     """The ledger's tables in Markdown ([] without a ledger)."""
     lines: list[str] = []
     for headers, rows in cost_tables(summary):
-        lines += ["", "| " + " | ".join(headers) + " |", "|" + " --- |" * len(headers)]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        lines += ["", *table_md(headers, rows)]
     return (["", "## Cost and savings", *lines, "",
              "Core- and GPU-seconds are the resources each step held for its wall time; the "
              "break-even is the requests whose CPU saving pays back the cache, distillation "
@@ -527,12 +533,10 @@ def gate_lines(summary: dict[str, Any], detail: bool = False) -> list[str]:
     """The gates as a Markdown table: result (PASSED, FAILED, INCONCLUSIVE), value,
     threshold, and with `detail` what each concluded and on what evidence."""
     head = ["gate", "result", "value", "threshold", *(["detail"] if detail else [])]
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for name, g in (summary.get("gates") or {}).items():
-        cells = [name, gate_status(g).upper(), "–" if g.get("value") is None else g["value"],
-                 f"{g['op']} {g['threshold']}", *([g.get("detail", "")] if detail else [])]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return lines
+    return table_md(head, [
+        [name, gate_status(g).upper(), "–" if g.get("value") is None else g["value"],
+         f"{g['op']} {g['threshold']}", *([g.get("detail", "")] if detail else [])]
+        for name, g in (summary.get("gates") or {}).items()])
 
 
 def registration_markdown(summary: dict[str, Any]) -> str:

@@ -281,8 +281,8 @@ def test_the_rows_needed_are_the_fewest_at_which_the_same_table_would_conclude()
         rows_needed,
     )
 
-    test = paired_accuracy_test(*[o == outcomes(360, 5, 1).y for o in (
-        outcomes(360, 5, 1).student, outcomes(360, 5, 1).baseline)])
+    found = outcomes(360, 5, 1)
+    test = paired_accuracy_test(found.correct("student"), found.correct("baseline"))
     needed = accuracy_rows_needed(test, 0.0, 0.95)
     assert needed is not None
 
