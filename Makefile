@@ -25,8 +25,9 @@ $(STAMP): pyproject.toml requirements.lock
 install: $(STAMP) ## Create .venv and install kdflow with its locked dependencies
 
 .PHONY: run
-run: $(STAMP) ## Run the whole pipeline locally on the built-in digits dataset (ARGS="..." adds options)
-	$(VENV)/bin/kdflow run $(ARGS)
+RUN_CONFIG ?= configs/digits_3cnn_to_cnn_kd_cpu.yaml
+run: $(STAMP) ## Run the whole pipeline locally on the built-in digits: the demo recipe over 3 seeds (ARGS="..." adds options)
+	$(VENV)/bin/kdflow run --config $(RUN_CONFIG) $(ARGS)
 
 .PHONY: test
 test: $(STAMP) ## Lint (ruff, the import-linter layering contracts), then the suite without the e2e runs (CI)

@@ -1,4 +1,5 @@
-"""distill: Ray Train distillation of the teacher ensemble, next to the baseline student."""
+"""distill: Ray Train distillation of the teacher ensemble, next to the baseline student (once
+per seed with --seeds: `seed_models` holds the seeds not chosen, empty otherwise)."""
 
 from typing import List
 
@@ -14,6 +15,7 @@ def distill(
     tracking_uri: str,
     student_model: dsl.Output[dsl.Model],
     baseline_model: dsl.Output[dsl.Model],
+    seed_models: dsl.Output[dsl.Model],
     metrics: dsl.Output[dsl.Metrics],
     curves: dsl.Output[dsl.HTML],
 ):
@@ -22,14 +24,24 @@ def distill(
 
     from kdflow.config import DistillConfig
     from kdflow.report.pages import distill_page
-    from kdflow.steps import compact_history, distill
+    from kdflow.steps import compact_history, distill, distill_seeds
 
     cfg = DistillConfig(**json.loads(distill_config))
-    result = distill(Path(dataset.path), [Path(t.path) for t in teachers], cfg, seed,
-                     Path(student_model.path), Path(baseline_model.path),
-                     Path(student_model.path).parent / "work", run_name,
-                     # The per-epoch curves go to the pipeline run's MLflow run.
-                     tracking_uri=tracking_uri or None, record_as=run_name)
+    folders = (Path(student_model.path), Path(baseline_model.path))
+    work = Path(student_model.path).parent / "work"
+    if len(cfg.seeds) > 1:  # --seeds: one distillation each, the best on validation chosen
+        result = distill_seeds(Path(dataset.path), [Path(t.path) for t in teachers], cfg,
+                               *folders, Path(seed_models.path), work, run_name,
+                               tracking_uri=tracking_uri or None, record_as=run_name)
+        student_model.metadata["seeds"] = result["seeds"]
+    else:
+        result = distill(Path(dataset.path), [Path(t.path) for t in teachers], cfg,
+                         cfg.seeds[0] if cfg.seeds else seed, *folders, work, run_name,
+                         # The per-epoch curves go to the pipeline run's MLflow run.
+                         tracking_uri=tracking_uri or None, record_as=run_name)
+    # Never empty, so every artifact store keeps it: the seeds' record, {} for one seed.
+    Path(seed_models.path).mkdir(parents=True, exist_ok=True)
+    (Path(seed_models.path) / "seeds.json").write_text(json.dumps(result.get("seeds") or {}))
     for role, artifact in (("student", student_model), ("baseline", baseline_model)):
         artifact.metadata.update({"spec": cfg.student, "params": result[role]["params"],
                                   "history": compact_history(result[role]["history"])})

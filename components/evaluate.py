@@ -10,6 +10,7 @@ def evaluate(
     teachers: dsl.Input[List[dsl.Model]],
     student_model: dsl.Input[dsl.Model],
     baseline_model: dsl.Input[dsl.Model],
+    seed_models: dsl.Input[dsl.Model],
     dataset_info: str,
     gate_config: str,
     registry_config: str,
@@ -24,16 +25,18 @@ def evaluate(
     from pathlib import Path
 
     from kdflow.config import GateConfig, RegistryConfig
+    from kdflow.evaluation.seeds import runs_of
     from kdflow.mlflow.registry import summary_metrics
     from kdflow.report.pages import summary_page
     from kdflow.steps import evaluate
 
     registry = RegistryConfig(**json.loads(registry_config))
+    student, baseline = Path(student_model.path), Path(baseline_model.path)
     summary = evaluate(
         Path(dataset.path),
         [Path(t.path) for t in teachers],
-        Path(student_model.path),
-        Path(baseline_model.path),
+        student,
+        baseline,
         GateConfig(**json.loads(gate_config)),
         registry.tracking_uri,
         registry.model_name,
@@ -48,6 +51,9 @@ def evaluate(
         },
         costs={"teachers": [t.metadata.get("cost") for t in teachers],
                "distill": student_model.metadata.get("cost")},
+        # --seeds: every seed's student and baseline (the other seeds' in seed_models).
+        seed_runs=runs_of(student_model.metadata.get("seeds"), student, baseline,
+                          Path(seed_models.path)),
     )
     Path(plots.path).write_text(summary_page(summary))
     for name, value in summary_metrics(summary).items():

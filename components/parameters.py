@@ -51,13 +51,14 @@ def to_pipeline(value: Any, hint: Any) -> Any:
 
 
 def from_pipeline(value: Any, hint: Any) -> Any:
-    """A pipeline parameter's value as the field takes it: the inverse of `to_pipeline`."""
+    """The inverse of `to_pipeline` (a list's numbers come as protobuf floats: retyped)."""
     args = typing.get_args(hint)
     if type(None) in args:
         if value == "" or str in args:
             return value or None
         return float(value) if float in args else parse_input_shape(value)
-    return list(value) if typing.get_origin(hint) is list else value
+    item = args[0] if typing.get_origin(hint) is list else None
+    return value if item is None else [item(v) if item in (int, float) else v for v in value]
 
 
 def pipeline_values(cfg: Any) -> dict[str, Any]:

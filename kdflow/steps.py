@@ -7,14 +7,16 @@ import json
 import logging
 import math
 import tempfile
-import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kdflow import progress
 from kdflow.config import BUILTIN_PREFIX, DataConfig, DistillConfig, GateConfig, TeacherConfig
 from kdflow.data import storage
 from kdflow.errors import KdflowError
+
+if TYPE_CHECKING:
+    from kdflow.evaluation.seeds import SeedRun
 
 log = logging.getLogger(__name__)
 
@@ -348,11 +350,14 @@ def distill(
     run_name: str,
     tracking_uri: str | None = None,
     record_as: str | None = None,
+    metric_prefix: str = "",
 ) -> dict[str, Any]:
     """Distil (`kdflow.distill.run.distill`), with progress per epoch; with `record_as` (the
-    pipeline run id) the per-epoch curves go to that run's MLflow run too. `cost` is what
-    the step used and how much of its wall time went to the teacher cache."""
+    pipeline run id) the per-epoch curves go to that run's MLflow run too, their names
+    after `metric_prefix` (`seed1/` where --seeds runs several). `cost` is what the step
+    used and how much of its wall time went to the teacher cache."""
     from kdflow.distill.run import distill as run_distill
+    from kdflow.distill.watcher import EpochWatcher
     from kdflow.evaluation.cost import Meter
     from kdflow.mlflow.tracking import record_training
 
@@ -361,7 +366,7 @@ def distill(
         watcher = None
         if not cfg.ray_address:
             run_dir = storage.join(cfg.storage_path or str(work_dir), "ray", run_name)
-            watcher = _EpochWatcher(run_dir, cfg.student_epochs)
+            watcher = EpochWatcher(run_dir, cfg.student_epochs)
             watcher.start()
         try:
             result = run_distill(dataset_dir, teacher_dirs, cfg, student_dir, baseline_dir,
@@ -370,56 +375,54 @@ def distill(
             if watcher is not None:
                 watcher.stop()
         if record_as:
-            result["mlflow_run_id"] = record_training(tracking_uri, record_as, result)
+            result["mlflow_run_id"] = record_training(tracking_uri, record_as, result,
+                                                     prefix=metric_prefix)
     result["cost"] = {"record": meter.record(),
                       "cache_fill_wall_s": float(result["seconds"]["teachers"])}
     return result
 
 
-class _EpochWatcher(threading.Thread):
-    """Reports the student's epochs as Ray Train records their checkpoints.
+def distill_seeds(
+    dataset_dir: Path,
+    teacher_dirs: list[Path],
+    cfg: DistillConfig,
+    student_dir: Path,
+    baseline_dir: Path,
+    seeds_dir: Path,
+    work_dir: Path,
+    run_name: str,
+    tracking_uri: str | None = None,
+    record_as: str | None = None,
+) -> dict[str, Any]:
+    """`distill` once per seed of --seeds, one after another (the teachers' cache, filled by
+    the first, serves the rest): the chosen seed's student and baseline (best validation
+    accuracy, `kdflow.evaluation.seeds.choose`) end in `student_dir` and `baseline_dir`, the
+    others' in `seeds_dir/seed<N>/`. Returns the chosen seed's result, with `seeds` (each
+    seed's validation accuracy and folders) and `cost` (one record per seed)."""
+    import shutil
 
-    The epochs run in Ray Train workers; the controller's checkpoint snapshot in the run
-    folder is where the driver sees them without reaching into the training loop. An
-    in-process run (`workers=0`) has no controller: its own checkpoint pointer says the same.
-    """
+    from kdflow.evaluation.seeds import SeedRun, choose
 
-    def __init__(self, run_dir: str, epochs: int, every_s: float = 1.0) -> None:
-        from kdflow.distill.checkpoints import IN_PROCESS_LATEST
-
-        super().__init__(name="kdflow-epoch-watcher", daemon=True)
-        self.snapshot = storage.join(run_dir, "checkpoint_manager_snapshot.json")
-        self.pointer = storage.join(run_dir, IN_PROCESS_LATEST)
-        self.epochs, self.every_s = epochs, every_s
-        self.done = threading.Event()
-        self.seen = 0
-
-    def run(self) -> None:
-        while not self.done.wait(self.every_s):
-            self.poll()
-        self.poll()
-
-    def poll(self) -> None:
-        try:
-            if storage.exists(self.snapshot):
-                latest = storage.read_json(self.snapshot).get("latest_checkpoint_result") or {}
-            elif storage.exists(self.pointer):
-                latest = storage.read_json(self.pointer)
-            else:
-                return
-        except (KdflowError, ValueError):  # caught mid-write: the next poll reads it whole
-            return
-        metrics = latest.get("metrics") or {}
-        epoch = int(metrics.get("epoch", 0))
-        if epoch > self.seen:
-            self.seen = epoch
-            acc = metrics.get("student/val_accuracy")
-            info = "" if acc is None else f"student val acc {float(acc):.3f}"
-            progress.emit("distill epochs", epoch, self.epochs, info)
-
-    def stop(self) -> None:
-        self.done.set()
-        self.join(timeout=10)
+    results, runs = {}, []
+    for seed in cfg.seeds:
+        own = seeds_dir / f"seed{seed}"
+        log.info("distilling seed %d of %s", seed, cfg.seeds)
+        results[seed] = distill(dataset_dir, teacher_dirs, cfg, seed, own / "student",
+                                own / "baseline", work_dir, f"{run_name}-seed{seed}",
+                                tracking_uri, record_as, metric_prefix=f"seed{seed}/")
+        runs.append(SeedRun(seed, own / "student", own / "baseline",
+                            results[seed]["student"]["val_accuracy"]))
+    chosen = choose(runs)
+    for source, target in ((chosen.student, student_dir), (chosen.baseline, baseline_dir)):
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.move(str(source), str(target))
+    result = dict(results[chosen.seed])
+    result["seeds"] = {"chosen": chosen.seed, "runs": [
+        {"seed": r.seed, "val_accuracy": r.val_accuracy,
+         "folder": None if r.seed == chosen.seed else f"seed{r.seed}"} for r in runs]}
+    result["cost"] = [results[r.seed]["cost"] for r in runs]
+    return result
 
 
 def evaluate(
@@ -436,8 +439,13 @@ def evaluate(
     onnx_dir: Path | None = None,
     histories: dict[str, Any] | None = None,
     costs: dict[str, Any] | None = None,
+    seed_runs: list[SeedRun] | None = None,
 ) -> dict[str, Any]:
     """Test-split metrics for every model, the gates, and the run summary (not yet registered).
+
+    `seed_runs` are every seed's distillation when --seeds ran several (`distill_seeds`):
+    `student_dir` and `baseline_dir` are then the chosen seed's, which the gates judge, but
+    beats_baseline decides on all seeds together (`kdflow.evaluation.seeds.apply_seeds`).
 
     `costs` are the other steps' `cost` records, `{"teachers": [...], "distill": ...}`: the
     summary's `cost` ledger adds this step's and the saving per request
@@ -460,6 +468,12 @@ def evaluate(
             dataset_dir, teacher_dirs, student_dir, baseline_dir, gates_cfg, tracking_uri,
             model_name, dataset_info, teacher_sources, onnx_dir, histories,
         )
+        if seed_runs and len(seed_runs) > 1:
+            from kdflow.evaluation.seeds import apply_seeds
+
+            apply_seeds(summary, dataset_dir, seed_runs, gates_cfg)
+            progress.emit("evaluate", 3, 3, "gates passed" if summary["passed"]
+                          else "a gate did not pass")
     summary["cost"] = ledger(costs or {}, meter.record(), summary)
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(report_markdown(summary))
@@ -512,6 +526,8 @@ def register(
         "kdflow.version": code_version(),
         "kdflow.evaluated_against_champion": str(summary.get("champion_seen") or "none"),
     }
+    if summary.get("seeds"):  # --seeds: the seed registered, and every seed's figures
+        tags["kdflow.seeds"] = json.dumps({k: summary["seeds"][k] for k in ("chosen", "runs")})
     summary = dict(summary)
     with tempfile.TemporaryDirectory() as tmp:
         exported = (summary["student"].get("onnx") or {}).get("exported", True)

@@ -80,6 +80,7 @@ LIST_METAVARS = {
     "teacher_weights": "WEIGHT",
     "feature_layers": "TEACHER_LAYER=STUDENT_LAYER",
     "augment": "NAME",
+    "seeds": "SEED",
 }
 SHAPE_METAVARS = {"input_shape": "C,H,W", "image_size": "H,W"}
 """Optional integer lists, written with commas on the command line."""

@@ -259,6 +259,10 @@ def print_result(console: Any, summary: dict[str, Any], artifacts: dict[str, str
         for name, g in summary["gates"].items():
             if gate_status(g) != "passed":
                 console.print(f"  {name}: {g.get('detail', '')}", highlight=False)
+    from kdflow.report.seeds import seeds_sentence
+
+    if seeds_sentence(summary):
+        console.print(seeds_sentence(summary), highlight=False)
     cost = summary.get("cost") or {}
     even = (cost.get("break_even_requests") or {}).get("pytorch")
     if cost.get("total"):

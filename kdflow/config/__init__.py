@@ -1,9 +1,14 @@
 """Settings: one dataclass per group (`settings`), and their reading from YAML and the CLI
 (`loading`). The dataclasses are the only place a default lives."""
 
+from kdflow.config.checks import (
+    AUGMENTATIONS,
+    check_image_size,
+    check_tracking_uri,
+    option_name,
+)
 from kdflow.config.loading import build_config, field_docs, load_config, parse_input_shape
 from kdflow.config.settings import (
-    AUGMENTATIONS,
     BUILTIN_PREFIX,
     KD_LOSSES,
     LM_TOP_K,
@@ -15,9 +20,6 @@ from kdflow.config.settings import (
     RegistryConfig,
     RunConfig,
     TeacherConfig,
-    check_image_size,
-    check_tracking_uri,
-    option_name,
 )
 
 __all__ = [

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from kdflow.config.checks import option_name
 from kdflow.config.settings import SECTIONS, RunConfig
 from kdflow.errors import ConfigError
 
@@ -90,7 +91,9 @@ def _section_kwargs(cls: type, values: dict[str, Any], where: str) -> dict[str, 
         raise ConfigError(
             f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
         )
-    return {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in values.items()}
+    # From the command line, a bad value is named as the option the user typed.
+    return {k: _coerce(v, hints[k], option_name(k) if where.startswith("options")
+                       else f"{where}.{k}") for k, v in values.items()}
 
 
 def build_config(values: dict[str, Any], where: str = "config") -> RunConfig:

@@ -8,17 +8,18 @@ and the Ray entry point all build these same objects.
 from __future__ import annotations
 
 import dataclasses
-import math
-import re
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kdflow.errors import ConfigError
+from kdflow.config.checks import (
+    check_augment,
+    check_finite,
+    check_image_size,
+    check_tracking_uri,
+    require,
+)
 
 BUILTIN_PREFIX = "builtin:"
-AUGMENTATIONS = ("crop", "flip", "rotate", "color", "mixup")
-"""The names --augment takes (`kdflow.data.augment` implements each)."""
 TASKS = ("classification", "causal-lm")
 """What --task takes: class logits per row, or next-token logits per token."""
 KD_LOSSES = ("forward_kl", "reverse_kl", "jsd")
@@ -28,63 +29,6 @@ GATE_TESTS = ("paired", "point")
 DEFAULT_MAX_LENGTH = {"classification": 128, "causal-lm": 512}
 LM_TOP_K = 64
 """Top-k logits per token a causal-LM teacher cache keeps when --top-k is 0."""
-
-
-def option_name(field_name: str) -> str:
-    """The CLI spelling of a field: `teacher_epochs` -> `--teacher-epochs`."""
-    return "--" + field_name.replace("_", "-")
-
-
-def _check_finite(config: Any) -> None:
-    """Every number setting is finite: `inf` and `nan` parse as floats, and pass a `>= 0`
-    check (inf) or slip through every comparison as False (nan) far from the option."""
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        for v in value if isinstance(value, list) else [value]:
-            if isinstance(v, float) and not math.isfinite(v):
-                _require(False, f.name, f"must be a finite number, got {v}")
-
-
-def check_tracking_uri(uri: str, option: str) -> str:
-    """`uri` when it names its scheme (`sqlite:///…`, `http(s)://…`, `file:///…`,
-    `postgresql://…`, `databricks`), else a ConfigError naming `option`."""
-    if re.match(r"^[A-Za-z][\w.-]*:\d+(/|$)", uri.strip()):
-        raise ConfigError(f"{option}: {uri!r} is a host and port, not a URI; give "
-                          f"http://{uri.strip()} (or https://)", option=option)
-    if uri == "databricks" or re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:", uri.strip()):
-        return uri
-    raise ConfigError(
-        f"{option}: {uri!r} has no scheme; give sqlite:///PATH/mlflow.db, "
-        "http(s)://HOST:PORT for a tracking server, or file:///PATH for a file store",
-        option=option,
-    )
-
-
-def _require(condition: bool, field_name: str, message: str) -> None:
-    if not condition:
-        raise ConfigError(f"{option_name(field_name)}: {message}", option=option_name(field_name))
-
-
-def check_image_size(image_size: Sequence[int] | None) -> None:
-    """ConfigError (--image-size) unless `image_size` is None or two positive integers H,W."""
-    if image_size is not None:
-        _require(
-            len(image_size) == 2 and all(int(d) > 0 for d in image_size),
-            "image_size",
-            "give the height and width in pixels, both at least 1, such as 32,32; got "
-            + ",".join(map(str, image_size)),
-        )
-
-
-def _check_augment(names: list[str], field_name: str) -> None:
-    """Known augmentation names, each at most once."""
-    unknown = [a for a in names if a not in AUGMENTATIONS]
-    _require(
-        not unknown,
-        field_name,
-        f"unknown augmentation {', '.join(unknown)}; known: {', '.join(AUGMENTATIONS)}",
-    )
-    _require(len(set(names)) == len(names), field_name, "names an augmentation twice")
 
 
 @dataclass
@@ -137,66 +81,66 @@ class DataConfig:
     all have the same."""
 
     def __post_init__(self) -> None:
-        _check_finite(self)
-        _require(bool(self.data), "data", "give a Parquet/CSV file or builtin:digits")
-        _require(
+        check_finite(self)
+        require(bool(self.data), "data", "give a Parquet/CSV file or builtin:digits")
+        require(
             self.task in TASKS, "task", f"unknown task {self.task!r}; known: {', '.join(TASKS)}"
         )
         if self.task == "causal-lm":
             self._check_corpus()
-        _require(bool(self.label_column), "label_column", "must not be empty")
-        _require(0.0 < self.test_fraction < 1.0, "test_fraction", "must be in (0, 1)")
-        _require(0.0 <= self.val_fraction < 1.0, "val_fraction", "must be in [0, 1)")
-        _require(self.validation in ("fail", "warn"), "validation", "must be `fail` or `warn`")
-        _require(
+        require(bool(self.label_column), "label_column", "must not be empty")
+        require(0.0 < self.test_fraction < 1.0, "test_fraction", "must be in (0, 1)")
+        require(0.0 <= self.val_fraction < 1.0, "val_fraction", "must be in [0, 1)")
+        require(self.validation in ("fail", "warn"), "validation", "must be `fail` or `warn`")
+        require(
             self.max_length >= 0,
             "max_length",
             f"must be at least 1 token (0 or unset: {DEFAULT_MAX_LENGTH[self.task]})",
         )
-        _require(
+        require(
             self.text_pair_column is None or bool(self.text_column),
             "text_pair_column",
             "needs --text-column (the first text of each pair)",
         )
-        _require(
+        require(
             not self.text_column or self.text_column != self.label_column,
             "text_column",
             f"is the label column {self.label_column!r}; give the column of text",
         )
-        _require(self.channels in (0, 1, 3), "channels", f"must be 1 or 3, got {self.channels}")
+        require(self.channels in (0, 1, 3), "channels", f"must be 1 or 3, got {self.channels}")
         check_image_size(self.image_size)
-        _require(
+        require(
             not (self.image_column and self.text_column),
             "image_column",
             "and --text-column name two kinds of data; give one",
         )
         if self.input_shape is not None:
-            _require(
+            require(
                 len(self.input_shape) > 0 and all(int(d) > 0 for d in self.input_shape),
                 "input_shape",
                 f"dimensions must be positive integers, got {self.input_shape}",
             )
         if self.task != "causal-lm":
             for name in ("prompt_column", "completion_column"):
-                _require(getattr(self, name) is None, name, "is for --task causal-lm")
+                require(getattr(self, name) is None, name, "is for --task causal-lm")
 
     def _check_corpus(self) -> None:
-        _require(
+        require(
             self.data != "builtin:digits",
             "data",
             "--task causal-lm needs a text corpus (Parquet, CSV or JSONL)",
         )
-        _require(
+        require(
             self.prompt_column is None or self.completion_column is not None,
             "prompt_column",
             "needs --completion-column (the text the model learns to write)",
         )
-        _require(
+        require(
             self.completion_column is None or self.prompt_column is not None,
             "completion_column",
             "needs --prompt-column (the text the model reads first)",
         )
-        _require(
+        require(
             (self.text_column is None) != (self.prompt_column is None),
             "text_column",
             "--task causal-lm needs --text-column (plain text) or --prompt-column with "
@@ -206,9 +150,9 @@ class DataConfig:
             "--completion-column (instruction data)",
         )
         for name in ("text_pair_column", "image_column"):
-            _require(getattr(self, name) is None, name, "is not for --task causal-lm")
+            require(getattr(self, name) is None, name, "is not for --task causal-lm")
         if self.prompt_column is not None:
-            _require(
+            require(
                 self.prompt_column != self.completion_column,
                 "completion_column",
                 "is the same column as --prompt-column",
@@ -257,21 +201,21 @@ class TeacherConfig:
     they trained on such views. Default: none."""
 
     def __post_init__(self) -> None:
-        _check_finite(self)
-        _check_augment(self.teacher_augment, "teacher_augment")
-        _require(len(self.teachers) > 0, "teachers", "give at least one teacher, or `auto`")
-        _require(
+        check_finite(self)
+        check_augment(self.teacher_augment, "teacher_augment")
+        require(len(self.teachers) > 0, "teachers", "give at least one teacher, or `auto`")
+        require(
             "auto" not in self.teachers or len(self.teachers) == 1,
             "teachers",
             "`auto` stands for the whole ensemble; give it alone, or list the teachers",
         )
-        _require(
+        require(
             self.teacher_epochs >= 0,
             "teacher_epochs",
             "must be 0 (use fetched teachers as they are) or more",
         )
-        _require(self.teacher_lr is None or self.teacher_lr > 0, "teacher_lr", "must be > 0")
-        _require(self.batch_size >= 1, "batch_size", "must be at least 1")
+        require(self.teacher_lr is None or self.teacher_lr > 0, "teacher_lr", "must be > 0")
+        require(self.batch_size >= 1, "batch_size", "must be at least 1")
 
 
 @dataclass
@@ -297,6 +241,11 @@ class DistillConfig:
     run name (a KFP retry) resumes from the last epoch's checkpoint."""
     max_failures: int = 2
     """Worker failures Ray Train recovers from by resuming the last checkpoint."""
+    seeds: list[int] = field(default_factory=list)
+    """Distil once per seed (`--seeds 0 1 2`; the teachers are trained once, with --seed),
+    and decide beats_baseline on all seeds together; the seed with the best validation
+    accuracy is the one evaluated against the other gates and registered. Default: once,
+    with --seed."""
     ensemble: str = "mean_probs"
     """How teachers combine: `mean_probs` (mean of softened probabilities), `weighted_probs`
     (weighted by each teacher's validation accuracy) or `mean_logits`."""
@@ -370,48 +319,50 @@ class DistillConfig:
         return self.feature_weight > 0 or self.attention_weight > 0
 
     def __post_init__(self) -> None:
-        _check_finite(self)
-        _require(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
-        _require(0.0 <= self.alpha <= 1.0, "alpha", f"must be in [0, 1], got {self.alpha}")
-        _require(self.student_epochs >= 1, "student_epochs", "must be at least 1")
-        _require(self.student_lr is None or self.student_lr > 0, "student_lr", "must be > 0")
-        _require(self.student_batch_size >= 1, "student_batch_size", "must be at least 1")
-        _require(
+        check_finite(self)
+        require(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
+        require(0.0 <= self.alpha <= 1.0, "alpha", f"must be in [0, 1], got {self.alpha}")
+        require(self.student_epochs >= 1, "student_epochs", "must be at least 1")
+        require(self.student_lr is None or self.student_lr > 0, "student_lr", "must be > 0")
+        require(self.student_batch_size >= 1, "student_batch_size", "must be at least 1")
+        require(all(s >= 0 for s in self.seeds), "seeds", "must be 0 or more")
+        require(len(set(self.seeds)) == len(self.seeds), "seeds", "names a seed twice")
+        require(
             self.feature_loss in ("mse", "cosine"), "feature_loss", "must be `mse` or `cosine`"
         )
-        _require(
+        require(
             self.workers >= 0, "workers", f"must be 0 (in-process) or more, got {self.workers}"
         )
-        _require(
+        require(
             self.workers > 0 or not self.ray_address,
             "workers",
             "0 trains in this process; a Ray cluster (--ray-address) needs 1 or more",
         )
-        _require(self.max_failures >= 0, "max_failures", "must be >= 0")
+        require(self.max_failures >= 0, "max_failures", "must be >= 0")
         modes = ("mean_probs", "weighted_probs", "mean_logits")
-        _require(
+        require(
             self.ensemble in modes,
             "ensemble",
             f"must be one of {', '.join(modes)}, got {self.ensemble!r}",
         )
-        _require(
+        require(
             self.teacher_mode in ("offline", "online"),
             "teacher_mode",
             f"must be `offline` or `online`, got {self.teacher_mode!r}",
         )
-        _require(
+        require(
             self.augment_noise >= 0,
             "augment_noise",
             f"must be >= 0 (0 turns it off), got {self.augment_noise}",
         )
-        _require(
+        require(
             not self.augment_noise or self.teacher_mode == "online",
             "augment_noise",
             "adds noise to numeric columns (images take --augment), and needs --teacher-mode "
             "online: cached teacher outputs are for the rows as they are, not for noisy ones",
         )
-        _check_augment(self.augment, "augment")
-        _require(
+        check_augment(self.augment, "augment")
+        require(
             not self.augment or self.teacher_mode == "online",
             "augment",
             "augments image data (numeric columns take --augment-noise), and needs "
@@ -419,58 +370,58 @@ class DistillConfig:
             "to their augmented views, which the teachers must label as the student sees them "
             "(function matching)",
         )
-        _require(
+        require(
             self.kd_loss in KD_LOSSES,
             "kd_loss",
             f"unknown loss {self.kd_loss!r}; known: {', '.join(KD_LOSSES)}",
         )
-        _require(0.0 <= self.jsd_beta <= 1.0, "jsd_beta", f"must be in [0, 1], got {self.jsd_beta}")
-        _require(self.top_k >= 0, "top_k", f"must be >= 0 (0 keeps every logit), got {self.top_k}")
-        _require(
+        require(0.0 <= self.jsd_beta <= 1.0, "jsd_beta", f"must be in [0, 1], got {self.jsd_beta}")
+        require(self.top_k >= 0, "top_k", f"must be >= 0 (0 keeps every logit), got {self.top_k}")
+        require(
             not (self.top_k and self.ensemble == "mean_logits"),
             "top_k",
             "cannot be used with --ensemble mean_logits (it averages every logit); "
             "use mean_probs or weighted_probs",
         )
-        _require(
+        require(
             self.multi_teacher in ("average", "separate"),
             "multi_teacher",
             f"must be `average` or `separate`, got {self.multi_teacher!r}",
         )
-        _require(
+        require(
             not (self.multi_teacher == "separate" and self.ensemble == "mean_logits"),
             "multi_teacher",
             "`separate` sums per-teacher KLs of probabilities; use --ensemble mean_probs "
             "or weighted_probs",
         )
         if self.teacher_weights:
-            _require(
+            require(
                 self.ensemble == "weighted_probs",
                 "teacher_weights",
                 f"needs --ensemble weighted_probs, got {self.ensemble!r}",
             )
-            _require(
+            require(
                 all(w >= 0 for w in self.teacher_weights) and sum(self.teacher_weights) > 0,
                 "teacher_weights",
                 f"must be >= 0 and not all 0, got {self.teacher_weights}",
             )
         for name in ("feature_weight", "attention_weight"):
             weight = getattr(self, name)
-            _require(weight >= 0, name, f"must be >= 0 (0 turns it off), got {weight}")
-            _require(
+            require(weight >= 0, name, f"must be >= 0 (0 turns it off), got {weight}")
+            require(
                 not weight or self.teacher_mode == "online",
                 name,
                 "needs --teacher-mode online: the teachers' intermediate features and "
                 "attention maps are not in the logits cache",
             )
-        _require(
+        require(
             not self.feature_layers or self.feature_weight > 0,
             "feature_layers",
             "has no effect without --feature-weight > 0",
         )
         for pair in self.feature_layers:
             teacher, sep, student = pair.partition("=")
-            _require(
+            require(
                 bool(sep and teacher.strip() and student.strip()),
                 "feature_layers",
                 f"write TEACHER_LAYER=STUDENT_LAYER (e.g. net.3=net.1), got {pair!r}",
@@ -478,22 +429,22 @@ class DistillConfig:
         # Whether the student has attention maps is its model source's to say: the hint
         # plan (`kdflow.distill.hints.make_plan`) refuses a model without them, at preflight
         # and again before training.
-        _require(self.hint_teacher >= 0, "hint_teacher", f"must be >= 0, got {self.hint_teacher}")
-        _require(self.generations >= 1, "generations", f"must be >= 1, got {self.generations}")
+        require(self.hint_teacher >= 0, "hint_teacher", f"must be >= 0, got {self.hint_teacher}")
+        require(self.generations >= 1, "generations", f"must be >= 1, got {self.generations}")
         if self.storage_path:
             scheme = self.storage_path.split("://", 1)[0] if "://" in self.storage_path else ""
-            _require(
+            require(
                 scheme in ("", "file", "s3"),
                 "storage_path",
                 f"must be a folder or s3://bucket/prefix, got {self.storage_path!r}",
             )
         if self.ray_address:
-            _require(
+            require(
                 self.ray_address.startswith(("http://", "https://")),
                 "ray_address",
                 f"must be the Ray dashboard's http://HOST:8265, got {self.ray_address!r}",
             )
-            _require(
+            require(
                 bool(self.storage_path),
                 "storage_path",
                 "--ray-address needs a --storage-path the cluster can reach "
@@ -532,27 +483,32 @@ class GateConfig:
     min_agreement: float = 0.0
     """Student-ensemble top-1 agreement on the test split must reach this, by its interval's
     lower end (0: off; the agreement is reported either way)."""
+    latency_batch: int = 256
+    """Rows per batch of the CPU throughput timing, beside batch 1: the per-row saving of
+    the cost ledger at the batch your serving runs (classification)."""
 
     def __post_init__(self) -> None:
-        _check_finite(self)
-        _require(0.0 <= self.min_retention <= 1.5, "min_retention", "must be in [0, 1.5]")
-        _require(self.min_compression >= 0, "min_compression", "must be >= 0")
-        _require(self.min_speedup >= 0, "min_speedup", "must be >= 0")
-        _require(0.0 <= self.max_regression <= 1.0, "max_regression", "must be in [0, 1]")
-        _require(0.0 <= self.max_ece <= 1.0, "max_ece", f"must be in [0, 1], got {self.max_ece}")
-        _require(
+        check_finite(self)
+        require(0.0 <= self.min_retention <= 1.5, "min_retention", "must be in [0, 1.5]")
+        require(self.min_compression >= 0, "min_compression", "must be >= 0")
+        require(self.min_speedup >= 0, "min_speedup", "must be >= 0")
+        require(0.0 <= self.max_regression <= 1.0, "max_regression", "must be in [0, 1]")
+        require(0.0 <= self.max_ece <= 1.0, "max_ece", f"must be in [0, 1], got {self.max_ece}")
+        require(
             self.max_perplexity_ratio >= 1.0,
             "max_perplexity_ratio",
             f"must be >= 1, got {self.max_perplexity_ratio}",
         )
-        _require(0.5 <= self.confidence < 1.0, "confidence",
+        require(0.5 <= self.confidence < 1.0, "confidence",
                  f"must be in [0.5, 1), got {self.confidence}")
-        _require(self.gate_test in GATE_TESTS, "gate_test",
+        require(self.gate_test in GATE_TESTS, "gate_test",
                  f"must be one of {', '.join(GATE_TESTS)}, got {self.gate_test!r}")
-        _require(0.0 <= self.max_class_regression <= 1.0, "max_class_regression",
+        require(0.0 <= self.max_class_regression <= 1.0, "max_class_regression",
                  f"must be in [0, 1], got {self.max_class_regression}")
-        _require(0.0 <= self.min_agreement <= 1.0, "min_agreement",
+        require(0.0 <= self.min_agreement <= 1.0, "min_agreement",
                  f"must be in [0, 1], got {self.min_agreement}")
+        require(1 <= self.latency_batch <= 65536, "latency_batch",
+                f"must be in [1, 65536], got {self.latency_batch}")
 
 
 @dataclass
@@ -565,11 +521,11 @@ class RegistryConfig:
     """`auto` moves the `champion` alias when every gate passed; `manual` leaves it to a person."""
 
     def __post_init__(self) -> None:
-        _check_finite(self)
-        _require(bool(self.model_name.strip()), "model_name", "must not be empty")
+        check_finite(self)
+        require(bool(self.model_name.strip()), "model_name", "must not be empty")
         if self.tracking_uri:
             check_tracking_uri(self.tracking_uri, "--tracking-uri")
-        _require(self.promotion in ("auto", "manual"), "promotion", "must be `auto` or `manual`")
+        require(self.promotion in ("auto", "manual"), "promotion", "must be `auto` or `manual`")
 
 
 @dataclass

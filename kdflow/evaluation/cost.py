@@ -86,13 +86,14 @@ def ledger(costs: dict[str, Any], evaluation: dict[str, Any], summary: dict[str,
            ) -> dict[str, Any]:
     """`summary["cost"]`: each part's figures, their total, the saving per request and the
     break-even. `costs` holds the other steps' records: `teachers` (one per teacher, None
-    where a step did not report) and `distill` (its record and `cache_fill_wall_s`)."""
+    where a step did not report) and `distill` (its record and `cache_fill_wall_s`; a list
+    of them, one per seed, where --seeds ran several: their parts add up)."""
     parts: dict[str, Any] = {"teachers": _sum([t for t in costs.get("teachers") or [] if t])}
-    distill = costs.get("distill") or {}
-    if distill.get("record"):
-        parts |= split_distill(distill["record"], float(distill.get("cache_fill_wall_s", 0.0)))
-    else:
-        parts |= {"cache_fill": _sum([]), "distillation": _sum([])}
+    distill = costs.get("distill") or []
+    splits = [split_distill(d["record"], float(d.get("cache_fill_wall_s", 0.0)))
+              for d in (distill if isinstance(distill, list) else [distill])
+              if d and d.get("record")]
+    parts |= {part: _sum([s[part] for s in splits]) for part in ("cache_fill", "distillation")}
     parts["evaluation"] = {k: float(evaluation.get(k, 0.0)) for k in FIGURES}
     total = _sum([parts[k] for k in STEPS])
     inference = saving(summary)
@@ -121,8 +122,8 @@ def _requests(core_s: float, saving_ms: float | None) -> int | None:
 
 def saving(summary: dict[str, Any]) -> dict[str, Any]:
     """Per request: the ensemble's and the student's CPU milliseconds in each runtime, and
-    the saving (`pytorch` and `onnx` at batch 1; `pytorch_batch` per row at the throughput
-    batch). A causal LM's request is one generated token."""
+    the saving (`pytorch` and `onnx` at batch 1; `pytorch_batch` and `onnx_batch` per row at
+    --latency-batch, the ensemble in PyTorch). A causal LM's request is one generated token."""
     teachers, student = summary.get("teachers") or [], summary.get("student") or {}
     ensemble_ms = sum(float(t.get("latency_ms") or 0.0) for t in teachers)
     onnx = student.get("onnx") or {}
@@ -134,6 +135,8 @@ def saving(summary: dict[str, Any]) -> dict[str, Any]:
     if throughputs and all(throughputs) and student.get("throughput_per_s"):
         per_row = sum(1000.0 / float(v) for v in throughputs)
         rows["pytorch_batch"] = (per_row, 1000.0 / float(student["throughput_per_s"]))
+        if onnx.get("exported") and onnx.get("throughput_per_s"):
+            rows["onnx_batch"] = (per_row, 1000.0 / float(onnx["throughput_per_s"]))
     return {
         "ensemble_ms": {k: round(v[0], 6) for k, v in rows.items()},
         "student_ms": {k: None if v[1] is None else round(float(v[1]), 6)

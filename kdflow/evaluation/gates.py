@@ -252,7 +252,7 @@ def decide_gates(
             f"student {student['accuracy']:.4f} / ensemble {ensemble_acc:.4f}",
             evidence=None if outcomes is None else _retention_evidence(outcomes, cfg),
         ),
-        _beats_baseline(cfg, student, baseline, outcomes),
+        beats_baseline_gate(cfg, student, baseline, outcomes),
         *common_gates(cfg, student, teachers),
         Gate(
             "calibration",
@@ -283,8 +283,9 @@ def _retention_evidence(outcomes: Outcomes, cfg: GateConfig) -> dict[str, Any] |
                        f"{ensemble.size:,}"}
 
 
-def _beats_baseline(cfg: GateConfig, student: dict[str, Any], baseline: dict[str, Any],
-                    outcomes: Outcomes | None) -> Gate:
+def beats_baseline_gate(cfg: GateConfig, student: dict[str, Any], baseline: dict[str, Any],
+                        outcomes: Outcomes | None) -> Gate:
+    """The student's test accuracy against its baseline's, on McNemar's interval."""
     gain = student["accuracy"] - baseline["accuracy"]
     margin = cfg.min_gain_over_baseline
     point = f"student {student['accuracy']:.4f} - baseline {baseline['accuracy']:.4f}"
@@ -292,13 +293,40 @@ def _beats_baseline(cfg: GateConfig, student: dict[str, Any], baseline: dict[str
         return Gate("beats_baseline", gain > margin + EPS, round(gain, 4), margin, ">", point)
     test = paired_accuracy_test(outcomes.correct("student"), outcomes.correct("baseline"),
                                 cfg.confidence)
-    by = f" by more than {margin * 100:g} points" if margin else ""
-    said = {PASSED: "student better than baseline" + by,
-            FAILED: "student not better than baseline" + by,
-            INCONCLUSIVE: "cannot tell the student from its baseline" + by}
     return _paired_gate("beats_baseline", cfg, test, margin, gain > margin + EPS,
-                        round(gain, 4), margin, ">", said,
+                        round(gain, 4), margin, ">", _beats_said(margin),
                         describe(test, "student vs baseline"))
+
+
+LM_BEATS_SAID = {PASSED: "student better than baseline",
+                 FAILED: "student not better than baseline",
+                 INCONCLUSIVE: "cannot tell the student from its baseline"}
+"""A causal LM's beats_baseline, in words, by status."""
+
+
+def _beats_said(margin: float, seeds: str = "") -> dict[str, str]:
+    by = f" by more than {margin * 100:g} points" if margin else ""
+    return {PASSED: f"student better than baseline{seeds}{by}",
+            FAILED: f"student not better than baseline{seeds}{by}",
+            INCONCLUSIVE: f"cannot tell the student from its baseline{seeds}{by}"}
+
+
+def pooled_beats_baseline(cfg: GateConfig, student: np.ndarray, baseline: np.ndarray,
+                          seeds: list[int]) -> Gate:
+    """beats_baseline on several seeds together: `student` and `baseline` are (seeds × rows)
+    correct/incorrect on the same test rows. Per row, the share of seeds whose student was
+    right less the share whose baseline was; the paired bootstrap interval of its mean over
+    rows (rows resampled, the seeds held) decides, as McNemar's does for one seed."""
+    a, b = student.mean(axis=0), baseline.mean(axis=0)
+    margin = cfg.min_gain_over_baseline
+    test = paired_mean_test(a, b, cfg.confidence, margin=margin)
+    gains = ", ".join(f"{g * 100:+.1f}" for g in student.mean(axis=1) - baseline.mean(axis=1))
+    sentence = (f"{describe(test, 'student vs baseline, mean of seeds')} rows × "
+                f"{len(seeds)} seeds (paired bootstrap over rows; seeds {gains} points)")
+    return _paired_gate("beats_baseline", cfg, test, margin, test.estimate > margin + EPS,
+                        round(test.estimate, 4), margin, ">",
+                        _beats_said(margin, f" over {len(seeds)} seeds"), sentence,
+                        spread=float(np.std(a - b)))
 
 
 def _champion_gate(cfg: GateConfig, student: dict[str, Any], champion: dict[str, Any] | None,

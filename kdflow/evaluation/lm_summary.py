@@ -31,7 +31,14 @@ from kdflow.config import GateConfig
 from kdflow.data.prepared import DatasetMeta, Split
 from kdflow.data.sources import open_source
 from kdflow.distill.lm_task import EVAL_ROWS, token_metrics
-from kdflow.evaluation.gates import EPS, Gate, LMOutcomes, common_gates, lm_paired_gate
+from kdflow.evaluation.gates import (
+    EPS,
+    LM_BEATS_SAID,
+    Gate,
+    LMOutcomes,
+    common_gates,
+    lm_paired_gate,
+)
 from kdflow.mlflow.client import DATASET_TAG, resolve_tracking_uri
 from kdflow.mlflow.logged_models import download_model
 from kdflow.mlflow.versions import champion_version, resolve_model_uri
@@ -253,9 +260,7 @@ def lm_gates(cfg: GateConfig, summary: dict[str, Any], champion_unscored: str | 
     else:
         beats = lm_paired_gate(
             "beats_baseline", cfg, outcomes, "baseline", "student", margin, gain > margin + EPS,
-            round(gain, 4), margin, ">",
-            {"passed": "student better than baseline", "failed": "student not better than "
-             "baseline", "inconclusive": "cannot tell the student from its baseline"})
+            round(gain, 4), margin, ">", LM_BEATS_SAID)
     gates = [
         Gate(
             "perplexity_retention",

@@ -166,7 +166,8 @@ def evaluate_models(
     progress.emit("evaluate", 1, 3, "ONNX export and CPU timing")
     models = {f"t{i}": m for i, (m, _) in enumerate(teachers)}
     models |= {"student": student, "baseline": baseline}
-    timings, onnx = _timed_with_onnx(models, student_z, rows, meta, onnx_dir)
+    timings, onnx = _timed_with_onnx(models, student_z, rows, meta, onnx_dir,
+                                     gates_cfg.latency_batch)
 
     def entry(name: str, spec: str, folder: Path, probs: torch.Tensor) -> dict[str, Any]:
         return _model_entry(spec, models[name], folder, probs, timings, name, rows.y, meta,
@@ -174,7 +175,8 @@ def evaluate_models(
 
     uri = resolve_tracking_uri(tracking_uri)
     sources = list(teacher_sources or [])
-    summary: dict[str, Any] = {"dataset": dataset_info, "teachers": []}
+    summary: dict[str, Any] = {"dataset": dataset_info, "teachers": [],
+                               "latency_batch": gates_cfg.latency_batch}
     for i, ((_, spec), z, folder) in enumerate(
         zip(teachers, teacher_z, teacher_dirs, strict=True)
     ):
@@ -304,21 +306,21 @@ def weights_bytes(folder: Path) -> int:
 
 
 def _runners(
-    name: str, model: nn.Module, rows: TestRows, n_features: int
+    name: str, model: nn.Module, rows: TestRows, n_features: int, batch: int
 ) -> dict[str, Timed]:
     """What `name` is timed on: random normal rows for a model of numeric columns; for a
     text model its own encoding of real test rows, and (`name from text`) the same rows as
     raw text, tokenizing included."""
     encoder = encoder_of(model)
     if encoder is None:
-        one, many = numeric_inputs(n_features)
+        one, many = numeric_inputs(n_features, batch)
         return {name: Timed(torch_runner(model), one, many)}
     texts = rows.texts()
     if rows.y.size and texts:
-        one, many, one_text, many_text = text_inputs(rows.of(model).x, texts)
+        one, many, one_text, many_text = text_inputs(rows.of(model).x, texts, batch)
     else:  # no test rows: a probe text stands in
         texts = [[PROBE_TEXT] for _ in range(max(1, len(rows.data.meta.text_columns)))]
-        one, many, one_text, many_text = text_inputs(encoder.encode(texts), texts)
+        one, many, one_text, many_text = text_inputs(encoder.encode(texts), texts, batch)
     return {
         name: Timed(torch_runner(model), one, many),
         name + FROM_TEXT: Timed(text_runner(model, encoder), one_text, many_text),
@@ -326,19 +328,19 @@ def _runners(
 
 
 def _image_runners(
-    models: dict[str, nn.Module], rows: TestRows, meta: DatasetMeta
+    models: dict[str, nn.Module], rows: TestRows, meta: DatasetMeta, batch: int
 ) -> dict[str, Timed]:
     """On image data: every model on the same test pixels (uint8, what the models and the
     ONNX export take), and the student and the teachers' ensemble (`name from image`) on
     the same images' files, decoding included. Without test images, zero pixels stand in
     and nothing is timed from files."""
     pixels = rows.of(models["student"]).x
-    blobs = rows.images() if len(pixels) else []
+    blobs = rows.images(batch) if len(pixels) else []
     if not blobs:
         zeros = np.zeros((1, *meta.input_shape), np.uint8)
-        many = np.repeat(zeros, THROUGHPUT_BATCH, 0)
+        many = np.repeat(zeros, batch, 0)
         return {name: Timed(torch_runner(m), zeros, many) for name, m in models.items()}
-    one, many, one_file, many_files = image_inputs(pixels, blobs)
+    one, many, one_file, many_files = image_inputs(pixels, blobs, batch)
     runners = {name: Timed(torch_runner(m), one, many) for name, m in models.items()}
     channels, height, width = meta.input_shape
     teachers = [m for name, m in models.items() if name not in ("student", "baseline")]
@@ -349,14 +351,15 @@ def _image_runners(
 
 
 def _all_runners(
-    models: dict[str, nn.Module], rows: TestRows, meta: DatasetMeta
+    models: dict[str, nn.Module], rows: TestRows, meta: DatasetMeta, batch: int
 ) -> dict[str, Timed]:
-    """Every model's timing runners (`_image_runners` on image data, else `_runners`)."""
+    """Every model's timing runners (`_image_runners` on image data, else `_runners`), at
+    batch 1 and `batch` (--latency-batch)."""
     if meta.kind == "image":
-        return _image_runners(models, rows, meta)
+        return _image_runners(models, rows, meta, batch)
     runners: dict[str, Timed] = {}
     for name, model in models.items():
-        runners |= _runners(name, model, rows, meta.n_features)
+        runners |= _runners(name, model, rows, meta.n_features, batch)
     return runners
 
 
@@ -366,11 +369,12 @@ def _timed_with_onnx(
     rows: TestRows,
     meta: DatasetMeta,
     onnx_dir: Path | None,
+    batch: int = THROUGHPUT_BATCH,
 ) -> tuple[dict[str, Timing], dict[str, Any]]:
     """CPU timings of every model and of the student's ONNX export (under `onnx`), and the
     student's `onnx` entry: the export's size, timing and parity with PyTorch on the whole
     test split, or why it was not exported."""
-    runners = _all_runners(models, rows, meta)
+    runners = _all_runners(models, rows, meta, batch)
     x = rows.of(models["student"]).x
     with tempfile.TemporaryDirectory() as tmp:
         path = (onnx_dir or Path(tmp)) / ONNX_FILE

@@ -213,6 +213,10 @@ def summary_metrics(summary: dict[str, Any]) -> dict[str, float]:
     for name, gate in (summary.get("gates") or {}).items():
         if gate.get("value") is not None:
             metrics[f"gate_{name}"] = float(gate["value"])
+    for run in (summary.get("seeds") or {}).get("runs") or []:  # --seeds: every seed's
+        for key in ("student", "baseline", "gain", "val_accuracy"):
+            if run.get(key) is not None:
+                metrics[f"seed{run['seed']}_{key}"] = float(run[key])
     cost = summary.get("cost") or {}
     for part, figures in cost.items():  # cost_total_core_s, cost_break_even_requests_onnx...
         if not isinstance(figures, dict) or part == "inference":

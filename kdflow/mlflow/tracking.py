@@ -151,8 +151,10 @@ def record_training(
     tracking_uri: str | None,
     run_id: str,
     result: dict[str, Any],
+    prefix: str = "",
 ) -> str | None:
-    """Log the distill step's per-epoch curves on the pipeline run's MLflow run.
+    """Log the distill step's per-epoch curves on the pipeline run's MLflow run, each name
+    after `prefix` (one seed's of several: `seed1/`).
 
     `result` is what `kdflow.distill.run.distill` returns: each role's `history` (one dict per
     epoch) becomes metrics `<role>/<name>` at step = epoch (losses, validation accuracy,
@@ -167,14 +169,15 @@ def record_training(
         for epoch in (result.get(role) or {}).get("history") or []:
             step = int(epoch.get("epoch", 0))
             metrics += [
-                Metric(metric_safe(f"{role}/{key}"), float(value), now, step)
+                Metric(metric_safe(f"{prefix}{role}/{key}"), float(value), now, step)
                 for key, value in epoch.items()
                 if key != "epoch" and isinstance(value, int | float) and math.isfinite(value)
             ]
     for i, teacher in enumerate(result.get("teachers") or []):
         for key in ("weight", "agreement", "val_accuracy"):
             if isinstance(teacher.get(key), int | float):
-                metrics.append(Metric(f"teacher{i}/{key}", float(teacher[key]), now, 0))
+                metrics.append(Metric(metric_safe(f"{prefix}teacher{i}/{key}"),
+                                      float(teacher[key]), now, 0))
 
     def record(client: Any, mlflow_run: str) -> None:
         for start in range(0, len(metrics), 1000):  # MLflow's log_batch limit

@@ -7,6 +7,7 @@ from typing import Any
 
 from kdflow.report.pages import cost_lines, gate_lines, not_passed
 from kdflow.report.pages import fmt_or_dash as _num
+from kdflow.report.seeds import seeds_lines
 
 CONTINUATION_CHARS = 200
 
@@ -67,6 +68,7 @@ def lm_report_markdown(summary: dict[str, Any]) -> str:
     ]
     verdict = "all gates passed" if summary["passed"] else (
         "not registered: " + ", ".join(not_passed(summary)))
+    lines += seeds_lines(summary)
     lines += cost_lines(summary)
     lines += ["", f"**{verdict}**", ""]
     return "\n".join(lines)

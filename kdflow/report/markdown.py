@@ -8,6 +8,7 @@ from typing import Any
 from kdflow.evaluation.timing import THROUGHPUT_BATCH
 from kdflow.report.pages import cost_lines, gate_lines, image_latency_text, not_passed
 from kdflow.report.pages import fmt_or_dash as _num
+from kdflow.report.seeds import seeds_lines
 
 
 def _model_row(label: str, m: dict[str, Any]) -> str:
@@ -60,11 +61,12 @@ def report_markdown(summary: dict[str, Any]) -> str:
         from kdflow.report.lm_markdown import lm_report_markdown
 
         return lm_report_markdown(summary)
+    batch = summary.get("latency_batch", THROUGHPUT_BATCH)  # --latency-batch
     lines = [
         "# kdflow evaluation",
         "",
         "Test split; latency and throughput on one CPU thread (batch 1 and batch "
-        f"{THROUGHPUT_BATCH}); agreement is top-1 agreement with the teacher ensemble.",
+        f"{batch}); agreement is top-1 agreement with the teacher ensemble.",
         "",
         "| model | accuracy | params | latency (ms) | p95 (ms) | throughput (rows/s) | "
         "macro-F1 | ECE | NLL | agreement | size (KiB) | FLOPs |",
@@ -90,7 +92,7 @@ def report_markdown(summary: dict[str, Any]) -> str:
         ]
     if image_latency_text(summary):
         lines += ["", image_latency_text(summary).strip()
-                  + f" Batches of {THROUGHPUT_BATCH}; the table's latency is the model alone "
+                  + f" Batches of {batch}; the table's latency is the model alone "
                   "on decoded pixels (the speedup gate's)."]
     onnx = student.get("onnx")
     if onnx and not onnx.get("exported", True):
@@ -143,6 +145,8 @@ def report_markdown(summary: dict[str, Any]) -> str:
     ]
     verdict = "all gates passed" if summary["passed"] else (
         "not registered: " + ", ".join(not_passed(summary)))
+    lines += seeds_lines(summary)
     lines += cost_lines(summary)
     lines += ["", f"**{verdict}**", ""]
     return "\n".join(lines)
+

@@ -8,14 +8,14 @@ disk, from an MLflow artifact view and inside the Kubeflow UI's HTML viewer alik
 from __future__ import annotations
 
 import base64
-import html
 import json
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from kdflow.errors import ConfigError
 from kdflow.evaluation.gates import PASSED, gate_status
+from kdflow.report.seeds import SEEDS_NOTE, seeds_sentence, seeds_table
+from kdflow.report.tables import esc, table_html, table_md
 
 SUMMARY = "summary.json"
 REPORT = "report.html"
@@ -89,10 +89,6 @@ class NotARunError(ConfigError):
 # ------------------------------------------------------------------------------ building
 
 
-def esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
 def image_tag(png: bytes, alt: str) -> str:
     """An <img> carrying the picture itself (a base64 data URI): nothing to fetch."""
     data = base64.b64encode(png).decode("ascii")
@@ -104,28 +100,6 @@ def figure_html(name: str, png: bytes) -> str:
     return (f'<figure id="{esc(name)}">{image_tag(png, title)}'
             f"<figcaption><b>{esc(title)}.</b> {esc(CAPTIONS.get(name, ''))}</figcaption>"
             "</figure>")
-
-
-def table_md(headers: Iterable[str], rows: Iterable[Iterable[Any]]) -> list[str]:
-    """A Markdown table's lines (cells as `str` gives them)."""
-    names = list(headers)
-    return ["| " + " | ".join(names) + " |", "|" + " --- |" * len(names),
-            *("| " + " | ".join(str(c) for c in row) + " |" for row in rows)]
-
-
-def table_html(headers: Iterable[str], rows: Iterable[Iterable[str]],
-               row_classes: Iterable[str] | None = None, css_class: str = "") -> str:
-    """A table whose cells are already HTML (escape text with `esc`)."""
-    names = list(headers)
-    head = "".join(f"<th>{esc(h)}</th>" for h in names)
-    thead = f"<thead><tr>{head}</tr></thead>" if any(names) else ""
-    classes = list(row_classes or [])
-    body = []
-    for i, row in enumerate(rows):
-        cls = f' class="{classes[i]}"' if i < len(classes) and classes[i] else ""
-        body.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>")
-    cls = f' class="{css_class}"' if css_class else ""
-    return f"<table{cls}>{thead}<tbody>{''.join(body)}</tbody></table>"
 
 
 def page(title: str, body: str) -> str:
@@ -304,6 +278,7 @@ def render_html(summary: dict[str, Any], pictures: dict[str, bytes],
         "runs every teacher." + esc(image_latency_text(summary)) + "</p>",
         "<h2>Gates</h2>",
         _gates_html(summary),
+        *_seeds_html(summary),
         *(["<h2>Cost and savings</h2>", _cost_html(summary)] if summary.get("cost") else []),
         "<h2>Registry</h2>",
         _registry_html(summary, mlflow_url),
@@ -477,7 +452,8 @@ def mlflow_run_url(tracking_uri: str, run_id: str) -> str:
 COST_PARTS = {"teachers": "teachers", "cache_fill": "teacher cache", "distillation":
               "distillation", "evaluation": "evaluation", "total": "total"}
 RUNTIMES = {"pytorch": "PyTorch, batch 1", "onnx": "ONNX Runtime, batch 1",
-            "pytorch_batch": "PyTorch, per row at the throughput batch"}
+            "pytorch_batch": "PyTorch, per row at the throughput batch",
+            "onnx_batch": "ONNX Runtime, per row at the throughput batch"}
 
 
 def cost_tables(summary: dict[str, Any]) -> list[tuple[list[str], list[list[str]]]]:
@@ -492,7 +468,10 @@ def cost_tables(summary: dict[str, Any]) -> list[tuple[list[str], list[list[str]
     inference = cost["inference"]
     unit = inference.get("unit", "row")
     saved = []
+    batch = summary.get("latency_batch")
     for key, label in RUNTIMES.items():
+        if batch and key.endswith("_batch"):
+            label = label.replace("the throughput batch", f"batch {batch}")
         if key not in inference["saving_ms"] or inference["saving_ms"][key] is None:
             continue
         even = cost["break_even_requests"].get(key)
@@ -516,6 +495,16 @@ def cost_lines(summary: dict[str, Any]) -> list[str]:
              "break-even is the requests whose CPU saving pays back the cache, distillation "
              "and evaluation (and the teachers' training in the last column)."]
             if lines else [])
+
+
+def _seeds_html(summary: dict[str, Any]) -> list[str]:
+    table = seeds_table(summary)
+    if table is None:
+        return []
+    headers, rows = table
+    return ["<h2>Seeds</h2>", f"<p>{esc(seeds_sentence(summary) or '')}</p>",
+            table_html(headers, [[esc(c) for c in row] for row in rows]),
+            f'<p class="sub">{esc(SEEDS_NOTE)}</p>']
 
 
 def _cost_html(summary: dict[str, Any]) -> str:

@@ -114,6 +114,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE, cluster: ClusterSettings | None =
             teachers=dsl.Collected(teacher.outputs["model"]),
             student_model=distilled.outputs["student_model"],
             baseline_model=distilled.outputs["baseline_model"],
+            seed_models=distilled.outputs["seed_models"],
             dataset_info=checked.outputs["info"],
             gate_config=configs.outputs["gate_config"],
             registry_config=configs.outputs["registry_config"],

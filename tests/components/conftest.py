@@ -98,10 +98,11 @@ def evaluated(validated, small_teachers, tmp_path_factory) -> dict[str, Any]:
     out = {name: kind(uri=str(root / name)) for name, kind in (
         ("metrics", dsl.Metrics), ("confusion", dsl.ClassificationMetrics),
         ("report", dsl.Markdown), ("onnx_model", dsl.Model), ("plots", dsl.HTML))}
+    seeds = dsl.Model(uri=str(root / "seed_models"))  # one seed: nothing in it
     passed, summary = evaluate.make("kdflow:test").python_func(
         dataset=dsl.Dataset(uri=str(dataset)), teachers=teachers,
         student_model=models["student"], baseline_model=models["baseline"],
-        dataset_info=json.dumps(info), gate_config=cfg["gate_config"],
+        seed_models=seeds, dataset_info=json.dumps(info), gate_config=cfg["gate_config"],
         registry_config=cfg["registry_config"], **out)
     return {"passed": passed, "summary": summary, "configs": cfg, "tracking_uri": uri,
             "dataset": dataset, "teachers": teachers, **models, **out}

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ FAST = {"student": "mlp:hidden=8", "student_epochs": 2, "workers": 0}
 def outputs(artifact) -> dict:
     return {"student_model": artifact(dsl.Model, "student_model"),
             "baseline_model": artifact(dsl.Model, "baseline_model"),
+            "seed_models": artifact(dsl.Model, "seed_models"),
             "metrics": artifact(dsl.Metrics, "metrics"), "curves": artifact(dsl.HTML, "curves")}
 
 
@@ -47,3 +49,22 @@ def test_a_folder_that_is_not_a_model_is_refused(artifact, configs, digits_datas
                     teachers=[dsl.Model(uri=str(tmp_path / "not-a-model"))],
                     distill_config=configs(**FAST)["distill_config"], seed=0,
                     run_name="component-test", tracking_uri="", **outputs(artifact))
+
+
+def test_seeds_distil_once_each_and_the_best_on_validation_is_the_student(
+        artifact, configs, digits_dataset, teacher_models, ray_tmp):
+    out = outputs(artifact)
+    run_distill(dataset=dsl.Dataset(uri=str(digits_dataset)), teachers=teacher_models,
+                distill_config=configs(**FAST, seeds=[3, 1])["distill_config"], seed=0,
+                run_name="component-seeds", tracking_uri="", **out)
+    record = out["student_model"].metadata["seeds"]
+    assert [r["seed"] for r in record["runs"]] == [3, 1]
+    best = max(record["runs"], key=lambda r: r["val_accuracy"])
+    assert record["chosen"] == best["seed"] and best["folder"] is None
+    (other,) = [r for r in record["runs"] if r["seed"] != record["chosen"]]
+    seeds = Path(out["seed_models"].path)
+    for role in ("student", "baseline"):  # the seed not chosen keeps its own pair
+        assert (seeds / other["folder"] / role / "model.safetensors").exists()
+    assert (Path(out["student_model"].path) / "model.safetensors").exists()
+    assert len(out["student_model"].metadata["cost"]) == 2  # one ledger record per seed
+    assert json.loads((seeds / "seeds.json").read_text())["chosen"] == record["chosen"]

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdflow.config import settings
+from kdflow.config import AUGMENTATIONS as SETTINGS_AUGMENTATIONS
 from kdflow.data.augment import (
     AUGMENTATIONS,
     COLOR_RANGE,
@@ -57,7 +57,7 @@ def neutral(n: int, **fields: Any) -> ViewParams:
 
 def test_names_are_in_op_order_and_match_the_settings() -> None:
     assert ALL == ["crop", "flip", "rotate", "color", "mixup"]
-    assert tuple(ALL) == settings.AUGMENTATIONS
+    assert tuple(ALL) == SETTINGS_AUGMENTATIONS
     assert all(doc for doc in AUGMENTATIONS.values())
 
 

@@ -15,7 +15,7 @@ SUMMARY = {
     "teachers": [{"latency_ms": 1.5, "throughput_per_s": 2000.0},
                  {"latency_ms": 0.5, "throughput_per_s": 4000.0}],
     "student": {"latency_ms": 0.5, "throughput_per_s": 10000.0,
-                "onnx": {"exported": True, "latency_ms": 0.25}},
+                "onnx": {"exported": True, "latency_ms": 0.25, "throughput_per_s": 20000.0}},
 }
 
 
@@ -45,6 +45,15 @@ def test_the_parts_sum_to_the_total() -> None:
     assert found["total"]["wall_s"] == pytest.approx(64.0)
 
 
+def test_several_seeds_distillations_add_up() -> None:
+    one = costs()["distill"]
+    other = {"record": charge(6.0, 5.0, 2, 0), "cache_fill_wall_s": 0.5}  # a cache hit
+    found = ledger({**costs(), "distill": [one, other]}, charge(4.0, 3.5, 2, 0), SUMMARY)
+    assert found["cache_fill"]["wall_s"] == 2.5 and found["distillation"]["wall_s"] == 13.5
+    assert found["total"]["wall_s"] == pytest.approx(50.0 + 16.0 + 4.0)
+    assert found["distillation"]["core_s"] == pytest.approx(27.0)
+
+
 def test_the_distill_step_splits_by_the_cache_fills_share_of_its_time() -> None:
     parts = split_distill(charge(10.0, 6.0, 4, 1), 2.5)
     assert parts["cache_fill"]["core_s"] == 10.0 and parts["distillation"]["core_s"] == 30.0
@@ -56,7 +65,8 @@ def test_saving_per_request_and_break_even() -> None:
     inference = found["inference"]
     assert inference["ensemble_ms"]["pytorch"] == 2.0  # the teachers one after another
     assert inference["saving_ms"] == {"pytorch": 1.5, "onnx": 1.75,
-                                      "pytorch_batch": pytest.approx(0.65)}
+                                      "pytorch_batch": pytest.approx(0.65),
+                                      "onnx_batch": pytest.approx(0.70)}
     # cache 4 + distillation 16 + evaluation 8 core-seconds = 28 s = 28,000 ms of savings
     assert found["break_even_requests"]["pytorch"] == 18_667  # ceil(28000 / 1.5)
     assert found["break_even_requests"]["onnx"] == 16_000

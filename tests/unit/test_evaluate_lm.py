@@ -86,3 +86,30 @@ def test_a_champion_identical_to_the_student_passes_on_its_blocks(
     assert gate["status"] == "passed" and gate["value"] == pytest.approx(0.0, abs=1e-9)
     assert (gate["evidence"]["low"], gate["evidence"]["high"]) == (0.0, 0.0)
     assert gate["detail"].startswith("no worse than champion v1 by more than 1% in perplexity")
+
+
+def test_seeds_decide_a_causal_lm_beats_baseline_on_every_seed(run: dict[str, Path]) -> None:
+    from kdflow.evaluation.seeds import SeedRun, apply_seeds
+
+    other = run["root"] / "seed1"
+    cfg = DistillConfig(student="hf-from-teacher:n_layer=1", student_epochs=2,
+                        student_batch_size=16, workers=0)
+    run_distillation(str(run["dataset"]), [str(run["teacher"])], cfg,
+                     {r: str(other / r) for r in ("student", "baseline")},
+                     str(run["root"] / "store"), "lm-eval-seed1", 1)
+    uri = f"sqlite:///{run['root'] / 'mlflow-seeds.db'}"
+    summary = evaluate_models(run["dataset"], [run["teacher"]], run["student"],
+                              run["baseline"], GateConfig(), uri, "words", {})
+    runs = [SeedRun(0, run["student"], run["baseline"], 0.30),
+            SeedRun(1, other / "student", other / "baseline", 0.20)]
+    apply_seeds(summary, run["dataset"], runs, GateConfig())
+    seeds = summary["seeds"]
+    assert seeds["metric"] == "perplexity" and seeds["chosen"] == 0
+    assert seeds["runs"][0]["student"] == pytest.approx(summary["student"]["perplexity"])
+    assert seeds["runs"][1]["student"] != seeds["runs"][0]["student"]  # its own model
+    gate = summary["gates"]["beats_baseline"]
+    assert "over 2 seeds" in gate["detail"] and "nats" in gate["detail"]
+    test = open_source(str(run["dataset"])).read("test", encoder=encoder_of(
+        load_saved(run["student"])[0]))
+    assert gate["evidence"]["n"] == len(test.x)  # blocks, not blocks × seeds
+    assert summary["passed"] == all(g["passed"] for g in summary["gates"].values())

@@ -14,8 +14,9 @@ import pytest
 from kdflow import progress
 from kdflow.config import DataConfig, TeacherConfig
 from kdflow.data.prepared import frame_sha256, split_frame, write_prepared
+from kdflow.distill.watcher import EpochWatcher
 from kdflow.models.artifacts import read_spec
-from kdflow.steps import _EpochWatcher, plan_teachers, train_teacher, validate_data
+from kdflow.steps import plan_teachers, train_teacher, validate_data
 
 
 def _prepared(folder, input_shape):
@@ -66,7 +67,7 @@ def test_identical_teacher_specs_get_their_own_seeds_and_train_different_models(
 
 def test_epoch_watcher_reports_each_new_checkpointed_epoch_once(tmp_path, caplog):
     snapshot = tmp_path / "checkpoint_manager_snapshot.json"
-    watcher = _EpochWatcher(str(tmp_path), epochs=3)
+    watcher = EpochWatcher(str(tmp_path), epochs=3)
     with caplog.at_level(logging.INFO, logger="kdflow.progress"):
         watcher.poll()  # no snapshot yet: nothing
         for epoch in (1, 1, 3):
@@ -85,7 +86,7 @@ def test_epoch_watcher_reports_each_new_checkpointed_epoch_once(tmp_path, caplog
 def test_epoch_watcher_follows_an_in_process_run_by_its_checkpoint_pointer(tmp_path, caplog):
     from kdflow.distill.checkpoints import IN_PROCESS_LATEST
 
-    watcher = _EpochWatcher(str(tmp_path), epochs=2)
+    watcher = EpochWatcher(str(tmp_path), epochs=2)
     with caplog.at_level(logging.INFO, logger="kdflow.progress"):
         for epoch in (1, 2):
             (tmp_path / IN_PROCESS_LATEST).write_text(json.dumps({
