@@ -16,6 +16,12 @@ How registration stays consistent
 * **Clean failure.** When retries run out, the step undoes what it did (puts moved aliases
   back, deletes the version it created, marks its run FAILED; each best effort, since the
   server may still be down) and raises RegistryError naming the step that failed.
+* **Idempotent per attempt.** A KFP retry of the register step shares the pipeline run's
+  MLflow run with the attempt before it. Each attempt tags the version it creates with its
+  own token (`kdflow.register_attempt`); a retry that finds an earlier attempt's version of
+  the same run adopts it (waits for it, sets the aliases it lacks) instead of creating
+  another, and a failed attempt deletes only a version carrying its own token, never one
+  an earlier attempt registered or that holds an alias.
 * **Concurrent promotion.** `champion` moves under a promotion lock (`kdflow.mlflow.lock`),
   and only to a version at least as good as the champion of the moment.
 """
@@ -28,6 +34,7 @@ import logging
 import subprocess
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +43,7 @@ import kdflow
 from kdflow.errors import RegistryError
 from kdflow.mlflow.client import (
     ACCURACY_TAG,
+    ATTEMPT_TAG,
     CLEANUP,
     DATASET_TAG,
     EXISTS,
@@ -65,7 +73,10 @@ log = logging.getLogger(__name__)
 class _Undo:
     """What a failed registration has to put back."""
 
+    attempt: str = ""
+    """This attempt's token, on the version it creates: the only version it may delete."""
     version: str | None = None
+    """The version this attempt created (None for one an earlier attempt registered)."""
     aliases: dict[str, str | None] = field(default_factory=dict)  # alias -> version before
 
 
@@ -91,7 +102,7 @@ def register_student(
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     client = mlflow_client(tracking_uri)
-    undo = _Undo()
+    undo = _Undo(attempt=uuid.uuid4().hex)
     run_id: str | None = None
     with http_settings.applied(policy):
         try:
@@ -111,6 +122,7 @@ def register_student(
                 METRICS_TAG: json.dumps(_headline(summary), sort_keys=True),
                 GATES_PASSED_TAG: str(bool(summary.get("passed"))).lower(),
                 PROMOTION_TAG: "auto" if promote else "manual",
+                ATTEMPT_TAG: undo.attempt,
             }
             if onnx_id:
                 version_tags[ONNX_URI_TAG] = f"models:/{onnx_id}"
@@ -121,7 +133,12 @@ def register_student(
                  model_name, CHALLENGER, version)
             aliases = [CHALLENGER]
             promotion = {"promoted": False, "detail": "promotion policy is manual"}
-            if promote:
+            if promote and summary["dataset"].get("passed") is False:
+                # Data that passed only under --validation warn: never champion unseen.
+                promotion = {"promoted": False, "detail": "the data passed validation only "
+                             "under --validation warn; promote it by hand (kdflow promote "
+                             f"{model_name} {version}) once its findings are understood"}
+            elif promote:
                 promotion = auto_promote(
                     client, policy, model_name, version, summary, undo.aliases
                 )
@@ -270,15 +287,19 @@ def _create_version(
 
     def find_or_create() -> Any:
         found = client.search_model_versions(f"name='{model_name}' and run_id='{run_id}'")
-        if found:
-            return found[0]
+        if found:  # this attempt's, its answer lost, or an earlier attempt's: adopt it
+            return min(found, key=lambda v: int(v.version))
         return client.create_model_version(
             model_name, f"models:/{model_id}", run_id=run_id, tags=tags,
             await_creation_for=0, model_id=model_id,
         )
 
     created = call(policy, f"create a version of {model_name}", find_or_create)
-    undo.version = str(created.version)
+    if (created.tags or {}).get(ATTEMPT_TAG) == undo.attempt:
+        undo.version = str(created.version)
+    else:
+        log.info("%s version %s was registered by an earlier attempt of this run: adopting it",
+                 model_name, created.version)
     call(policy, f"wait for {model_name} version {created.version}", _wait_ready, client,
          model_name, str(created.version))
     return str(created.version)
@@ -311,12 +332,18 @@ def _abandon(client: Any, model_name: str, run_id: str | None, undo: _Undo) -> N
                     call(CLEANUP, "restore an alias", client.set_registered_model_alias,
                          model_name, alias, previous)
     if undo.version is None and run_id is not None:
-        # The create may have landed with its answer lost: find the version by its run.
+        # This attempt's create may have landed with its answer lost: find the version by
+        # its run and this attempt's token (a version of an earlier attempt is not ours).
         with contextlib.suppress(Exception):
             found = call(CLEANUP, "look for a half-registered version",
                          client.search_model_versions,
                          f"name='{model_name}' and run_id='{run_id}'")
-            undo.version = str(found[0].version) if found else None
+            ours = [v for v in found if (v.tags or {}).get(ATTEMPT_TAG) == undo.attempt]
+            undo.version = str(ours[0].version) if ours else None
+    if undo.version is not None and _holds_an_alias(client, model_name, undo.version):
+        log.error("%s version %s holds an alias: not deleting it; check its aliases",
+                  model_name, undo.version)
+        undo.version = None
     if undo.version is not None:
         try:
             call(CLEANUP, "delete the half-registered version", client.delete_model_version,
@@ -332,6 +359,15 @@ def _abandon(client: Any, model_name: str, run_id: str | None, undo: _Undo) -> N
     if run_id is not None:
         with contextlib.suppress(Exception):
             call(CLEANUP, "mark the run failed", client.set_terminated, run_id, "FAILED")
+
+
+def _holds_an_alias(client: Any, model_name: str, version: str) -> bool:
+    """Whether an alias points at `version` (unknown: treated as yes, so nothing is lost)."""
+    try:
+        aliases = call(CLEANUP, "read the aliases", client.get_registered_model, model_name).aliases
+    except Exception:
+        return True
+    return version in {str(v) for v in (aliases or {}).values()}
 
 
 def code_version() -> str:

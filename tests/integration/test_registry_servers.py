@@ -344,6 +344,55 @@ def test_two_runs_finishing_together_both_register_and_the_better_is_champion(
     assert_complete(client(server), servers.s3, name)
 
 
+def test_a_retried_register_step_never_deletes_what_an_earlier_attempt_registered(
+    servers, students, digits_dataset, monkeypatch
+):
+    """Attempt 1 registers and promotes, then its pod dies before the step reports; attempt 2
+    (the same pipeline run, so the same MLflow run) fails early; attempt 3 succeeds. Version 1
+    and its champion survive attempt 2, and attempt 3 adopts it rather than adding another."""
+    server = servers.by_backend["sqlite"]
+    name = fresh_name()
+    tags = {"kdflow.run_id": f"run-{uuid.uuid4().hex[:6]}"}
+    summary = summary_for(students.good, digits_dataset)
+
+    def attempt() -> dict:
+        return registry.register_student(students.good, summary, server.uri, name, True,
+                                         tags=tags, policy=FAST)
+
+    first = attempt()
+    assert (first["version"], first["aliases"]) == (1, ["challenger", "champion"])
+
+    def fails_early(*args, **kwargs):
+        raise ConnectionError("the node lost its network")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(registry, "log_models", fails_early)
+        with pytest.raises(RegistryError, match="the node lost its network"):
+            attempt()
+    c = client(server)
+    assert [str(v.version) for v in c.search_model_versions(f"name='{name}'")] == ["1"]
+    aliases = c.get_registered_model(name).aliases
+    assert {k: str(v) for k, v in aliases.items()} == {"challenger": "1", "champion": "1"}
+
+    third = attempt()
+    assert (third["version"], third["aliases"]) == (1, ["challenger", "champion"])
+    assert [str(v.version) for v in c.search_model_versions(f"name='{name}'")] == ["1"]
+
+
+def test_data_that_passed_only_under_warn_registers_as_challenger_never_champion(
+    servers, students, digits_dataset
+):
+    server = servers.by_backend["sqlite"]
+    name = fresh_name()
+    summary = summary_for(students.good, digits_dataset)
+    summary["dataset"]["passed"] = False  # validated under --validation warn, with findings
+    found = registry.register_student(students.good, summary, server.uri, name, True,
+                                      tags={"kdflow.run_id": "warned"}, policy=FAST)
+    assert (found["aliases"], found["promoted"]) == (["challenger"], False)
+    assert "only under --validation warn" in found["promotion_detail"]
+    assert set(client(server).get_registered_model(name).aliases) == {"challenger"}
+
+
 def test_outage_mid_registration_is_retried_then_fails_cleanly(
     servers, students, digits_dataset, monkeypatch, caplog
 ):
