@@ -357,9 +357,12 @@ def distill(
     after `metric_prefix` (`seed1/` where --seeds runs several). `cost` is what the step
     used and how much of its wall time went to the teacher cache."""
     from kdflow.distill.run import distill as run_distill
+    from kdflow.distill.run import with_shared_storage
     from kdflow.distill.watcher import EpochWatcher
     from kdflow.evaluation.cost import Meter
     from kdflow.mlflow.tracking import record_training
+
+    cfg = with_shared_storage(cfg)
 
     with Meter() as meter:
         progress.emit("teacher inference", 0, len(teacher_dirs))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -69,3 +70,15 @@ def check_augment(names: list[str], field_name: str) -> None:
         f"unknown augmentation {', '.join(unknown)}; known: {', '.join(AUGMENTATIONS)}",
     )
     require(len(set(names)) == len(names), field_name, "names an augmentation twice")
+
+
+CONFIG_MAP = "kdflow-config"
+"""The cluster's ConfigMap every step reads MLFLOW_TRACKING_URI and KDFLOW_STORAGE_PATH from."""
+POD_ENV = "KFP_POD_NAME"
+"""Set by Kubeflow Pipelines' backend in every step's pod (not by kfp.local)."""
+
+
+def in_a_pipeline_pod() -> bool:
+    """Whether this process is a Kubeflow Pipelines step in a pod (`kdflow run`'s steps,
+    under kfp.local, and the CLI in a notebook pod are not)."""
+    return bool(os.environ.get(POD_ENV))

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from kdflow.config import check_tracking_uri
-from kdflow.errors import KdflowError, RegistryError
+from kdflow.config.checks import CONFIG_MAP, in_a_pipeline_pod
+from kdflow.errors import ConfigError, KdflowError, RegistryError
 
 log = logging.getLogger(__name__)
 
@@ -238,12 +239,33 @@ def resolve_tracking_uri(uri: str | None) -> str:
     without a scheme is refused (MLflow would read `mlruns` or `localhost:5000` as a folder
     and quietly start a new file store there)."""
     if uri:
-        return check_tracking_uri(uri, "--tracking-uri")
+        return _not_in_the_pod(check_tracking_uri(uri, "--tracking-uri"), "--tracking-uri")
     if os.environ.get("MLFLOW_TRACKING_URI"):
-        return check_tracking_uri(os.environ["MLFLOW_TRACKING_URI"], "MLFLOW_TRACKING_URI")
+        return _not_in_the_pod(check_tracking_uri(os.environ["MLFLOW_TRACKING_URI"],
+                                                  "MLFLOW_TRACKING_URI"), "MLFLOW_TRACKING_URI")
+    _not_in_the_pod(None, "--tracking-uri")
     root = Path(LOCAL_STORE).resolve()
     root.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def _not_in_the_pod(uri: str | None, option: str) -> str:
+    """`uri`, unless this is a pipeline step in a pod and `uri` is a store inside the pod
+    (none, `sqlite:`, `file:`): it would die with the pod, and the model "registered" in it
+    with it, while the champion gate passed for want of a champion."""
+    if not in_a_pipeline_pod():
+        return uri or ""
+    if uri is None:
+        raise ConfigError(
+            f"{option}: this step runs in a pod and has no MLflow tracking URI; set "
+            f"MLFLOW_TRACKING_URI in the {CONFIG_MAP} ConfigMap (manifests/) or pass "
+            "--tracking-uri: a store inside the pod would be lost with it", option=option)
+    if uri.startswith(("sqlite:", "file:")):
+        raise ConfigError(
+            f"{option}: {uri!r} is a file inside this pod, lost with it; give the tracking "
+            f"server (http(s)://...) in the {CONFIG_MAP} ConfigMap or --tracking-uri",
+            option=option)
+    return uri
 
 
 def mlflow_client(tracking_uri: str) -> Any:

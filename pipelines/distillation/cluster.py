@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 from kfp import dsl, kubernetes
 
+from kdflow.config.checks import CONFIG_MAP
+
 # Created by the cluster admin in the pipeline namespace (infra/README.md); never in code.
 S3_SECRET = "kdflow-s3"
 S3_KEYS = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
@@ -18,6 +20,11 @@ MLFLOW_SECRET = "kdflow-mlflow"
 MLFLOW_KEYS = {"MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
                "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"}
 RUN_AS_USER = 10001  # the component image's user (infra/Dockerfile)
+# The manifests' ConfigMap (manifests/base): where MLflow and the shared storage are.
+CONFIG_KEYS = {"MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI",
+               "KDFLOW_STORAGE_PATH": "KDFLOW_STORAGE_PATH"}
+NO_SERVICES = ("settings", "skip")
+"""Steps that read no data and talk to neither MLflow nor S3."""
 
 
 @dataclass(frozen=True)
@@ -72,9 +79,12 @@ def configure(task: dsl.PipelineTask, step: str, settings: ClusterSettings) -> d
                        backoff_max_duration="3600s")
     kubernetes.set_timeout(task, res.timeout_s)
     kubernetes.set_security_context(task, run_as_user=RUN_AS_USER, run_as_non_root=True)
-    # optional: a cluster without S3 or MLflow auth runs without these Secrets.
-    kubernetes.use_secret_as_env(task, S3_SECRET, S3_KEYS, optional=True)
-    kubernetes.use_secret_as_env(task, MLFLOW_SECRET, MLFLOW_KEYS, optional=True)
+    if step not in NO_SERVICES:
+        # Not optional: a missing or misnamed ConfigMap or Secret fails the pod at start,
+        # naming it, rather than a step that falls back to a store inside the pod.
+        kubernetes.use_config_map_as_env(task, CONFIG_MAP, CONFIG_KEYS, optional=False)
+        kubernetes.use_secret_as_env(task, S3_SECRET, S3_KEYS, optional=False)
+        kubernetes.use_secret_as_env(task, MLFLOW_SECRET, MLFLOW_KEYS, optional=False)
     if res.gpu and settings.gpus > 0:
         task.set_accelerator_type(settings.gpu_type).set_accelerator_limit(settings.gpus)
         kubernetes.add_node_selector(task, *settings.gpu_node_label)

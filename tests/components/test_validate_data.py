@@ -62,3 +62,22 @@ def test_bad_data_fails_naming_the_column_and_still_leaves_its_report(artifact, 
     assert "| 3 | 1 | inf |" in (tmp_path / "report").read_text()
     assert (tmp_path / "data_docs").read_text()  # the page the Kubeflow UI shows
     assert not (tmp_path / "info").exists()
+
+
+def test_in_a_pipeline_pod_without_a_tracking_uri_the_step_stops_naming_the_config_map(
+        artifact, configs, tmp_path, monkeypatch):
+    """On a cluster the pod gets MLFLOW_TRACKING_URI from the kdflow-config ConfigMap; a step
+    with none must not fall back to a sqlite file inside the pod, lost with it."""
+    from kdflow.errors import ConfigError
+
+    monkeypatch.setenv("KFP_POD_NAME", "kdflow-distillation-abc-validate-data")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = {name: artifact(kind, name) for name, kind in (
+        ("dataset", dsl.Dataset), ("report", dsl.Markdown), ("data_docs", dsl.HTML),
+        ("profile", dsl.HTML), ("metrics", dsl.Metrics))}
+    cfg = configs()
+    with pytest.raises(ConfigError, match="kdflow-config ConfigMap"):
+        validate(data_config=cfg["data_config"], teacher_config=cfg["teacher_config"],
+                 seed=3, tracking_uri="", run_id="job-1", info=str(tmp_path / "info"),
+                 passed=str(tmp_path / "passed"), **out)
+    assert not (tmp_path / ".kdflow").exists(), "no store may be created in the pod"

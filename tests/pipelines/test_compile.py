@@ -137,8 +137,17 @@ def test_every_step_has_limits_timeout_non_root_and_secrets_by_reference(compile
         assert {"cpuLimit", "memoryLimit", "cpuRequest", "memoryRequest"} <= set(res), name
         assert int(platform[name]["activeDeadlineSeconds"]) > 0, name
         assert platform[name]["securityContext"]["runAsNonRoot"] is True, name
+        if name in ("exec-settings", "exec-skip-registration"):  # no data, MLflow nor S3
+            assert "secretAsEnv" not in platform[name] and "configMapAsEnv" not in platform[name]
+            continue
         secrets = {s["secretName"] for s in platform[name]["secretAsEnv"]}
         assert secrets == {"kdflow-s3", "kdflow-mlflow"}, name
+        # Not optional: a misnamed Secret or ConfigMap fails the pod at start, naming it.
+        assert not any(s["optional"] for s in platform[name]["secretAsEnv"]), name
+        (config,) = platform[name]["configMapAsEnv"]
+        assert config["configMapName"] == "kdflow-config" and config["optional"] is False
+        assert {k["envVar"] for k in config["keyToEnv"]} == {"MLFLOW_TRACKING_URI",
+                                                             "KDFLOW_STORAGE_PATH"}, name
         assert "env" not in executor["container"] or not any(
             "SECRET" in e["name"] or "PASSWORD" in e["name"]
             for e in executor["container"]["env"]
