@@ -463,9 +463,25 @@ def schema_difference(spec: dict[str, Any], meta: DatasetMeta) -> str | None:
         return _image_difference(spec, meta)
     if spec.get("inputs") == "image":
         return "it reads images; this data is numeric columns"
-    if list(spec.get("feature_names") or []) != list(meta.feature_columns):
-        return "it reads other feature columns"
-    return None
+    theirs, ours = list(spec.get("feature_names") or []), list(meta.feature_columns)
+    if sorted(theirs) != sorted(ours) or len(set(theirs)) != len(theirs):
+        missing = [c for c in theirs if c not in ours]
+        extra = [c for c in ours if c not in theirs]
+        return ("it reads other feature columns"
+                + (f"; this data lacks {', '.join(missing[:5])}" if missing else "")
+                + (f"; it never read {', '.join(extra[:5])}" if extra else ""))
+    return None  # the same columns, maybe in another order: scored by name (`by_name`)
+
+
+def by_name(split: Split, spec: dict[str, Any], meta: DatasetMeta) -> Split:
+    """`split`'s numeric columns in the order the saved model read them (`feature_names`),
+    taken by name: the same columns in another order are not other inputs."""
+    theirs = list(spec.get("feature_names") or [])
+    ours = list(meta.feature_columns)
+    if not theirs or theirs == ours or meta.kind in ("text", "image"):
+        return split
+    order = [ours.index(name) for name in theirs]
+    return Split(x=np.ascontiguousarray(split.x[:, order]), y=split.y)
 
 
 def _image_difference(spec: dict[str, Any], meta: DatasetMeta) -> str | None:
@@ -540,6 +556,7 @@ def champion_comparison(
             split = test
         else:
             split = (test if isinstance(test, TestRows) else TestRows(test)).of(model)
+        split = by_name(split, spec, meta)
         probs = torch.softmax(logits_on(model, split), -1)
     quality = quality_metrics(probs, split.y, meta.classes)
     return {
