@@ -28,7 +28,6 @@ PIPELINE_SERVICE_ACCOUNT = "kdflow-pipeline"
 PIPELINE_GRANTS = {
     *{("", r, v) for r in ("services", "pods") for v in ("get", "list")},
     ("", "pods/log", "get"),
-    *{("ray.io", "rayjobs", v) for v in ("create", "get", "list", "delete")},
 }
 
 
@@ -123,7 +122,7 @@ def test_roles_have_no_wildcards_and_no_secret_access(overlay: Rendered) -> None
     assert violations(overlay, rbac_violations) == []
 
 
-def test_pipeline_account_can_only_submit_ray_jobs(overlay: Rendered) -> None:
+def test_pipeline_account_can_only_read_ray_pods_and_logs(overlay: Rendered) -> None:
     assert overlay.of_kind("ClusterRole") == [] and overlay.of_kind("ClusterRoleBinding") == []
     roles = {r["metadata"]["name"]: r for r in overlay.of_kind("Role")}
     pipeline_ns = read_params()["pipelineNamespace"]
@@ -140,7 +139,8 @@ def test_pipeline_account_can_only_submit_ray_jobs(overlay: Rendered) -> None:
             for verb in rule["verbs"]
         }
         assert grants <= PIPELINE_GRANTS, f"extra grants {sorted(grants - PIPELINE_GRANTS)}"
-        assert ("ray.io", "rayjobs", "create") in grants
+        # kdflow submits over the Ray Jobs API; a RayJob could mount any Secret in kdflow.
+        assert not any(group == "ray.io" for group, _, _ in grants)
 
 
 # --- network -----------------------------------------------------------------------------------
