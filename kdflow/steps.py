@@ -407,15 +407,17 @@ def distill_seeds(
     from kdflow.evaluation.seeds import SeedRun, choose
 
     results, runs = {}, []
-    for seed in cfg.seeds:
+    for i, seed in enumerate(cfg.seeds):
         own = seeds_dir / f"seed{seed}"
         log.info("distilling seed %d of %s", seed, cfg.seeds)
+        progress.emit("seeds", i, len(cfg.seeds), f"seed {seed}")
         results[seed] = distill(dataset_dir, teacher_dirs, cfg, seed, own / "student",
                                 own / "baseline", work_dir, f"{run_name}-seed{seed}",
                                 tracking_uri, record_as, metric_prefix=f"seed{seed}/")
         runs.append(SeedRun(seed, own / "student", own / "baseline",
                             results[seed]["student"]["val_accuracy"]))
     chosen = choose(runs)
+    progress.emit("seeds", len(runs), len(runs), f"seed {chosen.seed} chosen")
     for source, target in ((chosen.student, student_dir), (chosen.baseline, baseline_dir)):
         if target.exists():
             shutil.rmtree(target)
