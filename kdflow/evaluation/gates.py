@@ -298,17 +298,22 @@ def beats_baseline_gate(cfg: GateConfig, student: dict[str, Any], baseline: dict
                         describe(test, "student vs baseline"))
 
 
-LM_BEATS_SAID = {PASSED: "student better than baseline",
-                 FAILED: "student not better than baseline",
-                 INCONCLUSIVE: "cannot tell the student from its baseline"}
-"""A causal LM's beats_baseline, in words, by status."""
-
-
 def _beats_said(margin: float, seeds: str = "") -> dict[str, str]:
+    """beats_baseline in words, by status (`margin` in accuracy points; 0 says none)."""
     by = f" by more than {margin * 100:g} points" if margin else ""
     return {PASSED: f"student better than baseline{seeds}{by}",
             FAILED: f"student not better than baseline{seeds}{by}",
             INCONCLUSIVE: f"cannot tell the student from its baseline{seeds}{by}"}
+
+
+def lm_beats_baseline_gate(cfg: GateConfig, outcomes: LMOutcomes, gain: float,
+                           seeds: str = "") -> Gate:
+    """A causal LM's beats_baseline on its blocks: `gain` is the baseline's log perplexity
+    less the student's; `seeds` (" over 3 seeds") where `outcomes` average several seeds."""
+    margin = cfg.min_gain_over_baseline
+    return lm_paired_gate("beats_baseline", cfg, outcomes, "baseline", "student", margin,
+                          gain > margin + EPS, round(gain, 4), margin, ">",
+                          _beats_said(0.0, seeds))
 
 
 def pooled_beats_baseline(cfg: GateConfig, student: np.ndarray, baseline: np.ndarray,

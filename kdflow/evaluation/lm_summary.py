@@ -33,10 +33,10 @@ from kdflow.data.sources import open_source
 from kdflow.distill.lm_task import EVAL_ROWS, token_metrics
 from kdflow.evaluation.gates import (
     EPS,
-    LM_BEATS_SAID,
     Gate,
     LMOutcomes,
     common_gates,
+    lm_beats_baseline_gate,
     lm_paired_gate,
 )
 from kdflow.mlflow.client import DATASET_TAG, resolve_tracking_uri
@@ -258,9 +258,7 @@ def lm_gates(cfg: GateConfig, summary: dict[str, Any], champion_unscored: str | 
                      f"log perplexity: baseline log {baseline['perplexity']:.3f} - student "
                      f"log {student['perplexity']:.3f}")
     else:
-        beats = lm_paired_gate(
-            "beats_baseline", cfg, outcomes, "baseline", "student", margin, gain > margin + EPS,
-            round(gain, 4), margin, ">", LM_BEATS_SAID)
+        beats = lm_beats_baseline_gate(cfg, outcomes, gain)
     gates = [
         Gate(
             "perplexity_retention",

@@ -27,12 +27,11 @@ from kdflow.config import GateConfig
 from kdflow.data.sources import open_source
 from kdflow.distill.lm_task import token_metrics
 from kdflow.evaluation.gates import (
-    LM_BEATS_SAID,
     Gate,
     LMOutcomes,
     Outcomes,
     beats_baseline_gate,
-    lm_paired_gate,
+    lm_beats_baseline_gate,
     pooled_beats_baseline,
 )
 from kdflow.evaluation.metrics import logits_on
@@ -143,7 +142,6 @@ def _lm_seeds(dataset_dir: Path, runs: list[SeedRun], cfg: GateConfig
     test = None
     tokens: np.ndarray | None = None
     student, baseline, found = [], [], []
-    margin = cfg.min_gain_over_baseline
     for run in runs:
         s_model, _ = load_saved(run.student)
         b_model, _ = load_saved(run.baseline)
@@ -154,18 +152,13 @@ def _lm_seeds(dataset_dir: Path, runs: list[SeedRun], cfg: GateConfig
         student.append(s["row_nll"])
         baseline.append(b["row_nll"])
         gain = math.log(b["perplexity"]) - math.log(s["perplexity"])
-        own = lm_paired_gate("beats_baseline", cfg, LMOutcomes(tokens, s["row_nll"],
-                                                               b["row_nll"]),
-                             "baseline", "student", margin, gain > margin, round(gain, 4),
-                             margin, ">", LM_BEATS_SAID)
+        own = lm_beats_baseline_gate(cfg, LMOutcomes(tokens, s["row_nll"], b["row_nll"]), gain)
         found.append(_seed_row(own, s["perplexity"], b["perplexity"], gain))
     assert tokens is not None
     pooled_outcomes = LMOutcomes(tokens, np.mean(student, axis=0), np.mean(baseline, axis=0))
     gain = float(np.mean([r["gain"] for r in found]))
     n = len(runs)
-    said = {k: f"{v} over {n} seeds" for k, v in LM_BEATS_SAID.items()}
-    pooled = lm_paired_gate("beats_baseline", cfg, pooled_outcomes, "baseline", "student",
-                            margin, gain > margin, round(gain, 4), margin, ">", said)
+    pooled = lm_beats_baseline_gate(cfg, pooled_outcomes, gain, f" over {n} seeds")
     seeds = ", ".join(f"{r['gain']:+.4f}" for r in found)
     pooled.detail += f"; seeds {seeds} nats (mean of {n} seeds' log-likelihoods per block)"
     return pooled, found

@@ -238,23 +238,27 @@ def resolve_tracking_uri(uri: str | None) -> str:
     """The given URI, else $MLFLOW_TRACKING_URI, else a sqlite store under ./.kdflow/; a URI
     without a scheme is refused (MLflow would read `mlruns` or `localhost:5000` as a folder
     and quietly start a new file store there)."""
+    given: str | None = None
+    option = "--tracking-uri"
     if uri:
-        return _not_in_the_pod(check_tracking_uri(uri, "--tracking-uri"), "--tracking-uri")
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return _not_in_the_pod(check_tracking_uri(os.environ["MLFLOW_TRACKING_URI"],
-                                                  "MLFLOW_TRACKING_URI"), "MLFLOW_TRACKING_URI")
-    _not_in_the_pod(None, "--tracking-uri")
+        given = check_tracking_uri(uri, option)
+    elif os.environ.get("MLFLOW_TRACKING_URI"):
+        option = "MLFLOW_TRACKING_URI"
+        given = check_tracking_uri(os.environ[option], option)
+    _refuse_a_store_in_the_pod(given, option)
+    if given:
+        return given
     root = Path(LOCAL_STORE).resolve()
     root.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{root / 'mlflow.db'}"
 
 
-def _not_in_the_pod(uri: str | None, option: str) -> str:
-    """`uri`, unless this is a pipeline step in a pod and `uri` is a store inside the pod
-    (none, `sqlite:`, `file:`): it would die with the pod, and the model "registered" in it
-    with it, while the champion gate passed for want of a champion."""
+def _refuse_a_store_in_the_pod(uri: str | None, option: str) -> None:
+    """A ConfigError when this is a pipeline step in a pod and `uri` is a store inside the
+    pod (none, `sqlite:`, `file:`): it would die with the pod, and the model "registered" in
+    it with it, while the champion gate passed for want of a champion."""
     if not in_a_pipeline_pod():
-        return uri or ""
+        return
     if uri is None:
         raise ConfigError(
             f"{option}: this step runs in a pod and has no MLflow tracking URI; set "
@@ -265,7 +269,6 @@ def _not_in_the_pod(uri: str | None, option: str) -> str:
             f"{option}: {uri!r} is a file inside this pod, lost with it; give the tracking "
             f"server (http(s)://...) in the {CONFIG_MAP} ConfigMap or --tracking-uri",
             option=option)
-    return uri
 
 
 def mlflow_client(tracking_uri: str) -> Any:
