@@ -35,7 +35,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,7 @@ from kdflow.mlflow.client import (
     short_error,
 )
 from kdflow.mlflow.logged_models import log_models
-from kdflow.mlflow.promotion import auto_promote
+from kdflow.mlflow.promotion import auto_promote, restore_alias
 from kdflow.mlflow.versions import CHALLENGER, CHAMPION, alias_target
 
 log = logging.getLogger(__name__)
@@ -323,14 +323,16 @@ def _wait_ready(client: Any, model_name: str, version: str, timeout_s: float = 1
 def _abandon(client: Any, model_name: str, run_id: str | None, undo: _Undo) -> None:
     """Undo a failed registration as far as the server lets us (it may still be down)."""
     for alias, previous in (undo.aliases or {}).items():
-        with contextlib.suppress(Exception):
-            if alias_target(client, CLEANUP, model_name, alias) == undo.version:
-                if previous is None:
-                    call(CLEANUP, "remove an alias", client.delete_registered_model_alias,
-                         model_name, alias)
-                else:
-                    call(CLEANUP, "restore an alias", client.set_registered_model_alias,
-                         model_name, alias, previous)
+        # Under the promotion lock, and only while the alias still points at our version:
+        # a writer that moved it on since keeps its move.
+        try:
+            restore_alias(client, replace(CLEANUP, lock_wait_s=30.0), model_name, alias,
+                          undo.version, previous)
+        except Exception as exc:  # the server may be down: say what is left
+            log.error("could not put %s@%s back to %s after the failure (%s); check it with "
+                      "`kdflow models list %s`", model_name, alias,
+                      "nothing" if previous is None else f"v{previous}", short_error(exc),
+                      model_name)
     if undo.version is None and run_id is not None:
         # This attempt's create may have landed with its answer lost: find the version by
         # its run and this attempt's token (a version of an earlier attempt is not ours).
