@@ -60,6 +60,7 @@ def check_run(cfg: RunConfig) -> None:
     data = cfg.data
     if data.contract and not Path(data.contract).is_file():
         raise ConfigError(f"--contract: {data.contract}: no such file", option="--contract")
+    check_workers(cfg)
     if data.task == "causal-lm":
         check_corpus_run(cfg)
         return
@@ -97,7 +98,9 @@ def check_run(cfg: RunConfig) -> None:
         if columns is not None:
             if data.label_column not in columns:
                 raise _not_a_column("--label-column", data.label_column, data.data, columns)
-            n_features = len(columns) - 1
+            features = _contract_features(cfg, columns)
+            n_features = len(features) if features else len(columns) - 1
+    test_columns = None
     if data.test_data:
         test_columns = table_columns(data.test_data, "--test-data")
         if test_columns is not None and data.label_column not in test_columns:
@@ -105,6 +108,8 @@ def check_run(cfg: RunConfig) -> None:
                 f"--test-data: {data.test_data} has no label column {data.label_column!r}",
                 option="--test-data",
             )
+    if not data.data.startswith(BUILTIN_PREFIX) and columns is not None:
+        check_labels(cfg, local_test=test_columns is not None)
     if data.text_column:
         _check_text(cfg, columns)
         return
@@ -149,6 +154,77 @@ def check_run(cfg: RunConfig) -> None:
                 raise ConfigError(f"{option}: {text}: {exc}", option=option) from exc
     _check_teacher_epochs(cfg, teachers)
     _check_methods(cfg, teachers, sample, n_features)
+
+
+def check_workers(cfg: RunConfig) -> None:
+    """Ray Train workers an in-process Ray can place: one CPU each, or one GPU each on a
+    machine with GPUs. More would wait for resources that never come. A cluster
+    (--ray-address, or $RAY_ADDRESS) may autoscale, so it is not checked."""
+    import os
+
+    workers = cfg.distill.workers
+    if workers < 2 or cfg.distill.ray_address or os.environ.get("RAY_ADDRESS"):
+        return
+    import torch
+
+    from kdflow.distill.runtime import cpu_budget
+
+    gpus = torch.cuda.device_count()
+    have, unit = (gpus, "GPU") if gpus else (cpu_budget(), "CPU")
+    if workers > have:
+        raise ConfigError(
+            f"--workers: {workers} Ray Train workers need {workers} {unit}s; this machine has "
+            f"{have} (use --workers {have} or fewer, or --ray-address for a cluster)",
+            option="--workers",
+        )
+
+
+def _contract_features(cfg: RunConfig, columns: list[str]) -> list[str] | None:
+    """The features a --contract lists (the columns that train), each a column of --data;
+    None without a contract or when it lists none (every column but the label trains)."""
+    if not cfg.data.contract:
+        return None
+    from kdflow.validation.contract import DataContract
+
+    features = DataContract.from_yaml(cfg.data.contract).features
+    if not features:
+        return None
+    for name in features:
+        if name not in columns:
+            raise _not_a_column("--contract", name, cfg.data.data, columns)
+    return list(features)
+
+
+def check_labels(cfg: RunConfig, local_test: bool) -> None:
+    """The label column of a local --data (and --test-data) as the validate step splits and
+    matches it: no class with a single row when --data is split into train and test, and
+    test labels that match the training labels as classes (1, 1.0 and "1" are one class;
+    "a" and 1 cannot be). One streamed pass over the label column of each file."""
+    from kdflow.data.labels import (
+        LabelTypeError,
+        class_keys,
+        single_row_classes,
+        single_row_message,
+    )
+    from kdflow.data.tables import column_counts
+
+    data = cfg.data
+    label = data.label_column
+    _, counts = column_counts(data.data, label)
+    if not data.test_data:
+        fractional = any(isinstance(c, float) and not c.is_integer() for c in counts)
+        singles = [] if fractional else single_row_classes(counts)  # fractional: validation's
+        if singles:
+            raise ConfigError("--label-column: " + single_row_message(singles, label, data.data),
+                              option="--label-column")
+        return
+    if not local_test:
+        return
+    _, test_counts = column_counts(data.test_data, label)
+    try:
+        class_keys({data.test_data: list(test_counts), data.data: list(counts)}, label)
+    except LabelTypeError as exc:
+        raise ConfigError(f"--test-data: {exc}", option="--test-data") from exc
 
 
 TEXT_PREFIXES = ("hf:", "hf-config:", "hf-from-teacher:")

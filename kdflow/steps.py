@@ -125,7 +125,7 @@ def validate_data(
     if cfg.test_data:
         train, test = frame, load_frame(cfg.test_data, cfg.label_column)
     else:
-        train, test = split_frame(frame, cfg.label_column, cfg.test_fraction, seed)
+        train, test = split_frame(frame, cfg.label_column, cfg.test_fraction, seed, cfg.data)
     if cfg.val_fraction > 0:
         train, val = split_frame(train, cfg.label_column, cfg.val_fraction, seed)
     else:
@@ -141,6 +141,7 @@ def validate_data(
         cfg.data,
         text_columns=text_columns or None,
         max_length=cfg.tokens,
+        feature_columns=list(contract.features) if contract.features else None,
     )
     progress.emit("validate data", 3, 3, report.summary_line())
     splits = {"train": train, "val": val, "test": test}

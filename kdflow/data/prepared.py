@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from kdflow.config import BUILTIN_PREFIX
+from kdflow.data.labels import class_keys
 from kdflow.data.tables import read_table
 from kdflow.errors import ConfigError, DataError
 
@@ -103,22 +104,43 @@ class Split:
 
 
 def split_frame(
-    frame: pd.DataFrame, label_column: str, test_fraction: float, seed: int
+    frame: pd.DataFrame,
+    label_column: str,
+    test_fraction: float,
+    seed: int,
+    source: str | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """A stratified, seeded split; falls back to unstratified when a class is too rare."""
+    """A stratified, seeded split (unstratified when there are too many classes for the
+    rows). Every class of the second part is in the first. A class with a single row
+    cannot be in both: with `source` (the file split into train and test, which the error
+    names) that is a DataError naming the class; without it (the validation rows taken
+    from the training rows) the row stays in the first part, as does any class the split
+    would leave out of it."""
     from sklearn.model_selection import train_test_split
+
+    from kdflow.data.labels import single_row_classes, single_row_message
 
     labels = frame[label_column]
     counts = labels.value_counts()
-    stratify = labels if counts.min() >= 2 and len(counts) * 2 <= len(frame) else None
+    singles = counts.index[counts < 2]
+    if len(singles) and source is not None:
+        classes = single_row_classes(counts.to_dict())
+        raise DataError("--label-column: " + single_row_message(classes, label_column, source))
+    alone = labels.isin(singles)
+    rest = frame[~alone] if alone.any() else frame
+    stratify = rest[label_column] if (len(counts) - len(singles)) * 2 <= len(rest) else None
     try:
         first, second = train_test_split(
-            frame, test_size=test_fraction, random_state=seed, stratify=stratify
+            rest, test_size=test_fraction, random_state=seed, stratify=stratify
         )
     except ValueError as exc:
         raise DataError(
             f"cannot split {len(frame)} rows with test fraction {test_fraction}: {exc}"
         ) from exc
+    unseen = ~second[label_column].isin(first[label_column])
+    if alone.any() or unseen.any():
+        first = pd.concat([first, frame[alone], second[unseen]])
+        second = second[~unseen]
     return first.reset_index(drop=True), second.reset_index(drop=True)
 
 
@@ -152,24 +174,42 @@ def write_prepared(
     source: str,
     text_columns: list[str] | None = None,
     max_length: int = 0,
+    feature_columns: list[str] | None = None,
 ) -> DatasetMeta:
     """Normalise dtypes (float32 features, or strings for text columns; class-index labels)
     and write the folder. With `text_columns` only those columns are kept, as text (a
     missing value becomes the empty string), and `max_length` is recorded for the
-    models' tokenizers."""
+    models' tokenizers. `feature_columns` (a contract's features) are the numeric columns
+    the models read, in that order; None: every column but the label. Labels of the splits
+    are matched as classes by `kdflow.data.labels.class_keys` (1, 1.0 and "1" are one)."""
     folder.mkdir(parents=True, exist_ok=True)
     if text_columns:
         features = list(text_columns)
+    elif feature_columns:
+        features = list(feature_columns)
     else:
         features = [c for c in splits["train"].columns if c != label_column]
-    classes = class_names(splits["train"][label_column])
+    key = class_keys(
+        {name: frame[label_column].dropna().unique() for name, frame in splits.items()},
+        label_column,
+    )
+    classes = class_names(splits["train"][label_column].map(key))
     index = {name: i for i, name in enumerate(classes)}
     for name, frame in splits.items():
         if text_columns:
             out = pd.DataFrame({c: frame[c].fillna("").astype(str) for c in features})
         else:
             out = frame[features].astype(np.float32)
-        out["label"] = frame[label_column].map(lambda v: index[str(v)]).astype(np.int64)
+        if frame[label_column].isna().any():
+            raise DataError(f"the {name} split has rows without a label ({label_column!r})")
+        named = frame[label_column].map(lambda v: str(key(v)))
+        unseen = sorted(set(named) - set(index))
+        if unseen:
+            raise DataError(
+                f"the {name} split has class(es) the training split lacks: "
+                f"{', '.join(map(repr, unseen[:10]))} (label column {label_column!r})"
+            )
+        out["label"] = named.map(index).astype(np.int64)
         out.to_parquet(folder / f"{name}.parquet", index=False)
     meta = DatasetMeta(
         label_column=label_column,

@@ -18,6 +18,7 @@ truncated or non-Parquet file, a malformed JSON line) raises `DataError` naming 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -194,6 +195,63 @@ class RowCollector:
 def column_groups(columns: list[str], size: int = 16) -> list[list[str]]:
     """Split columns into groups read together (16 × 64 Ki rows × 8 B = 8 MB a batch)."""
     return [columns[i : i + size] for i in range(0, len(columns), size)]
+
+
+def column_counts(uri: str, column: str) -> tuple[pa.DataType, dict[Any, int]]:
+    """One column of a Parquet or CSV file (local or s3://), streamed: its Arrow type and
+    how many rows hold each distinct value (nulls left out). Memory: one batch of the
+    column and the distinct values. A CSV column whose later rows do not fit the type its
+    first block gave (text after numbers) is read again as text."""
+    filesystem, path = resolve_uri(uri)
+    _check_is_file(filesystem, path, uri)
+    csv = path.lower().endswith(CSV_SUFFIXES)
+    types: dict[str, pa.DataType] = {}
+    while True:
+        try:
+            return _count_column(filesystem, path, column, csv, types)
+        except pa.ArrowInvalid as exc:
+            if csv and column not in types:
+                types[column] = pa.string()
+                continue
+            raise DataError(f"{uri}: cannot read column {column!r}: {exc}") from exc
+        except (OSError, pa.ArrowException, KeyError) as exc:
+            raise DataError(f"{uri}: cannot read column {column!r}: {exc}") from exc
+
+
+def _count_column(
+    filesystem: pa_fs.FileSystem,
+    path: str,
+    column: str,
+    csv: bool,
+    types: dict[str, pa.DataType],
+) -> tuple[pa.DataType, dict[Any, int]]:
+    counts: dict[Any, int] = {}
+    with contextlib.ExitStack() as stack:
+        batches: Iterator[pa.RecordBatch]
+        if csv:
+            stream = stack.enter_context(filesystem.open_input_stream(path, compression="detect"))
+            reader = pa_csv.open_csv(
+                stream,
+                read_options=pa_csv.ReadOptions(block_size=_CSV_BLOCK_BYTES),
+                convert_options=pa_csv.ConvertOptions(include_columns=[column], column_types=types),
+            )
+            stack.callback(reader.close)
+            arrow_type, batches = reader.schema.field(column).type, iter(reader)
+        else:
+            parquet = pq.ParquetFile(stack.enter_context(filesystem.open_input_file(path)))
+            stack.callback(parquet.close)
+            arrow_type = parquet.schema_arrow.field(column).type
+            batches = parquet.iter_batches(BATCH_ROWS, columns=[column], use_threads=False)
+        for batch in batches:
+            array = batch.column(0)
+            if pa.types.is_dictionary(array.type):
+                array = array.dictionary_decode()
+            for entry in array.value_counts().to_pylist():
+                if entry["values"] is not None:
+                    counts[entry["values"]] = counts.get(entry["values"], 0) + entry["counts"]
+    if pa.types.is_dictionary(arrow_type):
+        arrow_type = arrow_type.value_type
+    return arrow_type, counts
 
 
 def resolve_uri(uri: str) -> tuple[pa_fs.FileSystem, str]:

@@ -6,6 +6,7 @@ transformers itself would keep silently or raise deep inside), and made into a c
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from kdflow.errors import ConfigError
@@ -22,7 +23,25 @@ def parse_overrides(text: str, spec: str, option: str) -> dict[str, Any]:
                 f"{option}: {spec!r}: expected key=value, got {part!r}", option=option
             )
         values[key.strip()] = _value(raw.strip())
+    for key, value in values.items():
+        sizes = value if isinstance(value, list) else [value]
+        numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in sizes)
+        if SIZE_KEYS.match(key) and numbers and not all(v >= 1 for v in sizes):
+            shown = "-".join(map(str, sizes))
+            raise ConfigError(f"{option}: {spec!r}: {key} must be >= 1, got {shown}",
+                              option=option)
     return values
+
+
+SIZE_KEYS = re.compile(
+    r"^(n_(layers?|heads?|embd|inner|positions|ctx)"
+    r"|num_(hidden_|decoder_|encoder_|key_value_|attention_)?(layers|heads)|num_channels"
+    r"|(hidden|intermediate|embedding|patch|image)_sizes?|hidden_dim|dim|d_model|d_ff|d_kv"
+    r"|ffn_dim|head_dim|depths|max_position_embeddings|vocab_size)$"
+)
+"""Config keys that are sizes (layers, heads, widths, positions, vocabulary): a zero or
+negative one builds an empty model or fails deep inside transformers. Others may be 0
+(`pad_token_id`, `chunk_size_feed_forward`, DeBERTa's `type_vocab_size`)."""
 
 
 def _value(raw: str) -> Any:

@@ -82,7 +82,40 @@ def parse_spec(spec: str | dict[str, Any], option: str = "--student") -> ModelSp
             f"{option}: {arch} takes {', '.join(sorted(allowed))}; unknown: {', '.join(unknown)}",
             option=option,
         )
+    _check_sizes(ModelSpec(arch, kwargs), option)
     return ModelSpec(arch, kwargs)
+
+
+LAYER_LISTS = {"hidden", "channels"}
+"""Parameters that may list one size per layer (`hidden=256-256`); cnn's `hidden` is one."""
+
+
+def _check_sizes(spec: ModelSpec, option: str) -> None:
+    """Every size (widths, channels, depth, heads, kernel, patch) a whole number >= 1 and
+    dropout in [0, 1): a layer of zero units builds and trains silently to chance, and a
+    negative one fails deep inside torch."""
+    for key, value in spec.kwargs.items():
+        shown = "-".join(map(str, value)) if isinstance(value, list) else str(value)
+        if key == "dropout":
+            number = value if isinstance(value, int | float) else None
+            if isinstance(value, bool) or number is None or not 0 <= number < 1:
+                raise ConfigError(
+                    f"{option}: {spec}: dropout must be a number in [0, 1), got {shown}",
+                    option=option,
+                )
+            continue
+        listed = key in LAYER_LISTS and not (spec.arch == "cnn" and key == "hidden")
+        values = value if isinstance(value, list) and listed else [value]
+        if not all(_whole(v) for v in values):
+            what = "whole numbers >= 1, one per layer" if listed else "a whole number >= 1"
+            raise ConfigError(f"{option}: {spec}: {key} must be {what}, got {shown}",
+                              option=option)
+
+
+def _whole(value: Any) -> bool:
+    """A whole number of 1 or more (1 and 1.0, not True, 0, -4 or 1.5)."""
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value) and value >= 1 and value == int(value))
 
 
 def describe(saved: dict[str, Any]) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from kdflow.data.labels import LabelTypeError, class_keys
 from kdflow.validation.column_stats import LabelStats
 from kdflow.validation.contract import DataContract
 from kdflow.validation.scan import SplitScan, ValidationSettings
@@ -123,16 +124,7 @@ def cross_split_findings(
     found = []
     k = settings.example_rows
     if train.label is not None and test.label is not None:
-        first_rows = test.label.first_rows
-        unseen = {c: n for c, n in test.label.sorted_counts() if c not in train.label.counts}
-        if unseen:
-            message = (
-                f"the test split has {len(unseen)} class(es) the training split lacks: "
-                f"{counted(unseen)}"
-            )
-            rows = [{"row": first_rows[c], contract.label_column: c} for c in list(unseen)[:k]]
-            observed = {str(c): n for c, n in unseen.items()}
-            found.append(Finding("test_classes", contract.label_column, message, observed, rows))
+        found += _test_class_findings(train.label, test.label, contract, k)
     if contract.check_leakage and not test.missing and not contract.is_text:  # text: warns
         leaked = np.flatnonzero(np.isin(test.feature_hash, train.feature_hash))
         if leaked.size:
@@ -153,6 +145,32 @@ def cross_split_findings(
     for finding in found:
         finding.split = "test"
     return found
+
+
+def _test_class_findings(
+    train: LabelStats, test: LabelStats, contract: DataContract, k: int
+) -> list[Finding]:
+    """Test classes ⊆ train classes, matched as `kdflow.data.labels.class_keys` matches
+    them (1, 1.0 and "1" are one class); labels of kinds that cannot be matched ("a"
+    against 1) are one finding naming both."""
+    column = contract.label_column
+    try:
+        key = class_keys({"the test split": list(test.counts),
+                          "the training split": list(train.counts)}, column)
+    except LabelTypeError as exc:
+        types = {"train": train.arrow_type, "test": test.arrow_type}
+        return [Finding("label_type", column, str(exc), types)]
+    trained = {key(c) for c in train.counts}
+    unseen = {c: n for c, n in test.sorted_counts() if key(c) not in trained}
+    if not unseen:
+        return []
+    message = (
+        f"the test split has {len(unseen)} class(es) the training split lacks: "
+        f"{counted(unseen)}"
+    )
+    rows = [{"row": test.first_rows[c], column: c} for c in list(unseen)[:k]]
+    observed = {str(c): n for c, n in unseen.items()}
+    return [Finding("test_classes", column, message, observed, rows)]
 
 
 def _drift_findings(train: SplitScan, test: SplitScan, contract: DataContract) -> list[Finding]:

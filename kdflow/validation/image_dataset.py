@@ -70,7 +70,7 @@ def prepare_image_data(
     if data.test is not None:
         test = _usable(data.test)
     else:
-        train, test = split_frame(train, "label", cfg.test_fraction, seed)
+        train, test = split_frame(train, "label", cfg.test_fraction, seed, cfg.data)
     val = train
     if cfg.val_fraction > 0:
         train, val = split_frame(train, "label", cfg.val_fraction, seed)

@@ -68,8 +68,8 @@ def test_option_without_value_is_refused_with_the_syntax_to_use():
         parse_spec("mlp:hidden")
 
 
-def test_uncastable_keyword_value_fails_when_building():
-    with pytest.raises(ConfigError, match="cannot build mlp:hidden=wide"):
+def test_uncastable_keyword_value_is_refused_naming_the_field():
+    with pytest.raises(ConfigError, match="mlp:hidden=wide: hidden must be whole numbers >= 1"):
         build_classifier("mlp:hidden=wide", [4], 3, 4)
 
 
@@ -179,7 +179,7 @@ def test_family_with_the_wrong_input_rank_names_the_input_shape_option(spec, sha
         ("transformer:patch=3", [1, 8, 8], "patch=3 must divide the image's 8x8 pixels"),
         ("transformer:dim=10,heads=4", [8], "dim=10 must be a multiple of heads=4"),
         ("cnn1d:kernel=4", [8], "kernel must be an odd integer"),
-        ("resnet:depth=0", [1, 4, 4], "depth and width must be >= 1"),
+        ("resnet:depth=0", [1, 4, 4], "depth must be a whole number >= 1, got 0"),
         ("transformer:layers=2", [8], "transformer takes depth, dim, heads, mlp, patch"),
     ],
 )
