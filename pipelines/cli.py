@@ -43,7 +43,8 @@ def _add_config_options(parser: argparse.ArgumentParser, local: bool = True) -> 
         for f in dataclasses.fields(cls):
             kwargs: dict[str, Any] = {
                 "dest": f"{section}.{f.name}",
-                "help": docs.get(f.name, ""),
+                # argparse formats help with %: a docstring's "60-100%" must stay text.
+                "help": docs.get(f.name, "").replace("%", "%%"),
                 "default": argparse.SUPPRESS,
             }
             hint = hints[f.name]
@@ -331,20 +332,48 @@ def _package(ns: argparse.Namespace, tmp: Path) -> Path:
     return path
 
 
+def _connect(ns: argparse.Namespace) -> Any:
+    """A checked `remote.Connection` from the remote options (`_add_remote_options`)."""
+    import os
+
+    from pipelines import remote
+
+    cookies = ns.cookies if ns.cookies is not None else os.environ.get("KFP_COOKIES") or None
+    access = remote.access_options(
+        ca_cert=ns.ca_cert, proxy=ns.proxy, cookies=cookies, kube_context=ns.kube_context
+    )
+    return remote.connect(ns.host, namespace=ns.namespace, token=ns.token, access=access)
+
+
+def _check_wait_options(ns: argparse.Namespace) -> None:
+    if ns.timeout_s is not None and not ns.wait:
+        raise ConfigError("--timeout-s bounds --wait: add --wait", option="--timeout-s")
+    if ns.timeout_s is not None and not ns.timeout_s > 0:
+        raise ConfigError(
+            f"--timeout-s must be a positive number of seconds, got {ns.timeout_s:g}",
+            option="--timeout-s",
+        )
+
+
 def cmd_submit(ns: argparse.Namespace) -> int:
     import tempfile
 
     from pipelines import remote
 
+    _check_wait_options(ns)
     params = given_parameters(ns)
-    client = remote.connect(ns.host, namespace=ns.namespace, token=ns.token)
+    conn = _connect(ns)
     with tempfile.TemporaryDirectory() as tmp:
         run = remote.submit_run(
-            client, _package(ns, Path(tmp)), params, ns.experiment, run_name=ns.run_name
+            conn, _package(ns, Path(tmp)), params, ns.experiment, run_name=ns.run_name
         )
     print(f"kdflow: submitted run {run.name} ({run.id}) in experiment {ns.experiment}")
-    print(f"  {run.url}")
-    return EXIT_OK
+    print(f"  {run.url}", flush=True)
+    if not ns.wait:
+        return EXIT_OK
+    from pipelines import remote_wait
+
+    return remote_wait.follow(conn, run, ns.timeout_s, command=ns.command)
 
 
 def cmd_schedule(ns: argparse.Namespace) -> int:
@@ -354,10 +383,10 @@ def cmd_schedule(ns: argparse.Namespace) -> int:
 
     cron = remote.validate_cron(ns.cron)
     params = given_parameters(ns)
-    client = remote.connect(ns.host, namespace=ns.namespace, token=ns.token)
+    conn = _connect(ns)
     with tempfile.TemporaryDirectory() as tmp:
         job = remote.schedule_run(
-            client,
+            conn,
             _package(ns, Path(tmp)),
             params,
             ns.experiment,
@@ -377,9 +406,9 @@ def cmd_runs(ns: argparse.Namespace) -> int:
 
     from pipelines import remote
 
-    client = remote.connect(ns.host, namespace=ns.namespace, token=ns.token)
-    runs = remote.list_runs(client, ns.experiment, page_size=ns.limit)
-    table = Table(title=f"runs on {ns.host}")
+    conn = _connect(ns)
+    runs = remote.list_runs(conn, ns.experiment, page_size=ns.limit)
+    table = Table(title=f"runs on {conn.host}")
     for column in ("id", "name", "state", "created"):
         table.add_column(column)
     for run in runs:
@@ -387,7 +416,7 @@ def cmd_runs(ns: argparse.Namespace) -> int:
         table.add_row(run.id, run.name, run.state, created)
     console = Console()
     console.print(table)
-    jobs = remote.list_recurring_runs(client, ns.experiment, page_size=ns.limit)
+    jobs = remote.list_recurring_runs(conn, ns.experiment, page_size=ns.limit)
     if jobs:
         sched = Table(title="recurring runs")
         for column in ("id", "name", "cron", "status"):
@@ -400,15 +429,52 @@ def cmd_runs(ns: argparse.Namespace) -> int:
 
 def _add_remote_options(parser: argparse.ArgumentParser, experiment: bool = True) -> None:
     parser.add_argument(
-        "--host", required=True, help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline"
+        "--host",
+        help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline (or --kube-context).",
     )
-    parser.add_argument("--namespace", help="Kubeflow profile namespace (multi-user KFP).")
+    parser.add_argument(
+        "--namespace",
+        help="Kubeflow profile namespace (multi-user KFP); with --kube-context, the namespace "
+        "KFP is deployed in (default kubeflow).",
+    )
     parser.add_argument(
         "--token",
         help="Bearer token (default: $KFP_TOKEN, or the file in $KF_PIPELINES_SA_TOKEN_PATH).",
     )
+    access = parser.add_argument_group("enterprise access")
+    access.add_argument(
+        "--ca-cert", metavar="PATH",
+        help="PEM CA bundle to trust for --host (a company or cluster CA) instead of certifi's.",
+    )
+    access.add_argument(
+        "--proxy", metavar="URL",
+        help="HTTP(S) proxy to reach --host through, http://HOST:PORT ($HTTPS_PROXY is not "
+        "read).",
+    )
+    access.add_argument(
+        "--cookies", metavar="'NAME=VALUE; ...'",
+        help="Session cookies for the Kubeflow gateway (Dex/OIDC), e.g. "
+        "'authservice_session=...' from the browser (default: $KFP_COOKIES). Never printed.",
+    )
+    access.add_argument(
+        "--kube-context", metavar="NAME",
+        help="Reach KFP through this kubeconfig context's Kubernetes API server, with its "
+        "credentials, instead of --host (kfp.Client's kube_context).",
+    )
     if experiment:
         parser.add_argument("--experiment", default="kdflow", help="KFP experiment name.")
+
+
+def _add_wait_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--wait", action="store_true",
+        help="Follow the run until it ends: exit 0 when it succeeds, 1 when it fails or is "
+        "canceled (naming the failed task), 124 after --timeout-s.",
+    )
+    parser.add_argument(
+        "--timeout-s", type=float, metavar="SECONDS",
+        help="With --wait, stop waiting after this long (the run goes on in the cluster).",
+    )
 
 
 def _add_package_options(parser: argparse.ArgumentParser, default_image: str) -> None:
@@ -495,6 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_remote_options(submit)
     _add_package_options(submit, DEFAULT_IMAGE)
     submit.add_argument("--run-name", help="Display name of the run.")
+    _add_wait_options(submit)
     _add_config_options(submit, local=False)
     submit.set_defaults(func=cmd_submit)
 

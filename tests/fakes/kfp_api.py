@@ -25,6 +25,13 @@ parses, unique pipeline and version names).
 Each response is validated against the operation's response schema with the exact field names
 the swagger declares (what `kfp_server_api` deserializes, e.g. `recurringRuns`); a response
 that fails is a bug in the fake: it is recorded in `fake_errors` and answered 500.
+
+A run stays PENDING unless `script_runs` says how the runs created after it go: each GetRun
+moves such a run one state on, and a run that ends FAILED carries the failed task's detail
+(`failed_task`) in `run_details.task_details`. Beside the API, the fake serves what the KFP
+UI server serves on the same host, `/k8s/pod/logs` (the logs set in `pod_logs`). It can
+also sit behind a path prefix (the Kubernetes API server's service proxy) and serve HTTPS
+(`tls`). Every request's headers are recorded (`Recorded.headers`).
 """
 
 from __future__ import annotations
@@ -119,6 +126,12 @@ class Recorded:
     query: dict[str, list[str]]
     body: Any
     status: int
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def header(self, name: str) -> str | None:
+        """A request header by its case-insensitive name (kfp_server_api sends lowercase
+        `authorization`)."""
+        return next((v for k, v in self.headers.items() if k.lower() == name.lower()), None)
 
 
 def _lower_camel(name: str) -> str:
@@ -396,6 +409,41 @@ class KfpState:
         return [v for v in self.versions.values() if v["pipeline_id"] == pipeline_id]
 
 
+@dataclass(frozen=True)
+class RunScript:
+    """How scripted runs go (`FakeKfpApi.script_runs`)."""
+
+    states: tuple[str, ...]
+    tasks: tuple[dict[str, Any], ...] = ()
+    error: str | None = None
+
+
+def failed_task(
+    name: str, message: str, pod: str = "", state: str = "FAILED"
+) -> dict[str, Any]:
+    """A `v2beta1PipelineTaskDetail` as KFP 2.x reports a container task that ended: its
+    executor pod under `child_tasks` (next to the driver's), the error, the end time."""
+    now = _now()
+    task: dict[str, Any] = {
+        "task_id": str(uuid.uuid4()),
+        "display_name": name,
+        "create_time": now,
+        "start_time": now,
+        "end_time": now,
+        "state": state,
+        "execution_id": str(next(_EXECUTIONS)),
+        "child_tasks": [{"pod_name": f"{pod or name}-driver"}],
+    }
+    if pod:
+        task["child_tasks"].append({"pod_name": pod})
+    if message:
+        task["error"] = {"code": 2, "message": message}
+    return task
+
+
+_EXECUTIONS = itertools.count(1)
+
+
 Handler = Callable[[dict[str, str], dict[str, list[str]], Any], dict[str, Any]]
 
 
@@ -410,6 +458,8 @@ class FakeKfpApi:
         self.requests: list[Recorded] = []
         self.violations: list[str] = []
         self.fake_errors: list[str] = []
+        self.pod_logs: dict[str, str] = {}
+        self._script: RunScript | None = None
         self._faults: dict[str, ApiError] = {}
         self._delays: dict[str, float] = {}
         self._order = itertools.count()
@@ -440,6 +490,17 @@ class FakeKfpApi:
     def delay_next(self, operation_id: str, seconds: float) -> None:
         """Hold the next request for `operation_id` this long before handling it."""
         self._delays[operation_id] = seconds
+
+    def script_runs(
+        self,
+        *states: str,
+        tasks: tuple[dict[str, Any], ...] = (),
+        error: str | None = None,
+    ) -> None:
+        """Runs created from now on go through `states` (after PENDING), one per GetRun; when
+        the last is reached they carry `tasks` as `run_details.task_details` and, given, the
+        run `error` message."""
+        self._script = RunScript(tuple(states), tuple(tasks), error)
 
     def calls(self, operation_id: str) -> list[Recorded]:
         """The answered requests for one operation, oldest first."""
@@ -485,9 +546,29 @@ class FakeKfpApi:
                     self.fake_errors.append(f"{op.operation_id} response {status}: {problems}")
                     status = 500
             self.requests.append(
-                Recorded(method, url.path, op and op.operation_id, query, body, status)
+                Recorded(method, url.path, op and op.operation_id, query, body, status, headers)
             )
             return status, payload
+
+    def handle_pod_logs(self, target: str, headers: dict[str, str]) -> tuple[int, str]:
+        """The KFP UI server's `GET /k8s/pod/logs?podname=&podnamespace=`: (status, text)."""
+        query = parse_qs(urlsplit(target).query)
+        pod = (query.get("podname") or [""])[0]
+        namespace = (query.get("podnamespace") or [""])[0]
+        with self._lock:
+            try:
+                self._authorize(headers)
+                status = 200 if pod in self.pod_logs else 404
+            except ApiError as err:
+                status = err.http_status
+            self.requests.append(
+                Recorded("GET", "/k8s/pod/logs", None, query, None, status, headers)
+            )
+        if status == 200:
+            return status, self.pod_logs[pod]
+        if status == 404:
+            return status, f"Could not get main container logs: pod {pod} in {namespace!r}"
+        return status, "Unauthenticated"
 
     def _error_body(self, op: Operation | None, err: ApiError) -> dict[str, Any]:
         body: dict[str, Any] = {"code": err.code, "message": err.message, "details": []}
@@ -819,6 +900,8 @@ class FakeKfpApi:
         }
         if body.get("description"):
             run["description"] = body["description"]
+        if self._script is not None:
+            run["_script"], run["_step"] = self._script, 0
         experiment["last_run_created_at"] = now
         return self._store(self.state.runs, "run_id", run)
 
@@ -842,6 +925,21 @@ class FakeKfpApi:
         return items
 
     def _get_run(self, path: dict[str, str], query: dict[str, list[str]], body: Any):
+        run = self.state.runs.get(path["run_id"])
+        script: RunScript | None = run.get("_script") if run else None
+        if run is not None and script is not None and run["_step"] < len(script.states):
+            state = script.states[run["_step"]]
+            run["_step"] += 1
+            now = _now()
+            run["state"] = state
+            run["state_history"].append({"update_time": now, "state": state})
+            if run["_step"] == len(script.states):
+                run["finished_at"] = now
+                tasks = [{"run_id": run["run_id"], **t} for t in script.tasks]
+                if tasks:
+                    run["run_details"] = {"task_details": tasks}
+                if script.error:
+                    run["error"] = {"code": 2, "message": script.error}
         return self._get(self.state.runs, "Run", path["run_id"])
 
     def _create_recurring_run(self, path: dict[str, str], query: dict[str, list[str]], body):
@@ -911,10 +1009,30 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
-        status, payload = self.server.api.handle(self.command, self.path, dict(self.headers), raw)
-        data = json.dumps(payload).encode()
+        target = self._target()
+        if urlsplit(target).path == "/k8s/pod/logs" and self.command == "GET":
+            status, text = self.server.api.handle_pod_logs(target, dict(self.headers))
+            self._answer(status, text.encode(), "text/plain; charset=utf-8")
+            return
+        status, payload = self.server.api.handle(self.command, target, dict(self.headers), raw)
+        self._answer(status, json.dumps(payload).encode(), "application/json")
+
+    def _target(self) -> str:
+        """The request's path and query: from an absolute URL too (a request sent to this
+        server as an HTTP proxy), under `prefix` (a service proxy's path, whose `//` after it
+        is the API path's leading slash)."""
+        parts = urlsplit(self.path)
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        prefix = self.server.prefix
+        if prefix:
+            if not target.startswith(prefix):
+                return "/not-under-the-prefix" + target
+            target = "/" + target[len(prefix) :].lstrip("/")
+        return target
+
+    def _answer(self, status: int, data: bytes, content_type: str) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -928,9 +1046,10 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, api: FakeKfpApi) -> None:
+    def __init__(self, api: FakeKfpApi, prefix: str = "") -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.api = api
+        self.prefix = prefix.rstrip("/")
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that gave up on a delayed answer closed its socket: not the fake's fault.
@@ -938,11 +1057,28 @@ class _Server(ThreadingHTTPServer):
 
 
 class FakeKfpServer:
-    """`FakeKfpApi` served over HTTP on 127.0.0.1 and a free port, in a background thread."""
+    """`FakeKfpApi` served over HTTP on 127.0.0.1 and a free port, in a background thread.
 
-    def __init__(self, multi_user: bool = False, token: str | None = None) -> None:
+    `prefix` serves it under a path (the API server's service proxy path); `tls` (a PEM
+    certificate file and its key file) serves HTTPS.
+    """
+
+    def __init__(
+        self,
+        multi_user: bool = False,
+        token: str | None = None,
+        prefix: str = "",
+        tls: tuple[Path, Path] | None = None,
+    ) -> None:
         self.api = FakeKfpApi(multi_user=multi_user, token=token)
-        self._server = _Server(self.api)
+        self._server = _Server(self.api, prefix)
+        self._tls = tls
+        if tls is not None:
+            import ssl
+
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(str(tls[0]), str(tls[1]))
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
@@ -950,7 +1086,13 @@ class FakeKfpServer:
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{'https' if self._tls else 'http'}://{host}:{port}{self._server.prefix}"
+
+    @property
+    def origin(self) -> str:
+        """The scheme, host and port, without `prefix`."""
+        host, port = self._server.server_address[:2]
+        return f"{'https' if self._tls else 'http'}://{host}:{port}"
 
     def start(self) -> FakeKfpServer:
         self._thread.start()
@@ -963,9 +1105,14 @@ class FakeKfpServer:
 
 
 @contextmanager
-def serve_fake_kfp(multi_user: bool = False, token: str | None = None) -> Iterator[FakeKfpServer]:
+def serve_fake_kfp(
+    multi_user: bool = False,
+    token: str | None = None,
+    prefix: str = "",
+    tls: tuple[Path, Path] | None = None,
+) -> Iterator[FakeKfpServer]:
     """A started `FakeKfpServer`, stopped on exit."""
-    server = FakeKfpServer(multi_user=multi_user, token=token).start()
+    server = FakeKfpServer(multi_user=multi_user, token=token, prefix=prefix, tls=tls).start()
     try:
         yield server
     finally:

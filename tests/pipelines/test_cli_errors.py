@@ -118,3 +118,16 @@ def test_bad_distillation_method_option_is_one_line_naming_it(args, option, text
     assert len(lines) == 1, proc.stderr
     assert option in lines[0] and text in lines[0], lines[0]
     assert not (data_csv.parent / "outputs").exists(), "nothing may start on a bad option"
+
+
+def test_every_subcommand_prints_its_help(capsys) -> None:
+    """argparse formats help text with %: a setting's docstring ("60-100% of the area") once
+    crashed `kdflow run --help` with a TypeError."""
+    from pipelines.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.choices and "run" in a.choices).choices
+    for name, sub in commands.items():
+        text = sub.format_help()
+        assert "usage:" in text, name
+    assert "60-100% of the area" in " ".join(commands["run"].format_help().split())

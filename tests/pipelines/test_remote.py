@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from kfp import compiler, dsl
 
-from pipelines import remote
+from pipelines import remote, remote_wait
 from pipelines.remote import RemoteError
 from tests.fakes.kfp_api import PERMISSION_DENIED, FakeKfpServer, serve_fake_kfp
 
@@ -385,3 +385,123 @@ def test_fake_api_rejects_an_undeclared_query_parameter(kfp_api):
 
     assert status == 400
     assert "unknown query parameter 'bogus'" in body["message"]
+
+
+# --- following a run (submit --wait) ----------------------------------------------------------
+
+
+class _Clock:
+    """time.monotonic and time.sleep for wait_for_run, without waiting."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def test_wait_polls_at_a_growing_bounded_interval_and_reports_each_state_once(
+    kfp_api, client, package
+):
+    kfp_api.api.script_runs(*["RUNNING"] * 8, "SUCCEEDED")
+    run = remote.submit_run(client, package, {}, "kd-nightly", "waited")
+    clock, seen = _Clock(), []
+
+    end = remote_wait.wait_for_run(
+        client, run, on_state=lambda s, t: seen.append((s, t)), sleep=clock.sleep, clock=clock
+    )
+
+    assert end.ended and end.run.state == "SUCCEEDED" and end.failed_tasks == ()
+    assert [s for s, _ in seen] == ["RUNNING", "SUCCEEDED"]
+    assert clock.sleeps[:3] == [5.0, 7.5, 11.25]
+    assert max(clock.sleeps) == remote_wait.MAX_POLL_S and len(clock.sleeps) == 8
+    assert len(kfp_api.api.calls("RunService_GetRun")) == 9
+
+
+def test_wait_stops_at_the_timeout_with_the_last_state(kfp_api, client, package):
+    run = remote.submit_run(client, package, {}, "kd-nightly", "stuck")  # stays PENDING
+    clock = _Clock()
+
+    end = remote_wait.wait_for_run(client, run, timeout_s=20, sleep=clock.sleep, clock=clock)
+
+    assert not end.ended and end.run.state == "PENDING"
+    assert end.elapsed_s == 20 and sum(clock.sleeps) == 20  # the last sleep ends at the bound
+
+
+def test_wait_rides_out_an_unanswered_poll_but_not_a_refusal(kfp_api, client, package):
+    from tests.fakes.kfp_api import INTERNAL, NOT_FOUND
+
+    kfp_api.api.script_runs("SUCCEEDED")
+    run = remote.submit_run(client, package, {}, "kd-nightly", "flaky")
+    clock = _Clock()
+    kfp_api.api.fail_next("RunService_GetRun", INTERNAL, "database is restarting")
+
+    end = remote_wait.wait_for_run(client, run, sleep=clock.sleep, clock=clock)
+    assert end.run.state == "SUCCEEDED" and clock.sleeps == [5.0]
+
+    kfp_api.api.fail_next("RunService_GetRun", NOT_FOUND, f"Run {run.id} not found")
+    with pytest.raises(RemoteError, match=r"refused to get run .*\(HTTP 404\)"):
+        remote_wait.wait_for_run(client, run, sleep=clock.sleep, clock=clock)
+
+
+def test_a_failed_run_names_the_innermost_failed_task_with_its_pod(kfp_api, client, package):
+    from tests.fakes.kfp_api import failed_task
+
+    loop = failed_task("for-loop-2", "")
+    teacher = failed_task("train-teacher", "exit code 137: OOMKilled", pod="p-impl-7")
+    teacher["parent_task_id"] = loop["task_id"]
+    kfp_api.api.script_runs("FAILED", tasks=(loop, teacher), error="1 task failed")
+    run = remote.submit_run(client, package, {}, "kd-nightly", "broken")
+
+    end = remote_wait.wait_for_run(client, run, sleep=lambda s: None)
+
+    assert end.run.state == "FAILED" and end.error == "1 task failed"
+    assert end.failed_tasks == (
+        remote_wait.FailedTask("train-teacher", "exit code 137: OOMKilled", "p-impl-7", ()),
+    )
+
+
+# --- access options and what the connection keeps -----------------------------------------------
+
+
+def test_cookie_strings_are_normalised():
+    assert remote.access_options(cookies="Cookie: a=1;b=\"2\" ;").cookies == 'a=1; b="2"'
+
+
+def test_the_connection_shows_no_token_or_cookie(kfp_env):
+    secret = "s3cret-session-value"
+    with serve_fake_kfp(token="tok-123") as server:
+        access = remote.access_options(cookies=f"authservice_session={secret}")
+        conn = remote.connect(server.url, token="tok-123", access=access)
+    assert secret not in repr(conn) + repr(access) and "tok-123" not in repr(conn)
+
+
+def test_ui_links_follow_kf_pipelines_ui_endpoint(kfp_env, monkeypatch, package):
+    monkeypatch.setenv("KF_PIPELINES_UI_ENDPOINT", "kubeflow.example.com/pipeline/")
+    with serve_fake_kfp() as server:
+        conn = remote.connect(server.url)
+        info = remote.submit_run(conn, package, {}, "kd-nightly")
+    assert conn.host == server.url
+    assert info.url == f"http://kubeflow.example.com/pipeline/#/runs/details/{info.id}"
+
+
+def test_the_remote_modules_read_no_private_attribute():
+    """kfp.Client's private state (`_existing_config`, `_get_url_prefix`, `_healthz_api`) is
+    not read: a name with one leading underscore after a dot is someone's private."""
+    import ast
+
+    for name in ("remote", "remote_client", "remote_wait"):
+        path = Path(remote.__file__).with_name(f"{name}.py")
+        private = [
+            f"{path.name}:{node.lineno} .{node.attr}"
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Attribute)
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+        ]
+        assert private == []
