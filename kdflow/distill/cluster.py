@@ -13,6 +13,11 @@ the checkpoints on the storage; if the earlier job is still running, the step fo
 instead of starting a second one. The cluster needs kdflow installed (the component image
 is the Ray image) and its own storage credentials: only the S3 endpoint and region travel
 with the job, never keys.
+
+A cluster with Ray's token authentication (Ray's default for new clusters; KubeRay's
+`authOptions`) gets the token where Ray's own clients find it (`find_auth_token`), sent as
+`Authorization: Bearer ...` on every request, whether or not `RAY_AUTH_MODE=token` is set here.
+The token is never logged; messages name only where it came from.
 """
 
 from __future__ import annotations
@@ -20,12 +25,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import re
 import shlex
 import sys
 import time
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,23 +71,106 @@ def stage_inputs(dataset_uri: str, teacher_uris: list[str], root: str) -> tuple[
 
 def job_env() -> dict[str, str]:
     """Environment of the job's driver: Ray Train's fast report tick, where S3 is."""
-    import os
-
     env = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
     env |= {k: os.environ[k] for k in PROPAGATED_ENV if os.environ.get(k)}
     return env
 
 
+TOKEN_ENV = "RAY_AUTH_TOKEN"
+TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
+KUBEFLOW_SECRET = "kdflow-ray"
+"""On Kubeflow, the Secret that holds the Ray cluster's token (manifests/base/ray)."""
+
+
+@dataclass(frozen=True)
+class AuthToken:
+    """A Ray auth token and where it was found; `repr` and `str` never show the value."""
+
+    value: str = field(repr=False)
+    source: str
+    """Where it came from, for messages: a variable's name or a file's path, never the value."""
+
+    def __str__(self) -> str:
+        return self.source
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.value}"}
+
+
+def _first_line(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return ""
+    return text.splitlines()[0].strip() if text else ""
+
+
+def find_auth_token() -> AuthToken | None:
+    """The Ray auth token where Ray's own clients look for it, in Ray's order.
+
+    As Ray's AuthenticationTokenLoader (src/ray/rpc/authentication/authentication_token_loader.cc):
+    `$RAY_AUTH_TOKEN`; else the first line of the file `$RAY_AUTH_TOKEN_PATH` names (set but
+    missing or empty is an error, as in Ray); else the first line of `~/.ray/auth_token`.
+    Surrounding whitespace is dropped. None when there is none, or when `RAY_AUTH_MODE=disabled`.
+    """
+    if os.environ.get(AUTH_MODE_ENV, "").strip().lower() == "disabled":
+        return None
+    value = os.environ.get(TOKEN_ENV, "").strip()
+    if value:
+        return AuthToken(value, TOKEN_ENV)
+    path_str = os.environ.get(TOKEN_PATH_ENV, "")
+    if path_str:
+        path = Path(path_str).expanduser()
+        value = _first_line(path)
+        if not value:
+            raise KdflowError(
+                f"{TOKEN_PATH_ENV} is {path_str}, but that file is missing, unreadable or empty: "
+                "point it at a file holding the Ray cluster's token"
+            )
+        return AuthToken(value, f"{TOKEN_PATH_ENV} ({path})")
+    default = Path.home() / ".ray" / "auth_token"
+    value = _first_line(default)
+    return AuthToken(value, str(default)) if value else None
+
+
 def _client(address: str) -> Any:
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
     try:
-        return JobSubmissionClient(address)
+        token = find_auth_token()
+    except KdflowError as exc:
+        raise KdflowError(f"--ray-address {address}: {exc}") from None
+    if token is not None:
+        log.info("Ray auth token from %s", token.source)
+    try:
+        # Explicit headers: Ray's client adds the token itself only when RAY_AUTH_MODE=token.
+        return JobSubmissionClient(address, headers=token.headers() if token else None)
+    except AuthenticationError:
+        raise _auth_error(address, token) from None
     except Exception as exc:  # ConnectionError, or Ray's own when the dashboard is down
         raise KdflowError(
             f"--ray-address {address}: cannot reach the Ray dashboard ({exc}); give the "
             "cluster's dashboard URL, e.g. http://raycluster-head-svc:8265"
         ) from exc
+
+
+def _auth_error(address: str, token: AuthToken | None) -> KdflowError:
+    """One line for the dashboard's 401 or 403: what to set. Never the token, nor Ray's
+    several lines of advice about settings kdflow does not need."""
+    if token is None:
+        disabled = os.environ.get(AUTH_MODE_ENV, "").strip().lower() == "disabled"
+        return KdflowError(
+            f"--ray-address {address}: the Ray cluster requires a token; set {TOKEN_ENV}, or "
+            f"{TOKEN_PATH_ENV} to a file holding it (on Kubeflow: the {KUBEFLOW_SECRET} Secret)"
+            + (f"; and unset {AUTH_MODE_ENV}=disabled" if disabled else "")
+        )
+    return KdflowError(
+        f"--ray-address {address}: the Ray cluster refused the token from {token.source}; set "
+        f"{TOKEN_ENV}, or {TOKEN_PATH_ENV} to a file holding the cluster's own token "
+        f"(on Kubeflow: the {KUBEFLOW_SECRET} Secret)"
+    )
 
 
 def _running_job(client: Any, run_name: str) -> str | None:

@@ -19,6 +19,9 @@ S3_KEYS = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
 MLFLOW_SECRET = "kdflow-mlflow"
 MLFLOW_KEYS = {"MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
                "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"}
+RAY_SECRET = "kdflow-ray"
+RAY_KEYS = {"auth_token": "RAY_AUTH_TOKEN"}
+"""The Ray cluster's token (key `auth_token`, KubeRay's name), for distill's --ray-address."""
 RUN_AS_USER = 10001  # the component image's user (infra/Dockerfile)
 # The manifests' ConfigMap (manifests/base): where MLflow and the shared storage are.
 CONFIG_KEYS = {"MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI",
@@ -85,6 +88,8 @@ def configure(task: dsl.PipelineTask, step: str, settings: ClusterSettings) -> d
         kubernetes.use_config_map_as_env(task, CONFIG_MAP, CONFIG_KEYS, optional=False)
         kubernetes.use_secret_as_env(task, S3_SECRET, S3_KEYS, optional=False)
         kubernetes.use_secret_as_env(task, MLFLOW_SECRET, MLFLOW_KEYS, optional=False)
+    if step == "distill":
+        kubernetes.use_secret_as_env(task, RAY_SECRET, RAY_KEYS, optional=False)
     if res.gpu and settings.gpus > 0:
         task.set_accelerator_type(settings.gpu_type).set_accelerator_limit(settings.gpus)
         kubernetes.add_node_selector(task, *settings.gpu_node_label)

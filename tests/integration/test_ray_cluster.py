@@ -73,20 +73,26 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 def _wait_for_nodes(address: str, count: int, processes: list[subprocess.Popen], log: Path):
-    from ray.job_submission import JobSubmissionClient
-    from ray.util.state import list_nodes
+    """Until `count` nodes are ALIVE, asked over the dashboard's state API with the token.
 
+    Over HTTP with the token as a header, as kdflow sends it: Ray's own clients in this
+    process read RAY_AUTH_MODE once, at `import ray`, before the fixture set it.
+    """
+    import requests
+
+    headers = {"Authorization": f"Bearer {os.environ['RAY_AUTH_TOKEN']}"}
     deadline = time.monotonic() + STARTUP_S
     while time.monotonic() < deadline:
         if any(p.poll() is not None for p in processes):
             pytest.fail(f"a Ray node exited during startup:\n{log.read_text()[-3000:]}")
         try:
-            JobSubmissionClient(address)
-            alive = [n for n in list_nodes(address=address) if n.state == "ALIVE"]
-            if len(alive) >= count:
-                return
-        except Exception:  # the dashboard is not up yet
-            pass
+            answer = requests.get(f"{address}/api/v0/nodes", headers=headers, timeout=10)
+            if answer.ok:
+                nodes = answer.json()["data"]["result"]["result"]
+                if sum(n.get("state") == "ALIVE" for n in nodes) >= count:
+                    return
+        except (requests.RequestException, ValueError, KeyError):
+            pass  # the dashboard is not up yet
         time.sleep(2)
     pytest.fail(f"{count} Ray nodes not up after {STARTUP_S} s:\n{log.read_text()[-3000:]}")
 
@@ -151,6 +157,7 @@ def test_distill_runs_as_a_ray_job_on_a_two_node_cluster(
     from ray.job_submission import JobSubmissionClient
 
     from kdflow.config import DistillConfig
+    from kdflow.distill.cluster import find_auth_token
     from kdflow.distill.run import distill
 
     cfg = DistillConfig(
@@ -172,7 +179,7 @@ def test_distill_runs_as_a_ray_job_on_a_two_node_cluster(
         assert (tmp_path / role / "model.safetensors").is_file()
     streamed = [r.getMessage() for r in caplog.records if r.name == "kdflow.distill.cluster"]
     assert any("distillation finished" in line for line in streamed), "the job's log streams"
-    jobs = JobSubmissionClient(ray_cluster).list_jobs()
+    jobs = JobSubmissionClient(ray_cluster, headers=find_auth_token().headers()).list_jobs()
     runs = [j for j in jobs if (j.metadata or {}).get("kdflow_run") == "cluster-run"]
     assert [str(j.status.value) for j in runs] == ["SUCCEEDED"]
     # The job read its inputs from, and wrote its checkpoints to, the shared storage.
@@ -210,3 +217,69 @@ def test_failed_job_fails_the_step_with_the_job_id_and_its_last_log_lines(
     assert re.match(rf"Ray job kdflow-cluster-fail-\w+ on {ray_cluster} failed", message)
     assert "modified after saving" in message.split("last log lines:", 1)[1]
     assert not (tmp_path / "student").exists()
+
+
+# --- token authentication, as `kdflow run --ray-address` meets it -------------------------------
+
+_CONNECT = """
+import sys
+from kdflow.distill.cluster import _client, follow
+from kdflow.errors import KdflowError
+try:
+    client = _client(sys.argv[1])
+except KdflowError as exc:
+    print(exc, file=sys.stderr)
+    sys.exit(3)
+if sys.argv[2:] == ["job"]:  # submit, stream the log over the websocket, poll the status
+    job = client.submit_job(entrypoint="python -c 'print(6 * 7)'")
+    print(follow(client, job, poll_s=0.5))
+    print(client.get_job_logs(job))
+else:
+    print(len(client.list_jobs()))
+"""
+
+
+def _connect_in_a_fresh_process(
+    address: str, home: Path, *args: str, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """kdflow's client in a new process, as a CLI run makes it: no RAY_AUTH_MODE (which Ray
+    reads once, at import), HOME without ~/.ray, and only the token variables in `env`."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_")}
+    return subprocess.run(
+        [sys.executable, "-c", _CONNECT, address, *args],
+        env=clean | {"HOME": str(home)} | env,
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_the_token_is_found_and_sent_without_ray_auth_mode(ray_cluster, tmp_path) -> None:
+    mounted = tmp_path / "secret" / "token"  # as a Secret mounted as a file
+    mounted.parent.mkdir()
+    mounted.write_text(os.environ["RAY_AUTH_TOKEN"] + "\n")
+    done = _connect_in_a_fresh_process(
+        ray_cluster, tmp_path, "job", RAY_AUTH_TOKEN_PATH=str(mounted)
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    status, *logs = done.stdout.splitlines()
+    assert status == "SUCCEEDED" and "42" in logs, done.stdout
+    assert "log stream" not in done.stderr, "the websocket refused the token"
+
+
+def test_a_missing_or_refused_token_fails_in_one_line(ray_cluster, tmp_path) -> None:
+    missing = _connect_in_a_fresh_process(ray_cluster, tmp_path)
+    assert missing.returncode == 3, missing.stderr[-2000:]
+    assert missing.stderr.strip().splitlines()[-1] == (
+        f"--ray-address {ray_cluster}: the Ray cluster requires a token; set RAY_AUTH_TOKEN, "
+        "or RAY_AUTH_TOKEN_PATH to a file holding it (on Kubeflow: the kdflow-ray Secret)"
+    )
+    wrong = secrets.token_hex(32)
+    refused = _connect_in_a_fresh_process(ray_cluster, tmp_path, RAY_AUTH_TOKEN=wrong)
+    assert refused.returncode == 3, refused.stderr[-2000:]
+    assert refused.stderr.strip().splitlines()[-1].startswith(
+        f"--ray-address {ray_cluster}: the Ray cluster refused the token from RAY_AUTH_TOKEN; "
+    )
+    assert wrong not in refused.stdout + refused.stderr
