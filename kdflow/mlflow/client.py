@@ -214,9 +214,39 @@ def call(policy: RetryPolicy, what: str, fn: Callable[..., T], *args: Any, **kwa
 
 
 def short_error(exc: BaseException, limit: int = 300) -> str:
-    """The error's text on one line, cut at `limit` characters."""
+    """The error's text on one line, cut at `limit` characters; for a login or permission
+    refusal, what it means and what to set instead of MLflow's HTTP details."""
+    refusal = auth_refusal(exc)
+    if refusal is not None:
+        return f"the server {refusal}"
     text = " ".join(str(exc).split())
     return text if len(text) <= limit else text[:limit] + " …"
+
+
+def auth_refusal(exc: BaseException, what: str = "it") -> str | None:
+    """What a 401 or 403 of MLflow's basic-auth app means, as "refused ...; do this" (None for
+    any other error). Names the user, never the password."""
+    code = error_code(exc)
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if code == "UNAUTHENTICATED":
+        if user and os.environ.get("MLFLOW_TRACKING_PASSWORD"):
+            sent = f"user {user!r} or its password is wrong"
+        elif user:
+            sent = "no credentials were sent: MLFLOW_TRACKING_PASSWORD is not set"
+        else:
+            sent = "no credentials were sent: MLFLOW_TRACKING_USERNAME is not set"
+        return (
+            f"refused the credentials (HTTP 401, {sent}); set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD to a user of its basic-auth app (on a cluster: Secret "
+            "kdflow-mlflow)"
+        )
+    if code == "PERMISSION_DENIED":
+        who = f"user {user!r}" if user else "the anonymous user"
+        return (
+            f"refused the request (HTTP 403, {who} has no permission on {what}); an MLflow "
+            "admin must grant it one, or use the user that created it"
+        )
+    return None
 
 
 @contextlib.contextmanager
@@ -227,6 +257,9 @@ def registry_errors(tracking_uri: str, model_name: str) -> Iterator[None]:
     try:
         yield
     except MlflowException as exc:
+        refusal = auth_refusal(exc, model_name)
+        if refusal is not None:
+            raise RegistryError(f"{tracking_uri} {refusal}") from exc
         if error_code(exc) in MISSING:
             raise RegistryError(
                 f"{model_name} is not a registered model in {tracking_uri} ({short_error(exc)})"

@@ -141,6 +141,10 @@ class MlflowServer:
     workers: int = 1
     process: subprocess.Popen | None = None
     starts: int = 0
+    app_name: str | None = None
+    """`--app-name` (`basic-auth`: MLflow's login and permissions)."""
+    extra_env: dict[str, str] = field(default_factory=dict)
+    """More of the server's environment (the auth app's admin and ini)."""
 
     @property
     def uri(self) -> str:
@@ -161,13 +165,18 @@ class MlflowServer:
             # MLflow 3's job runner (GenAI jobs) starts ~8 more Python processes per server;
             # the registry does not use it, and on a small machine it triples start-up time.
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            **self.extra_env,
         }
-        env.pop("MLFLOW_TRACKING_URI", None)
+        # A client's settings are not the server's (its credentials least of all).
+        for name in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME",
+                     "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
+            env.pop(name, None)
         self.starts += 1
         log = (self.log_dir / f"mlflow-server-{self.port}-{self.starts}.log").open("w")
         self.process = subprocess.Popen(
             [
                 sys.executable, "-m", "mlflow", "server",
+                *(["--app-name", self.app_name] if self.app_name else []),
                 "--backend-store-uri", self.backend_uri,
                 "--artifacts-destination", f"s3://{self.s3.bucket}/mlartifacts",
                 "--serve-artifacts",
