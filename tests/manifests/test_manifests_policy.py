@@ -188,13 +188,15 @@ def test_mlflow_is_reachable_on_5000_from_the_pipeline_namespace(overlay: Render
     )
 
 
-def test_ray_head_ports_are_reachable_from_the_pipeline_namespace(overlay: Rendered) -> None:
+def test_only_the_jobs_api_of_the_ray_head_is_open_to_the_pipeline(overlay: Rendered) -> None:
+    """kdflow talks to Ray over the Jobs API only; the Ray client and GCS ports would run code
+    in the cluster without a job, so the pipeline's namespace (and nobody else) gets 8265."""
     pipeline_ns = read_params()["pipelineNamespace"]
     (rule,) = _ingress(overlay, "ray-head-from-pipeline")
-    assert sorted(p["port"] for p in rule["ports"]) == [6379, 8265, 10001]
-    assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": pipeline_ns}}} in (
-        rule["from"]
-    )
+    assert [p["port"] for p in rule["ports"]] == [8265]
+    assert rule["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": pipeline_ns}}}
+    ]
 
 
 def test_postgres_is_reachable_only_from_mlflow(overlay: Rendered) -> None:
