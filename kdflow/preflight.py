@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 from kdflow.config import BUILTIN_PREFIX, RunConfig
-from kdflow.errors import ConfigError
+from kdflow.errors import ConfigError, DataError
 from kdflow.models.zoo import (
     AUTO,
     MLFLOW_URI_PREFIX,
@@ -22,7 +23,9 @@ REMOTE_SCHEMES = ("s3://", "gs://", "http://", "https://")
 
 
 def table_columns(uri: str, option: str) -> list[str] | None:
-    """Column names of a local Parquet/CSV file (None for remote URIs, checked later)."""
+    """Column names of a local Parquet, CSV or JSON Lines file (None for remote URIs,
+    checked later); what `kdflow.data.tables` refuses in its header or first block (an
+    encoding, a name twice, another format) is a ConfigError naming `option`."""
     if uri.startswith(REMOTE_SCHEMES):
         return None
     path = Path(uri)
@@ -32,16 +35,12 @@ def table_columns(uri: str, option: str) -> list[str] | None:
         raise ConfigError(
             f"{option}: {uri} is a directory; give a Parquet or CSV file", option=option
         )
+    from kdflow.data.tables import table_header
+
     try:
-        if path.suffix.lower() == ".csv":
-            import pandas as pd
-
-            return [str(c) for c in pd.read_csv(path, nrows=0).columns]
-        import pyarrow.parquet as pq
-
-        return list(pq.read_schema(path).names)
-    except Exception as exc:  # noqa: BLE001 - any reader failure means an unreadable file
-        raise ConfigError(f"{option}: {uri} cannot be read: {exc}", option=option) from exc
+        return table_header(uri)
+    except DataError as exc:
+        raise ConfigError(f"{option}: {exc}", option=option) from exc
 
 
 def _not_a_column(option: str, column: str, uri: str, columns: list[str]) -> ConfigError:
@@ -206,11 +205,9 @@ def check_labels(cfg: RunConfig, local_test: bool) -> None:
         single_row_classes,
         single_row_message,
     )
-    from kdflow.data.tables import column_counts
-
     data = cfg.data
     label = data.label_column
-    _, counts = column_counts(data.data, label)
+    counts = _label_counts(data.data, label)
     if not data.test_data:
         fractional = any(isinstance(c, float) and not c.is_integer() for c in counts)
         singles = [] if fractional else single_row_classes(counts)  # fractional: validation's
@@ -220,11 +217,21 @@ def check_labels(cfg: RunConfig, local_test: bool) -> None:
         return
     if not local_test:
         return
-    _, test_counts = column_counts(data.test_data, label)
+    test_counts = _label_counts(data.test_data, label)
     try:
         class_keys({data.test_data: list(test_counts), data.data: list(counts)}, label)
     except LabelTypeError as exc:
         raise ConfigError(f"--test-data: {exc}", option="--test-data") from exc
+
+
+def _label_counts(uri: str, label: str) -> dict[Any, int]:
+    """Rows per label value of a local file; what stops the count names --label-column."""
+    from kdflow.data.tables import column_counts
+
+    try:
+        return column_counts(uri, label)[1]
+    except DataError as exc:
+        raise ConfigError(f"--label-column: {exc}", option="--label-column") from exc
 
 
 TEXT_PREFIXES = ("hf:", "hf-config:", "hf-from-teacher:")

@@ -13,7 +13,8 @@ S3 goes through `pyarrow.fs.S3FileSystem`: credentials from the usual AWS variab
 endpoint from `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL` (MinIO, moto), if set.
 
 Every failure a user can cause (missing file or bucket, a directory, an empty, header-only,
-truncated or non-Parquet file, a malformed JSON line) raises `DataError` naming the URI.
+truncated or non-Parquet file, a malformed JSON line, a CSV header or encoding
+`kdflow.data.csv_files` refuses) raises `DataError` naming the URI.
 """
 
 from __future__ import annotations
@@ -37,6 +38,15 @@ import pyarrow.csv as pa_csv
 import pyarrow.fs as pa_fs
 import pyarrow.parquet as pq
 
+from kdflow.data.csv_files import (
+    PARQUET_MAGIC,
+    check_header,
+    check_utf8,
+    csv_read_options,
+    file_head,
+    header_names,
+    not_utf8_message,
+)
 from kdflow.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -79,6 +89,38 @@ def open_table(uri: str) -> TableSource:
             shutil.rmtree(workdir, ignore_errors=True)
             raise
     return _open_parquet(filesystem, path, uri)
+
+
+def table_header(uri: str) -> list[str]:
+    """The column names of a Parquet, CSV or JSON Lines file (local or s3://), from the
+    Parquet footer or the first block of text; raises DataError for what `open_table`
+    would refuse in the header or the first block (encoding, duplicate names, format)."""
+    filesystem, path = resolve_uri(uri)
+    _check_is_file(filesystem, path, uri)
+    lower = path.lower()
+    if lower.endswith(CSV_SUFFIXES):
+        reader = _open_csv(filesystem, path, uri, {})
+        try:
+            check_utf8(reader.read_next_batch(), 0, uri)
+        except StopIteration:
+            raise DataError(f"{uri}: has a header but no rows") from None
+        except (OSError, pa.ArrowException) as exc:
+            raise _csv_error(uri, exc) from exc
+        finally:
+            reader.close()
+        return list(reader.schema.names)
+    if lower.endswith(JSONL_SUFFIXES):
+        import pyarrow.json as pa_json
+
+        try:
+            with filesystem.open_input_stream(path, compression="detect") as stream:
+                names = list(pa_json.open_json(stream).schema.names)
+        except (OSError, pa.ArrowException) as exc:
+            raise DataError(f"{uri}: cannot be read as JSON Lines: {exc}") from exc
+        check_header(names, uri)
+        return names
+    with _open_parquet(filesystem, path, uri) as source:
+        return source.columns
 
 
 class TableSource:
@@ -208,7 +250,7 @@ def column_counts(uri: str, column: str) -> tuple[pa.DataType, dict[Any, int]]:
     types: dict[str, pa.DataType] = {}
     while True:
         try:
-            return _count_column(filesystem, path, column, csv, types)
+            return _count_column(filesystem, path, column, csv, types, uri)
         except pa.ArrowInvalid as exc:
             if csv and column not in types:
                 types[column] = pa.string()
@@ -224,15 +266,17 @@ def _count_column(
     column: str,
     csv: bool,
     types: dict[str, pa.DataType],
+    uri: str,
 ) -> tuple[pa.DataType, dict[Any, int]]:
     counts: dict[Any, int] = {}
     with contextlib.ExitStack() as stack:
         batches: Iterator[pa.RecordBatch]
         if csv:
+            options = csv_read_options(file_head(filesystem, path, uri), uri, _CSV_BLOCK_BYTES)
             stream = stack.enter_context(filesystem.open_input_stream(path, compression="detect"))
             reader = pa_csv.open_csv(
                 stream,
-                read_options=pa_csv.ReadOptions(block_size=_CSV_BLOCK_BYTES),
+                read_options=options,
                 convert_options=pa_csv.ConvertOptions(include_columns=[column], column_types=types),
             )
             stack.callback(reader.close)
@@ -242,6 +286,11 @@ def _count_column(
             stack.callback(parquet.close)
             arrow_type = parquet.schema_arrow.field(column).type
             batches = parquet.iter_batches(BATCH_ROWS, columns=[column], use_threads=False)
+        if pa.types.is_nested(arrow_type) or pa.types.is_binary(arrow_type):
+            raise DataError(
+                f"{uri}: column {column!r} holds {arrow_type} values; a label column holds "
+                "classes (integers, booleans or strings)"
+            )
         for batch in batches:
             array = batch.column(0)
             if pa.types.is_dictionary(array.type):
@@ -280,8 +329,11 @@ def csv_to_parquet(uri: str, out: Path, batch_rows: int = BATCH_ROWS) -> Path:
     while True:
         reader = _open_csv(filesystem, path, uri, column_types)
         try:
-            rows = _write_batches(reader, out, batch_rows)
+            rows = _write_batches(reader, out, batch_rows, uri)
         except pa.ArrowInvalid as exc:
+            if "invalid UTF8" in str(exc) and (match := _CSV_COLUMN_ERROR.search(str(exc))):
+                name = reader.schema.names[int(match.group(1))]
+                raise DataError(not_utf8_message(uri, name)) from exc
             widened = _widen_csv_column(str(exc), reader.schema, column_types)
             if widened is None:
                 raise _csv_error(uri, exc) from exc
@@ -289,7 +341,7 @@ def csv_to_parquet(uri: str, out: Path, batch_rows: int = BATCH_ROWS) -> Path:
             column_types[widened[0]] = widened[1]
             continue
         except (OSError, pa.ArrowException) as exc:
-            raise DataError(f"{uri}: cannot be read as CSV: {exc}") from exc
+            raise DataError(f"{uri}: cannot be read as CSV{_damaged(path)}: {exc}") from exc
         finally:
             reader.close()
         if rows == 0:
@@ -332,10 +384,17 @@ def json_lines_to_parquet(uri: str, out: Path, batch_rows: int = BATCH_ROWS) -> 
     return out
 
 
-def _write_batches(reader: pa.RecordBatchReader, out: Path, batch_rows: int) -> int:
+def _write_batches(
+    reader: pa.RecordBatchReader, out: Path, batch_rows: int, csv_uri: str | None = None
+) -> int:
+    """Write every batch to Parquet; with `csv_uri`, a column that is not UTF-8 (which
+    pyarrow reads from CSV as bytes) stops it, named."""
     rows = 0
+    check = csv_uri is not None and any(pa.types.is_binary(t) for t in reader.schema.types)
     with pq.ParquetWriter(out, reader.schema) as writer:
         for batch in reader:
+            if check:
+                check_utf8(batch, rows, str(csv_uri))
             writer.write_batch(batch, row_group_size=batch_rows * 4)
             rows += batch.num_rows
     return rows
@@ -344,11 +403,12 @@ def _write_batches(reader: pa.RecordBatchReader, out: Path, batch_rows: int) -> 
 def _open_csv(
     filesystem: pa_fs.FileSystem, path: str, uri: str, column_types: dict[str, pa.DataType]
 ) -> pa.RecordBatchReader:
+    options = csv_read_options(file_head(filesystem, path, uri), uri, _CSV_BLOCK_BYTES)
     stream = filesystem.open_input_stream(path, compression="detect")
     try:
-        return pa_csv.open_csv(
+        reader = pa_csv.open_csv(
             stream,
-            read_options=pa_csv.ReadOptions(block_size=_CSV_BLOCK_BYTES),
+            read_options=options,
             convert_options=pa_csv.ConvertOptions(column_types=column_types),
         )
     except pa.ArrowInvalid as exc:
@@ -356,7 +416,18 @@ def _open_csv(
         raise _csv_error(uri, exc) from exc
     except (OSError, pa.ArrowException) as exc:
         stream.close()
-        raise DataError(f"{uri}: cannot be read as CSV: {exc}") from exc
+        raise DataError(f"{uri}: cannot be read as CSV{_damaged(path)}: {exc}") from exc
+    try:
+        header_names(reader.schema, uri)
+    except DataError:
+        reader.close()
+        raise
+    return reader
+
+
+def _damaged(path: str) -> str:
+    compressed = path.lower().endswith((".gz", ".bz2", ".zst"))
+    return " (the compressed file is truncated or damaged)" if compressed else ""
 
 
 def _csv_error(uri: str, exc: Exception) -> DataError:
@@ -403,15 +474,32 @@ def _open_parquet(
                 f" (kdflow reads Parquet, CSV named *{', *'.join(CSV_SUFFIXES)}, or JSON "
                 f"Lines named *{', *'.join(JSONL_SUFFIXES)})"
             )
+        elif not _head(filesystem, path).startswith(PARQUET_MAGIC):
+            raise DataError(
+                f"{uri}: not a readable Parquet file: it does not start with Parquet's PAR1 "
+                "bytes (a CSV file must be named *.csv, JSON Lines *.jsonl)"
+            ) from exc
         raise DataError(
             f"{uri}: not a readable Parquet file (truncated or another format?){hint}: {exc}"
         ) from exc
-    if parquet.metadata.num_rows == 0:
+    try:
+        check_header(list(parquet.schema_arrow.names), uri)
+        if parquet.metadata.num_rows == 0:
+            raise DataError(f"{uri}: has no rows")
+    except DataError:
         parquet.close()
-        raise DataError(f"{uri}: has no rows")
+        raise
     return TableSource(
         uri, parquet.schema_arrow, parquet.metadata.num_rows, parquet=parquet, workdir=workdir
     )
+
+
+def _head(filesystem: pa_fs.FileSystem, path: str) -> bytes:
+    try:
+        with filesystem.open_input_stream(path) as stream:
+            return bytes(stream.read(4))
+    except (OSError, pa.ArrowException):
+        return b""
 
 
 def _check_is_file(filesystem: pa_fs.FileSystem, path: str, uri: str) -> None:
