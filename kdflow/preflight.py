@@ -44,11 +44,41 @@ def table_columns(uri: str, option: str) -> list[str] | None:
 
 
 def _not_a_column(option: str, column: str, uri: str, columns: list[str]) -> ConfigError:
-    """The error for a column `option` names that `uri` lacks, with the columns it has."""
+    """The error for a column `option` names that `uri` lacks, with the columns it has and
+    what the header suggests went wrong."""
     shown = ", ".join(columns[:12]) + (" ..." if len(columns) > 12 else "")
     return ConfigError(
-        f"{option}: {column!r} is not a column of {uri} (columns: {shown})", option=option
+        f"{option}: {column!r} is not a column of {uri} (columns: {shown})"
+        + _column_hint(column, columns),
+        option=option,
     )
+
+
+def _column_hint(column: str, columns: list[str]) -> str:
+    """A near match (spaces, case), another delimiter, or a file without a header row."""
+    import difflib
+
+    near = [c for c in columns if c.strip().casefold() == column.strip().casefold()]
+    near = near or difflib.get_close_matches(column, columns, n=1, cutoff=0.8)
+    if near:
+        return f"; did you mean {near[0]!r}?"
+    if len(columns) == 1:
+        for delimiter, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "bars")):
+            if delimiter in columns[0]:
+                return (f"; the header is one column holding {name}: kdflow reads "
+                        "comma-separated CSV, so save it with commas")
+    if columns and all(_is_number(c) for c in columns):
+        return ("; every column name is a number: does the file lack a header row? The first "
+                "row names the columns")
+    return ""
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def check_run(cfg: RunConfig) -> None:
@@ -208,6 +238,7 @@ def check_labels(cfg: RunConfig, local_test: bool) -> None:
     data = cfg.data
     label = data.label_column
     counts = _label_counts(data.data, label)
+    _check_classes(counts, label, data.data)
     if not data.test_data:
         fractional = any(isinstance(c, float) and not c.is_integer() for c in counts)
         singles = [] if fractional else single_row_classes(counts)  # fractional: validation's
@@ -222,6 +253,26 @@ def check_labels(cfg: RunConfig, local_test: bool) -> None:
         class_keys({data.test_data: list(test_counts), data.data: list(counts)}, label)
     except LabelTypeError as exc:
         raise ConfigError(f"--test-data: {exc}", option="--test-data") from exc
+
+
+def _check_classes(counts: dict[Any, int], label: str, uri: str) -> None:
+    """Fewer than two classes (nothing to classify), or about as many classes as rows (a
+    regression target or an ID given as the label)."""
+    rows = sum(counts.values())
+    if len(counts) < 2:
+        found = f"a single class ({next(iter(counts))!r})" if counts else "no values at all"
+        raise ConfigError(
+            f"--label-column: {label!r} holds {found} in {uri}; classification (and "
+            "distillation) needs at least 2 classes",
+            option="--label-column",
+        )
+    if len(counts) > max(100, rows // 2):
+        raise ConfigError(
+            f"--label-column: {label!r} has {len(counts):,} distinct values in {rows:,} rows "
+            f"of {uri}; kdflow classifies (every value is a class), and this looks like a "
+            "regression target or an ID: give the column of classes, or bin the values",
+            option="--label-column",
+        )
 
 
 def _label_counts(uri: str, label: str) -> dict[Any, int]:

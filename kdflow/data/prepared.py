@@ -128,7 +128,11 @@ def split_frame(
         raise DataError("--label-column: " + single_row_message(classes, label_column, source))
     alone = labels.isin(singles)
     rest = frame[~alone] if alone.any() else frame
-    stratify = rest[label_column] if (len(counts) - len(singles)) * 2 <= len(rest) else None
+    # Stratifying needs every class in both parts (scikit-learn rounds the test part up).
+    classes = len(counts) - len(singles)
+    second_rows = math.ceil(test_fraction * len(rest))
+    fits = classes <= min(second_rows, len(rest) - second_rows)
+    stratify = rest[label_column] if fits else None
     try:
         first, second = train_test_split(
             rest, test_size=test_fraction, random_state=seed, stratify=stratify
