@@ -17,6 +17,9 @@ import pyarrow as pa
 
 from kdflow.validation.contract import class_sort_key
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+"""Training reads features as float32: a larger magnitude would train as infinity."""
+
 
 @dataclass
 class NumericStats:
@@ -136,6 +139,16 @@ def is_number_type(arrow_type: pa.DataType) -> bool:
     return pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type)
 
 
+def is_feature_number_type(arrow_type: pa.DataType) -> bool:
+    """A feature column of numbers: integers, floats, decimals, or booleans (0 and 1, as
+    pandas' get_dummies writes one-hot columns)."""
+    return (
+        is_number_type(arrow_type)
+        or pa.types.is_decimal(arrow_type)
+        or pa.types.is_boolean(arrow_type)
+    )
+
+
 def is_class_type(arrow_type: pa.DataType) -> bool:
     """Whether a label column of this type holds classes (numbers, booleans or text)."""
     if pa.types.is_dictionary(arrow_type):
@@ -177,7 +190,10 @@ def scan_label(stats: LabelStats, array: pa.Array, offset: int, k: int) -> np.nd
 def scan_numeric(
     stats: NumericStats, array: pa.Array, offset: int, k: int, spec: Any
 ) -> np.ndarray:
-    """Update a numeric column's statistics with one batch; return the values as float64."""
+    """Update a numeric column's statistics with one batch; return the values as float64.
+    Without a bound of the contract, the bounds are float32's (what training reads)."""
+    if pa.types.is_decimal(array.type) or pa.types.is_boolean(array.type):
+        array = array.cast(pa.float64())
     values = array.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
     nan = np.isnan(values)
     inf = np.isinf(values)
@@ -197,8 +213,8 @@ def scan_numeric(
         stats.total_sq += float(
             np.einsum("i,i->", finite, finite)
         )  # np.dot: BLAS threads stall on a busy host
-    low = -math.inf if spec is None or spec.min is None else spec.min
-    high = math.inf if spec is None or spec.max is None else spec.max
+    low = -FLOAT32_MAX if spec is None or spec.min is None else spec.min
+    high = FLOAT32_MAX if spec is None or spec.max is None else spec.max
     if stats.finite_min < low or stats.finite_max > high:
         outside = np.isfinite(values) & ((values < low) | (values > high))
         stats.below += int((np.isfinite(values) & (values < low)).sum())

@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from kdflow.validation.column_stats import native_value
+from kdflow.validation.column_stats import FLOAT32_MAX, native_value
 from kdflow.validation.contract import DataContract
 from kdflow.validation.findings import Finding, counted, listing
 from kdflow.validation.scan import SplitScan
@@ -102,11 +102,17 @@ def _describe_failure(
         ]
     if kind == "expect_column_values_to_be_in_type_list" and column in scan.text:
         text = scan.text[column]
-        examples = ", ".join(f"{v!r}" for v in text.values)
+        examples = ", ".join(_short(v) for v in dict.fromkeys(map(repr, text.values)))
         message = (
             f"{column} holds {text.arrow_type} values, not numbers: {text.non_numeric:,} {rows} "
             f"are not numeric (e.g. {examples})"
         )
+        if not text.non_numeric:
+            message = (
+                f"{column} holds numbers stored as text ({text.arrow_type}): every value reads "
+                "as a number, but kdflow takes the column's type as it is; store the column "
+                "as numbers (in pandas: df[column].astype(float))"
+            )
         observed = {"type": text.arrow_type, "non_numeric": text.non_numeric}
         return Finding("not_numeric", column, message, observed), text.rows
     if kind == "expect_column_values_to_be_in_type_list":
@@ -157,7 +163,13 @@ def _range_finding(
             f"{stats.posinf + stats.neginf:,} infinite values "
             f"(+inf: {stats.posinf:,}, -inf: {stats.neginf:,})"
         )
-    if stats.below or stats.above:
+    beyond = (stats.below or stats.above) and spec.min is None and spec.max is None
+    if beyond:
+        parts.append(
+            f"{stats.below + stats.above:,} values beyond float32's range ±{FLOAT32_MAX:.3g} "
+            f"(observed min {stats.finite_min:g}, max {stats.finite_max:g})"
+        )
+    elif stats.below or stats.above:
         parts.append(
             f"{stats.below + stats.above:,} values outside [{spec.min}, {spec.max}] "
             f"(observed min {stats.finite_min:g}, max {stats.finite_max:g})"
@@ -172,8 +184,14 @@ def _range_finding(
     }
     check = "non_finite" if stats.posinf or stats.neginf else "range"
     message = f"{column} has {' and '.join(parts)} of {scan.rows:,} rows"
+    if beyond:
+        message += "; training reads float32, where they become infinity: rescale the column"
     rows = stats.rows.get("non_finite", []) + stats.rows.get("out_of_range", [])
     return Finding(check, column, message, observed), rows
+
+
+def _short(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
 
 
 def _example_rows(

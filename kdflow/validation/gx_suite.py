@@ -28,7 +28,8 @@ from kdflow.validation.text_checks import has_no_text
 
 log = logging.getLogger(__name__)
 
-_FLOAT_MAX = float(np.finfo(np.float64).max)
+_FLOAT_MAX = float(np.finfo(np.float32).max)
+"""Features train as float32: a value beyond its range would train as infinity."""
 _INT_TYPES = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"]
 _FLOAT_TYPES = ["float16", "float32", "float64", *_INT_TYPES]
 
@@ -58,8 +59,8 @@ def gx_frame(scan: SplitScan, source: TableSource, contract: DataContract) -> pd
     if missing:
         log.info("%s: adding %d flagged rows to the GX sample", scan.name, len(missing))
         frame = pd.concat([frame, source.take(missing)]).sort_index()
-    for name in scan.numeric:  # all-null columns arrive as objects: GX wants numbers
-        if frame[name].dtype == object:
+    for name in scan.numeric:  # all-null, decimal and boolean columns: GX wants numbers
+        if frame[name].dtype == object or pd.api.types.is_bool_dtype(frame[name]):
             frame[name] = frame[name].astype("float64")
     return frame
 

@@ -25,7 +25,7 @@ from kdflow.validation.column_stats import (
     TextColumnStats,
     TextStats,
     is_class_type,
-    is_number_type,
+    is_feature_number_type,
     is_text_type,
     scan_label,
     scan_numeric,
@@ -162,7 +162,7 @@ def scan_source(
             texts[name] = TextColumnStats(str(arrow_type), holds_text=is_text_type(arrow_type))
             continue
         # An all-null column (Arrow type null) counts as numeric: its nulls are the finding.
-        if is_number_type(arrow_type) or pa.types.is_null(arrow_type):
+        if is_feature_number_type(arrow_type) or pa.types.is_null(arrow_type):
             numeric[name] = NumericStats(integer=pa.types.is_integer(arrow_type))
         else:
             text[name] = TextStats(str(arrow_type))
