@@ -129,9 +129,9 @@ def split_frame(
     alone = labels.isin(singles)
     rest = frame[~alone] if alone.any() else frame
     # Stratifying needs every class in both parts (scikit-learn rounds the test part up).
-    classes = len(counts) - len(singles)
+    kept = len(counts) - len(singles)
     second_rows = math.ceil(test_fraction * len(rest))
-    fits = classes <= min(second_rows, len(rest) - second_rows)
+    fits = kept <= min(second_rows, len(rest) - second_rows)
     stratify = rest[label_column] if fits else None
     try:
         first, second = train_test_split(
