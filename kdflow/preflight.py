@@ -58,6 +58,8 @@ def _column_hint(column: str, columns: list[str]) -> str:
     """A near match (spaces, case), another delimiter, or a file without a header row."""
     import difflib
 
+    from kdflow.data.csv_files import is_number
+
     near = [c for c in columns if c.strip().casefold() == column.strip().casefold()]
     near = near or difflib.get_close_matches(column, columns, n=1, cutoff=0.8)
     if near:
@@ -67,18 +69,10 @@ def _column_hint(column: str, columns: list[str]) -> str:
             if delimiter in columns[0]:
                 return (f"; the header is one column holding {name}: kdflow reads "
                         "comma-separated CSV, so save it with commas")
-    if columns and all(_is_number(c) for c in columns):
+    if columns and all(is_number(c) for c in columns):
         return ("; every column name is a number: does the file lack a header row? The first "
                 "row names the columns")
     return ""
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def check_run(cfg: RunConfig) -> None:

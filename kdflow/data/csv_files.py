@@ -76,6 +76,11 @@ def check_header(names: list[str], uri: str) -> None:
     twice = [name for name, n in Counter(names).items() if n > 1]
     if twice:
         shown = ", ".join(repr(n) for n in twice[:5])
+        if all(is_number(n) for n in names):
+            raise DataError(
+                f"{uri}: the header names column(s) {shown} more than once, and every name is "
+                "a number: does the file lack a header row? The first row names the columns"
+            )
         raise DataError(
             f"{uri}: the header names column(s) {shown} more than once; give every column "
             "its own name"
@@ -110,6 +115,15 @@ def check_utf8(batch: pa.RecordBatch, offset: int, uri: str) -> None:
 def not_utf8_message(uri: str, column: str) -> str:
     """A later block of a text column that is not UTF-8 (pyarrow says so without a row)."""
     return f"{uri}: column {column!r} is not UTF-8 text; save the file as UTF-8 ({_RECODE})"
+
+
+def is_number(text: str) -> bool:
+    """Whether a header's name reads as a number (a data row taken for the header)."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _codec(path: str) -> str:
