@@ -106,6 +106,8 @@ def check_run(cfg: RunConfig) -> None:
             f"{data.data} is a table of columns",
             option=option,
         )
+    columns: list[str] | None = None
+    features: list[str] | None = None
     if data.data.startswith(BUILTIN_PREFIX):
         name = data.data.removeprefix(BUILTIN_PREFIX)
         if name not in BUILTIN_SHAPES:
@@ -131,6 +133,8 @@ def check_run(cfg: RunConfig) -> None:
                 f"--test-data: {data.test_data} has no label column {data.label_column!r}",
                 option="--test-data",
             )
+        if test_columns is not None and columns is not None and not data.text_column:
+            _check_test_features(cfg, features or columns, test_columns)
     if not data.data.startswith(BUILTIN_PREFIX) and columns is not None:
         check_labels(cfg, local_test=test_columns is not None)
     if data.text_column:
@@ -177,6 +181,20 @@ def check_run(cfg: RunConfig) -> None:
                 raise ConfigError(f"{option}: {text}: {exc}", option=option) from exc
     _check_teacher_epochs(cfg, teachers)
     _check_methods(cfg, teachers, sample, n_features)
+
+
+def _check_test_features(cfg: RunConfig, features: list[str], test_columns: list[str]) -> None:
+    """Every feature of --data (or of --contract) is a column of --test-data."""
+    data = cfg.data
+    lacking = [c for c in features if c != data.label_column and c not in test_columns]
+    if lacking:
+        shown = ", ".join(repr(c) for c in lacking[:10]) + (" ..." if len(lacking) > 10 else "")
+        raise ConfigError(
+            f"--test-data: {data.test_data} lacks feature column(s) {shown} of {data.data}; "
+            "the models read every feature of --data (or of --contract)"
+            + _column_hint(lacking[0], test_columns),
+            option="--test-data",
+        )
 
 
 def check_workers(cfg: RunConfig) -> None:

@@ -162,6 +162,18 @@ def test_a_test_file_with_a_duplicate_header(tmp_path, capsys) -> None:
     )
 
 
+@pytest.mark.parametrize(("header", "hint"), [("a,y", ""), ("a,B,y", "; did you mean 'B'?")])
+def test_a_test_file_that_lacks_a_feature(header, hint, tmp_path, capsys) -> None:
+    data = _write(tmp_path, "data.csv", GOOD)
+    rows = "".join(f"{i}," * header.count(",") + f"{i % 2}\n" for i in range(10))
+    test = _write(tmp_path, "test.csv", header + "\n" + rows)
+    line = _stopped(capsys, tmp_path, data, "--test-data", str(test))
+    assert line == (
+        f"--test-data: {test} lacks feature column(s) 'b' of {data}; the models read every "
+        f"feature of --data (or of --contract){hint}"
+    )
+
+
 def test_through_the_installed_command(tmp_path) -> None:
     """The same, as a user's shell sees it: stderr, exit code 2, no traceback."""
     data = _write(tmp_path, "data.csv.gz", b"not gzip\n" * 4)

@@ -177,3 +177,15 @@ def test_boolean_and_decimal_features_are_numbers(tmp_path: Path) -> None:
     written = pq.read_table(out)
     assert written.schema.field("flag").type == pa.float32()
     assert written.column("price").to_pylist()[0] == pytest.approx(float(table["price"][0].as_py()))
+
+
+def test_an_extra_column_in_the_test_file_is_a_warning(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    train, test = tmp_path / "train.parquet", tmp_path / "test.parquet"
+    _frame(rng.normal(size=40)).to_parquet(train)
+    _frame(rng.normal(size=40)).assign(note="x").to_parquet(test)
+    report = validate_dataset(str(train), str(test), default_contract("y"))
+    assert report.failures == []
+    finding = only(report.warnings, "extra_columns")
+    assert finding.split == "test"
+    assert finding.message == "1 column(s) not in the contract will be ignored: note"
