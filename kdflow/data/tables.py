@@ -240,12 +240,19 @@ def column_groups(columns: list[str], size: int = 16) -> list[list[str]]:
 
 
 def column_counts(uri: str, column: str) -> tuple[pa.DataType, dict[Any, int]]:
-    """One column of a Parquet or CSV file (local or s3://), streamed: its Arrow type and
-    how many rows hold each distinct value (nulls left out). Memory: one batch of the
-    column and the distinct values. A CSV column whose later rows do not fit the type its
-    first block gave (text after numbers) is read again as text."""
+    """One column of a Parquet, CSV or JSON Lines file (local or s3://), streamed: its
+    Arrow type and how many rows hold each distinct value (nulls left out). Memory: one
+    batch of the column and the distinct values. A CSV column whose later rows do not fit
+    the type its first block gave (text after numbers) is read again as text. JSON Lines
+    go through `open_table` (into Parquet first)."""
     filesystem, path = resolve_uri(uri)
     _check_is_file(filesystem, path, uri)
+    if path.lower().endswith(JSONL_SUFFIXES):
+        with open_table(uri) as source:
+            if column not in source.columns:
+                raise DataError(f"{uri}: cannot read column {column!r}: no such column")
+            arrow_type = source.schema.field(column).type
+            return _counted(arrow_type, source.iter_batches([column]), uri, column)
     csv = path.lower().endswith(CSV_SUFFIXES)
     types: dict[str, pa.DataType] = {}
     while True:
@@ -268,7 +275,6 @@ def _count_column(
     types: dict[str, pa.DataType],
     uri: str,
 ) -> tuple[pa.DataType, dict[Any, int]]:
-    counts: dict[Any, int] = {}
     with contextlib.ExitStack() as stack:
         batches: Iterator[pa.RecordBatch]
         if csv:
@@ -286,18 +292,26 @@ def _count_column(
             stack.callback(parquet.close)
             arrow_type = parquet.schema_arrow.field(column).type
             batches = parquet.iter_batches(BATCH_ROWS, columns=[column], use_threads=False)
-        if pa.types.is_nested(arrow_type) or pa.types.is_binary(arrow_type):
-            raise DataError(
-                f"{uri}: column {column!r} holds {arrow_type} values; a label column holds "
-                "classes (integers, booleans or strings)"
-            )
-        for batch in batches:
-            array = batch.column(0)
-            if pa.types.is_dictionary(array.type):
-                array = array.dictionary_decode()
-            for entry in array.value_counts().to_pylist():
-                if entry["values"] is not None:
-                    counts[entry["values"]] = counts.get(entry["values"], 0) + entry["counts"]
+        return _counted(arrow_type, batches, uri, column)
+
+
+def _counted(
+    arrow_type: pa.DataType, batches: Iterator[pa.RecordBatch], uri: str, column: str
+) -> tuple[pa.DataType, dict[Any, int]]:
+    """The type and the rows per value of a label column's batches (nested: refused)."""
+    if pa.types.is_nested(arrow_type) or pa.types.is_binary(arrow_type):
+        raise DataError(
+            f"{uri}: column {column!r} holds {arrow_type} values; a label column holds "
+            "classes (integers, booleans or strings)"
+        )
+    counts: dict[Any, int] = {}
+    for batch in batches:
+        array = batch.column(0)
+        if pa.types.is_dictionary(array.type):
+            array = array.dictionary_decode()
+        for entry in array.value_counts().to_pylist():
+            if entry["values"] is not None:
+                counts[entry["values"]] = counts.get(entry["values"], 0) + entry["counts"]
     if pa.types.is_dictionary(arrow_type):
         arrow_type = arrow_type.value_type
     return arrow_type, counts

@@ -189,3 +189,14 @@ def test_an_extra_column_in_the_test_file_is_a_warning(tmp_path: Path) -> None:
     finding = only(report.warnings, "extra_columns")
     assert finding.split == "test"
     assert finding.message == "1 column(s) not in the contract will be ignored: note"
+
+
+@pytest.mark.parametrize("name", ["data.jsonl", "data.jsonl.gz"])
+def test_json_lines_for_a_classifier(tmp_path: Path, name: str) -> None:
+    """Preflight reads a JSON Lines table's header and counts its labels (it took them
+    for Parquet before)."""
+    text = EXPECTED.to_json(orient="records", lines=True).encode()
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(text) if name.endswith(".gz") else text)
+    assert table_header(str(path)) == ["a", "b", "y"]
+    assert column_counts(str(path), "y") == (pa.int64(), {0: 2, 1: 2})
