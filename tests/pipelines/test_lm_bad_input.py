@@ -106,8 +106,16 @@ def assert_failed_at(capsys: pytest.CaptureFixture[str], code: int, step: str, t
     return err
 
 
+def test_a_corpus_without_rows_stops_before_anything_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Preflight reads the Parquet footer (it used to be the validate step's finding)."""
+    pd.DataFrame({"text": pd.Series([], dtype=str)}).to_parquet(tmp_path / "corpus.parquet")
+    code = main(lm_run(tmp_path, tmp_path / "corpus.parquet"))
+    assert_one_line_naming(capsys, code, "--data", "corpus.parquet: has no rows", tmp_path)
+
+
 @pytest.mark.parametrize("frame, text", [
-    (pd.DataFrame({"text": pd.Series([], dtype=str)}), "has no rows"),
     (pd.DataFrame({"text": ["   ", "\n\t", ""] * 20}), "blank"),
     (pd.DataFrame({"text": list(range(60))}), "not text"),
 ])
