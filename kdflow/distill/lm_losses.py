@@ -27,10 +27,14 @@ teacher's mass, p_tail = 1 − Σ_S p_i, is kept as ONE tail bucket rather than 
 the top-k (which would tell the student the teacher is surer than it is); the student's
 tail is q_tail = 1 − Σ_S q_i over the same ids. Both are then proper distributions over
 S ∪ {tail} and every loss is the exact divergence between these coarsened distributions,
-which is the full-vocabulary one when S covers the vocabulary. log q_tail is computed as
-the logsumexp of the student's logits with S masked out, minus the full logsumexp: a sum of
-positive terms, exact even when S holds all but e^-100 of the mass, where
-log1p(−Σ_S q_i) would round to −inf.
+which is the full-vocabulary one when S covers the vocabulary. log q_tail is log(1 − Σ_S q_i)
+from the K logits over S (the sum in float64) when q_tail ≥ 5 % (`FAST_TAIL`): no pass over
+the vocabulary, and the tail's gradient folds into the softmax term the cross-entropy needs
+anyway, so at T = 1 the backward makes one exp pass over C × V, as plain next-token training
+does. Rows where S holds more than 95 % of the student's mass take the logsumexp of the
+student's logits with S masked out, minus the full logsumexp: a sum of positive terms, exact
+even when S holds all but e^-100 of the mass, where log1p(−Σ_S q_i) would round to −inf.
+What KD adds to a training step, by student size: `benchmarks/results/lm_step_cost.md`.
 """
 
 from __future__ import annotations
@@ -116,41 +120,95 @@ def _logsumexp(x: torch.Tensor, mask: torch.Tensor | None = None, scale: float =
     return t.sub_(m).exp_().sum(-1).log_().add_(m.squeeze(-1))
 
 
+FAST_TAIL = 0.05
+"""A row's student tail q_tail = 1 − Σ_S q_i is computed from its K logits over S when it is
+at least this (log of a float64 sum: error under 1e-5), not by a masked logsumexp over the
+vocabulary; below it (S holds over 95 % of the student's mass) the masked logsumexp keeps the
+tail exact down to e^-100, as the module docstring says."""
+
+
+def _tail(zt: torch.Tensor, picked: torch.Tensor, ids: torch.Tensor, present: torch.Tensor,
+          lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """logsumexp of zt outside S per row (C), the rows computed exactly (C, bool) and their
+    S mask (rows × V). Most rows take lse + log(1 − Σ_S softmax(zt)) from the K logits over
+    S; rows whose tail is small, or whose present ids repeat, take the masked logsumexp."""
+    vocab = zt.shape[-1]
+    q_s = torch.where(present, (picked.double() - lse.double()[:, None]).exp(), 0.0)
+    rest = 1.0 - q_s.sum(-1)
+    fillers = -1 - torch.arange(ids.shape[-1], device=ids.device)  # distinct, never an id
+    ordered = torch.where(present, ids, fillers).sort(-1).values
+    exact = (rest < FAST_TAIL) | (ordered[:, 1:] == ordered[:, :-1]).any(-1)
+    tail = (lse.double() + rest.clamp_min(1e-300).log()).float()
+    rows = exact.nonzero().squeeze(1)
+    mask = torch.zeros(rows.numel(), vocab + 1, dtype=torch.bool, device=zt.device)
+    if rows.numel():
+        # Padding slots scatter into a spare column, so duplicate ids all write True.
+        mask = mask.scatter_(-1, torch.where(present[rows], ids[rows], vocab), True)
+        tail[rows] = _logsumexp(zt[rows], mask[:, :vocab])
+    return tail, exact, mask[:, :vocab]
+
+
 class _Reductions(torch.autograd.Function):
-    """zt = z / T (C × V) to zt at `index`, logsumexp(zt), logsumexp of zt outside `in_s`
-    (the tail) and logsumexp(z), keeping only zt and the mask: autograd's own gather,
-    masked_fill and logsumexps would keep three more C × V tensors."""
+    """zt = z / T (C × V) to zt at `index` (S's K ids, then the label), logsumexp(zt), the
+    logsumexp of zt outside S (the tail; `_tail`) and logsumexp(z), keeping only zt and
+    C × (K + 1) numbers (plus an S mask for the few rows whose tail is computed exactly):
+    autograd's own gather, masked_fill and logsumexps would keep three more C × V tensors.
+
+    Its backward makes one pass of exp over C × V at T = 1 (two at other T): the tail's
+    gradient, exp(zt_j − tail) for j outside S, is softmax(zt)_j / q_tail, so it folds into
+    the softmax term, less what that puts on S (a K-wide scatter)."""
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, zt: torch.Tensor, index: torch.Tensor,
-                in_s: torch.Tensor | None, temperature: float) -> tuple[torch.Tensor, ...]:
+                present: torch.Tensor | None, temperature: float) -> tuple[torch.Tensor, ...]:
         lse = _logsumexp(zt)
-        tail = _logsumexp(zt, in_s) if in_s is not None else lse * 0
         lse_1 = lse.clone() if temperature == 1.0 else _logsumexp(zt, scale=temperature)
-        ctx.save_for_backward(zt, index, in_s, lse, tail, lse_1)  # type: ignore[arg-type]
+        picked = zt.gather(-1, index)
+        if present is not None:
+            tail, exact, mask = _tail(zt, picked[:, :-1], index[:, :-1], present, lse)
+        else:
+            tail, exact, mask = lse * 0, None, None
+        saved = (zt, index, present, lse, tail, lse_1, exact, mask)
+        ctx.save_for_backward(*saved)  # type: ignore[arg-type]
         ctx.temperature = temperature  # type: ignore[attr-defined]
         ctx.set_materialize_grads(False)
-        return zt.gather(-1, index), lse, tail, lse_1
+        return picked, lse, tail, lse_1
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, *grads: torch.Tensor | None
                  ) -> tuple[torch.Tensor | None, None, None, None]:
-        zt, index, in_s, lse, tail, lse_1 = ctx.saved_tensors  # type: ignore[attr-defined]
+        zt, index, present, lse, tail, lse_1, exact, mask = ctx.saved_tensors  # type: ignore[attr-defined]
         t: float = ctx.temperature  # type: ignore[attr-defined]
         g_picked, g_lse, g_tail, g_lse_1 = grads
         if t == 1.0 and g_lse_1 is not None:  # d logsumexp(z) = softmax(z) = d logsumexp(zt)
             g_lse, g_lse_1 = g_lse_1 if g_lse is None else g_lse + g_lse_1, None
-        # d logsumexp(s · zt) = s · softmax(s · zt), ROWS rows at a time into one C × V buffer.
-        terms = [(s, out, g * s, mask) for s, out, g, mask in [
-            (1.0, lse, g_lse, None), (t, lse_1, g_lse_1, None), (1.0, tail, g_tail, in_s)
-        ] if g is not None]
+        if present is None:
+            g_tail = None
+        # The softmax term's weight per row: g_lse, plus g_tail / q_tail on the fast rows.
+        fold = None
+        if g_tail is not None:
+            fold = torch.where(exact, 0.0, g_tail * (lse - tail).exp())
+        coef = fold if g_lse is None else g_lse if fold is None else g_lse + fold
         grad = torch.zeros_like(zt)
         for r in (slice(i, i + ROWS) for i in range(0, zt.shape[0], ROWS)):
-            for s, out, g, mask in terms:
-                term = zt[r].mul(s).sub_(out[r, None]).exp_()
-                if mask is not None:
-                    term.masked_fill_(mask[r], 0.0)  # inf there (zt ≫ tail) becomes 0, not nan
-                grad[r].add_(term.mul_(g[r, None]))
+            if coef is not None:
+                grad[r].add_(zt[r].sub(lse[r, None]).exp_().mul_(coef[r, None]))
+            if g_lse_1 is not None:  # d logsumexp(t · zt) = t · softmax(t · zt)
+                term = zt[r].mul(t).sub_(lse_1[r, None]).exp_()
+                grad[r].add_(term.mul_(g_lse_1[r, None] * t))
+        if fold is not None:
+            # The fold put softmax_j · g_tail / q_tail on S too, where the tail has no
+            # gradient: take it back (exp of the same float32 numbers as above).
+            s_ids = index[:, :-1]
+            on_s = (zt.gather(-1, s_ids) - lse[:, None]).exp() * fold[:, None]
+            grad.scatter_add_(-1, s_ids, torch.where(present, -on_s, 0.0))
+        if g_tail is not None and exact is not None and mask is not None and mask.shape[0]:
+            rows = exact.nonzero().squeeze(1)
+            for r in (slice(i, i + ROWS) for i in range(0, rows.numel(), ROWS)):
+                at = rows[r]
+                term = zt[at].sub_(tail[at, None]).exp_()
+                term.masked_fill_(mask[r], 0.0)  # inf there (zt ≫ tail) becomes 0, not nan
+                grad.index_add_(0, at, term.mul_(g_tail[at, None]))
         if g_picked is not None:
             grad.scatter_add_(-1, index, g_picked)
         return grad, None, None, None
@@ -181,14 +239,11 @@ def _token_sums(zt: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor | None
                 ce_grad: bool, kd_grad: bool) -> torch.Tensor:
     """[Σ CE, Σ KD] over the rows of zt = logits / T (C × V, float32)."""
     vocab = zt.shape[-1]
-    index, in_s, present = labels[:, None], None, None
+    index, present = labels[:, None], None
     if ids is not None and probs is not None:
         present = probs > 0
-        # Padding slots scatter into a spare column, so duplicate ids all write True.
-        in_s = torch.zeros(zt.shape[0], vocab + 1, dtype=torch.bool, device=zt.device)
-        in_s = in_s.scatter_(-1, torch.where(present, ids, vocab), True)[:, :vocab]
         index = torch.cat([ids, index], -1)
-    picked, lse, tail, lse_1 = _Reductions.apply(zt, index, in_s, temperature)
+    picked, lse, tail, lse_1 = _Reductions.apply(zt, index, present, temperature)
     ce = (lse_1 - temperature * picked[:, -1]).sum()
     ce = ce if ce_grad else ce.detach()
     if present is None or probs is None:

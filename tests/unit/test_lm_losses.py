@@ -398,3 +398,39 @@ def test_under_bfloat16_autocast_the_loss_stays_float32_and_close() -> None:
     assert out.total.dtype == torch.float32 and torch.isfinite(grad).all()
     assert out.total.item() == pytest.approx(exact.total.item(), rel=3e-2)
     assert out.total.item() != exact.total.item()  # the head did run in bfloat16
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+@pytest.mark.parametrize("kind", KINDS)
+def test_fast_and_exact_tail_rows_together_match_the_float64_reference(
+    kind: str, temperature: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Most rows take the tail from the K logits over S (lse + log(1 − Σ_S q)) and fold its
+    gradient into the softmax term; rows where S holds over 95 % of the student's mass, or
+    whose present ids repeat, take the masked logsumexp. One batch with all three kinds of
+    rows, in value and gradient, against the float64 reference."""
+    monkeypatch.setattr(lm_losses, "ROWS", 2)
+    torch.manual_seed(5)
+    logits = torch.randn(1, 6, V)
+    ids, probs = sparse_targets(k=3, seed=6)
+    ids, probs = ids[:1], probs[:1]
+    logits[0, 1, ids[0, 1, :3]] += 12.0  # S holds ~all of the student's mass: exact row
+    logits[0, 4, ids[0, 4, :3]] += 8.0
+    ids[0, 3, 1] = ids[0, 3, 0]  # a repeated present id: exact row
+    probs[0, 3, :2] = torch.tensor([0.2, 0.1])
+    logits.requires_grad_(True)
+    labels = torch.randint(0, V, (1, 6))
+
+    flat = (logits.detach()[0] / temperature).float()
+    lse = torch.logsumexp(flat, -1)
+    _, exact, _ = lm_losses._tail(flat, flat.gather(-1, ids[0, :, :-1]), ids[0, :, :-1],
+                                  probs[0, :, :-1] > 0, lse)
+    assert exact.tolist()[1] and exact.tolist()[3] and not exact.tolist()[0]
+
+    out = dense_lm_loss(logits, labels, ids, probs, kind=kind, alpha=0.3,
+                        temperature=temperature)
+    expected = reference_loss(logits, labels, ids, probs, kind, temperature, 0.3)
+    torch.testing.assert_close(out.total.double(), expected, rtol=1e-5, atol=1e-6)
+    (grad,) = torch.autograd.grad(out.total, [logits])
+    (expected_grad,) = torch.autograd.grad(expected, [logits])
+    torch.testing.assert_close(grad.double(), expected_grad.double(), rtol=1e-4, atol=1e-6)
