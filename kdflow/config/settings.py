@@ -269,6 +269,10 @@ class DistillConfig:
     """Keep only each teacher's k largest logits (0: all): a smaller cache, an approximation.
     For causal-lm, 0 keeps 64 per token (a whole vocabulary per token is too large to
     cache), and the teachers' remaining probability is kept as one tail bucket."""
+    cache_actors: int = 0
+    """Ray Data actors per teacher filling its cache (offline, classification): 0 is one per
+    GPU, or one per two CPUs on a CPU-only cluster; each takes a GPU where there are GPUs,
+    else one CPU. Teachers fill one after the other, each on the whole pool."""
     kd_loss: str = "forward_kl"
     """Token-level divergence for causal-lm: `forward_kl` (KL(teacher ‖ student), Hinton at
     T), `reverse_kl` (KL(student ‖ teacher), mode-seeking) or `jsd` (generalised
@@ -339,6 +343,7 @@ class DistillConfig:
             "0 trains in this process; a Ray cluster (--ray-address) needs 1 or more",
         )
         require(self.max_failures >= 0, "max_failures", "must be >= 0")
+        require(self.cache_actors >= 0, "cache_actors", "must be 0 (one per GPU) or more")
         modes = ("mean_probs", "weighted_probs", "mean_logits")
         require(
             self.ensemble in modes,

@@ -96,7 +96,7 @@ class ColumnSource:
         columns = self.meta.feature_columns
         with storage.parquet_file(storage.join(self.uri, f"{split}.parquet")) as pf:
             for batch in pf.iter_batches(batch_rows, columns=columns):
-                yield _features(batch, columns)
+                yield feature_array(batch, columns)
 
     def texts(self, split: str, start: int = 0, stop: int | None = None) -> list[list[str]]:
         return []
@@ -165,7 +165,8 @@ def load_meta(dataset_uri: str) -> DatasetMeta:
     return open_source(dataset_uri).meta
 
 
-def _features(table: Any, columns: list[str]) -> np.ndarray:
+def feature_array(table: Any, columns: list[str]) -> np.ndarray:
+    """The feature columns of a Parquet table or batch as float32 N × F."""
     if table.num_rows == 0:
         return np.zeros((0, len(columns)), np.float32)
     return np.stack(
@@ -184,7 +185,7 @@ def load_rows(
         columns=[*meta.feature_columns, "label"],
     )
     y = table.column("label").to_numpy(zero_copy_only=False).astype(np.int64)
-    return Split(x=_features(table, meta.feature_columns), y=y)
+    return Split(x=feature_array(table, meta.feature_columns), y=y)
 
 
 def feature_stats(dataset_uri: str, meta: DatasetMeta) -> tuple[list[float], list[float]]:
@@ -198,7 +199,7 @@ def feature_stats(dataset_uri: str, meta: DatasetMeta) -> tuple[list[float], lis
     n = 0
     with storage.parquet_file(storage.join(dataset_uri, "train.parquet")) as pf:
         for batch in pf.iter_batches(STREAM_ROWS, columns=meta.feature_columns):
-            x = _features(batch, meta.feature_columns).astype(np.float64)
+            x = feature_array(batch, meta.feature_columns).astype(np.float64)
             total += x.sum(0)
             squares += (x * x).sum(0)
             n += len(x)

@@ -2,10 +2,11 @@
 once per born-again generation; and a teacher's own training through the same loop.
 
 Offline KD (the default): each teacher's logits over the training split are computed once,
-in parallel Ray tasks, and cached as float16 (optionally top-k) under the storage path,
-keyed by the data and the teacher's weights (`kdflow.distill.cache`); later runs reuse
-them. Online KD (`teacher_mode="online"`) runs the teachers on every batch instead, which
-augmentation and hints need. Both modes round the teachers' logits to float16 (and top-k)
+by Ray Data batch inference on an actor pool (`kdflow.distill.cache_fill`), and cached
+as float16 (optionally top-k) under the storage path, keyed by the data and the teacher's
+weights (`kdflow.distill.cache`); later runs reuse them. Online KD
+(`teacher_mode="online"`) runs the teachers on every batch instead, which augmentation
+and hints need. Both modes round the teachers' logits to float16 (and top-k)
 the same way, so on the same data they train the same student.
 
 The same `run_distillation` runs in the step's process and as the entry point of a Ray job

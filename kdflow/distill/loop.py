@@ -156,11 +156,12 @@ def epoch_order(shard_rows: int, per_rank: int, seed: int) -> torch.Tensor:
 
 
 def shard_targets(job: WorkerJob, task: Task, start: int, stop: int) -> SoftTargets:
-    """This shard's ensemble soft targets from the cache: one ranged read per teacher."""
+    """This shard's ensemble soft targets from the cache: per teacher, the shards holding
+    its rows (a classifier's entry) or one ranged read (a causal LM's)."""
     assert job.ensemble is not None
     parts = []
     for uri in job.caches:
-        entry = teacher_cache.CacheEntry.open(uri)
+        entry = teacher_cache.open_entry(uri)
         if entry is None:
             raise KdflowError(f"teacher cache {uri} disappeared during the run")
         parts.append({k: torch.from_numpy(v) for k, v in entry.train_rows(start, stop).items()})

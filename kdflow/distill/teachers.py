@@ -1,8 +1,11 @@
 """Teachers: their saved folders, and their outputs over the data, computed once.
 
-Offline KD fills each teacher's cache entry (`kdflow.distill.cache`) in a Ray task of its
-own (a GPU each where the cluster has GPUs); a later run with the same data and teacher
-reuses it. Either mode reads each teacher's validation logits for the ensemble's weights.
+Offline KD fills each classifier teacher's cache entry (`kdflow.distill.cache`) by Ray Data
+batch inference (`kdflow.distill.cache_fill`): `TeacherPredictor` on an actor pool per
+teacher, a GPU each where the cluster has GPUs, the teachers one after the other, each with
+the whole pool. A causal LM's entry is still filled in one Ray task per teacher. A later
+run with the same data and teacher reuses the entry. Either mode reads each teacher's
+validation logits for the ensemble's weights (a Ray task per teacher, before the fills).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 from torch import nn
 
@@ -21,9 +25,10 @@ from kdflow.data import storage
 from kdflow.data.prepared import DatasetMeta
 from kdflow.data.sources import open_source
 from kdflow.distill import cache as teacher_cache
+from kdflow.distill import cache_fill
 from kdflow.distill.runtime import ensure_ray, local_device
 from kdflow.distill.tasks import Task, task_named
-from kdflow.errors import DataError, KdflowError
+from kdflow.errors import DataError, KdflowError, ModelFormatError
 from kdflow.models.inference import as_tensor, predict_logits
 from kdflow.models.sources import encoder_of, load_saved
 from kdflow.models.zoo import describe
@@ -69,16 +74,16 @@ def _teacher_task(
     token_cache: str | None = None,
     cfg: DistillConfig | None = None,
 ) -> dict[str, Any]:
-    """One teacher's validation logits and, for the cache, its outputs over the train split.
+    """One teacher's validation logits and, given `cache_uri`, its entry filled here.
 
-    Runs as a Ray task (a GPU when the cluster has them); the train split streams through
-    its data source in batches, so memory is the cache entry plus one batch.
+    Runs as a Ray task (a GPU when the cluster has them) for the validation logits, and for
+    a causal LM's entry too; in-process runs (`workers=0`) call it for everything. The
+    train split streams through in blocks, so memory is a block (a causal LM's: its entry).
     """
     started = time.monotonic()
     source = open_source(dataset_uri, cache_root=token_cache)
     task = task_named(task_name, cfg)
-    model, _ = load_teacher(teacher_uri, source.meta)
-    model.to(local_device())
+    model = TeacherPredictor.load(teacher_uri, source.meta)
     encoder = encoder_of(model)  # each teacher reads the text through its own tokenizer
     val = source.read("val", encoder=encoder)
     if task.name == "causal-lm":  # per-token logits are too many to keep: the metrics
@@ -88,7 +93,16 @@ def _teacher_task(
         val_logits = np.array([metrics["token_accuracy"], -metrics["log_likelihood"]], np.float32)
     else:
         val_logits = predict_logits(model, val.x).half().numpy()
-    if cache_uri:
+    if cache_uri and teacher_cache.is_sharded(cache_uri):
+        predictor = TeacherPredictor(teacher_uri, source.meta, task_name,
+                                     int(entry_meta["top_k"]), cfg, model=model)
+        shards = cache_fill.fill_here(
+            dataset_uri, cache_fill.input_columns(source.meta), predictor,
+            teacher_cache.fill_folder(cache_uri), int(entry_meta["rows"]),
+            _progress_label(teacher_uri),
+        )
+        teacher_cache.commit_sharded(cache_uri, val_logits, entry_meta, shards)
+    elif cache_uri:
         top_k = int(entry_meta["top_k"])
         rows = int(entry_meta["rows"])
         arrays: dict[str, np.ndarray] = {}
@@ -108,6 +122,57 @@ def _teacher_task(
         "seconds": time.monotonic() - started,
         "tokenize_seconds": source.tokenize_seconds,
     }
+
+
+def _progress_label(teacher_uri: str) -> str:
+    return f"teacher cache {teacher_uri.rstrip('/').rsplit('/', 1)[-1]}"
+
+
+class TeacherPredictor:
+    """One teacher over blocks of train rows, loaded once per Ray Data actor: a block (its
+    input columns and `row`) -> its shard (`row` and the cache's parts, as
+    `_teacher_parts` computes them)."""
+
+    def __init__(
+        self,
+        teacher_uri: str,
+        meta: DatasetMeta,
+        task_name: str,
+        top_k: int,
+        cfg: DistillConfig | None = None,
+        threads: int = 0,
+        model: nn.Module | None = None,
+    ) -> None:
+        if threads:  # a CPU actor's share: Ray gives it one CPU, torch would take them all
+            torch.set_num_threads(threads)
+        self.model = model if model is not None else self.load(teacher_uri, meta)
+        self.meta, self.top_k = meta, top_k
+        self.task = task_named(task_name, cfg)
+        self.encoder = encoder_of(self.model)
+
+    @staticmethod
+    def load(teacher_uri: str, meta: DatasetMeta) -> nn.Module:
+        """The teacher on this process's device; any failure is a KdflowError naming it
+        (not a traceback from inside a Ray actor)."""
+        try:
+            model, _ = load_teacher(teacher_uri, meta)
+        except KdflowError as exc:
+            if teacher_uri in str(exc):
+                raise
+            raise type(exc)(f"teacher {teacher_uri}: {exc}") from exc
+        except Exception as exc:  # safetensors', torch's: unreadable or mismatched weights
+            raise ModelFormatError(
+                f"teacher {teacher_uri}: its weights cannot be loaded "
+                f"({type(exc).__name__}: {exc}); save it again with kdflow"
+            ) from exc
+        return model.to(local_device())
+
+    def __call__(self, block: pa.Table) -> pa.Table:
+        x = cache_fill.model_inputs(block, self.meta, self.encoder)
+        parts = _teacher_parts(self.task, self.model, x, self.top_k)
+        return teacher_cache.shard_table(
+            block.column("row").to_numpy(), {name: t.numpy() for name, t in parts.items()}
+        )
 
 
 @torch.no_grad()
@@ -160,8 +225,11 @@ def teacher_outputs(
 ) -> list[TeacherOutputs]:
     """Each teacher's validation logits; offline, also its cache entry, filled if missing.
 
-    Cached teachers cost one read of their validation logits; the others run in parallel,
-    one Ray task each (in-process runs, `workers=0`, run them here, one after the other).
+    Cached teachers cost one read of their validation logits. The others run a Ray task
+    each, in parallel, for their validation logits (a causal LM's fills its entry too);
+    then their classifier entries are filled by Ray Data batch inference, a teacher at a
+    time on an actor pool (`cache_actors`). In-process runs (`workers=0`) start no Ray and run
+    everything here, one teacher after the other.
     Online mode writes no cache but reads validation logits from one. `rows` is the
     training split's rows as the models read them (a corpus's packed blocks; default the
     prepared split's rows). A causal LM's entry holds log-probabilities at the run's
@@ -186,8 +254,9 @@ def teacher_outputs(
         if task.name == "causal-lm":
             entry_meta |= {"temperature": cfg.temperature, "task": task.name}
             suffix = f"-T{cfg.temperature:g}"
-        cache = teacher_cache.entry_uri(storage_root, key, spec["weights_sha256"], top_k, suffix)
-        entry = teacher_cache.CacheEntry.open(cache)
+        cache = teacher_cache.entry_uri(storage_root, key, spec["weights_sha256"], top_k, suffix,
+                                        sharded=task.name != "causal-lm")
+        entry = teacher_cache.open_entry(cache)
         if entry is not None and entry.matches(entry_meta):
             log.info("teacher %d (%s): cached outputs %s", i, describe(spec), cache)
             outputs[i] = TeacherOutputs(
@@ -206,24 +275,89 @@ def teacher_outputs(
             for uri, _, cache, entry_meta in pending.values()
         ]
     elif pending:
-        import ray
-
-        ensure_ray()
-        gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
-        remote = ray.remote(_teacher_task)
-        refs = [
-            remote.options(num_cpus=1, num_gpus=gpus, name=f"kdflow-teacher-{i}").remote(
-                dataset_uri, uri, task.name, cache if offline else None, entry_meta, storage_root,
-                cfg,
-            )
-            for i, (uri, _, cache, entry_meta) in pending.items()
-        ]
-        done = _ray_get(refs)
+        done = _with_ray(dataset_uri, pending, meta, cfg, storage_root, task, offline)
     for (i, (uri, spec, cache, _)), out in zip(pending.items(), done, strict=True):
         outputs[i] = TeacherOutputs(
             uri, spec, out["val_logits"], cache if offline else None, False, out["seconds"]
         )
     return [outputs[i] for i in range(len(teacher_uris))]
+
+
+def cache_actors(cfg: DistillConfig, resources: dict[str, float]) -> tuple[int, bool]:
+    """Actors per teacher filling the cache, and whether each takes a GPU: `cache_actors`
+    when set, else one per GPU, or on a CPU-only cluster one per two CPUs (the other CPU
+    of each pair reads, writes and runs the validation tasks)."""
+    gpus = int(resources.get("GPU", 0))
+    if cfg.cache_actors:
+        return cfg.cache_actors, gpus > 0
+    if gpus:
+        return gpus, True
+    return max(1, int(resources.get("CPU", 1)) // 2), False
+
+
+def _with_ray(
+    dataset_uri: str,
+    pending: dict[int, tuple[str, dict[str, Any], str, dict[str, Any]]],
+    meta: DatasetMeta,
+    cfg: DistillConfig,
+    storage_root: str,
+    task: Task,
+    offline: bool,
+) -> list[dict[str, Any]]:
+    """The pending teachers' validation logits (a Ray task each) and, offline, their
+    entries: Ray Data fills for a classifier's, inside the task for a causal LM's."""
+    import ray
+
+    ensure_ray()
+    started = time.monotonic()
+    resources = ray.cluster_resources()
+    gpus = 1 if resources.get("GPU", 0) > 0 else 0
+    batch = offline and teacher_cache.is_sharded(next(iter(pending.values()))[2])
+    remote = ray.remote(_teacher_task)
+    refs = [
+        remote.options(num_cpus=1, num_gpus=gpus, name=f"kdflow-teacher-{i}").remote(
+            dataset_uri, uri, task.name, cache if offline and not batch else None, entry_meta,
+            storage_root, cfg,
+        )
+        for i, (uri, _, cache, entry_meta) in pending.items()
+    ]
+    # First: a teacher that does not load fails here, as its own KdflowError (an actor's
+    # failed __init__ reaches the driver as an ActorDiedError holding only its text).
+    done: list[dict[str, Any]] = _ray_get(refs)
+    if batch:
+        actors, on_gpus = cache_actors(cfg, resources)
+        for (i, (uri, _, cache, entry_meta)), out in zip(pending.items(), done, strict=True):
+            log.info("teacher %d: filling its cache on %d %s actor(s)", i, actors,
+                     "GPU" if on_gpus else "CPU")
+            shards = _fill(dataset_uri, uri, meta, task, cache, entry_meta, cfg, actors, on_gpus)
+            teacher_cache.commit_sharded(cache, out["val_logits"], entry_meta, shards)
+            out["seconds"] = time.monotonic() - started
+    return done
+
+
+def _fill(
+    dataset_uri: str, uri: str, meta: DatasetMeta, task: Task, cache: str,
+    entry_meta: dict[str, Any], cfg: DistillConfig, actors: int, gpus: bool,
+) -> list[dict[str, Any]]:
+    """One teacher's shards by Ray Data; a failure inside Ray is the KdflowError it began as."""
+    kwargs = {"teacher_uri": uri, "meta": meta, "task_name": task.name,
+              "top_k": int(entry_meta["top_k"]), "cfg": cfg, "threads": 1}
+    try:
+        return cache_fill.fill_ray(
+            dataset_uri, cache_fill.input_columns(meta), TeacherPredictor, kwargs,
+            teacher_cache.fill_folder(cache), int(entry_meta["rows"]), actors, gpus,
+            _progress_label(uri),
+        )
+    except KdflowError:
+        raise
+    except Exception as exc:  # Ray (Data) wraps what failed in its actors and tasks
+        cause = cache_fill.kdflow_cause(exc)
+        if cause is not None:
+            raise type(cause)(str(cause)) from exc
+        raise KdflowError(
+            f"teacher {uri}: filling its cache failed ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from exc
 
 
 def teacher_spec(uri: str) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from safetensors.numpy import load_file
 
 from kdflow.config import DistillConfig
 from kdflow.data.prepared import read_split
+from kdflow.distill.cache import open_entry
 from kdflow.evaluation.metrics import accuracy_of_logits, logits_on
 from kdflow.models.artifacts import load_model
 
@@ -72,8 +73,8 @@ def test_teacher_outputs_are_cached_in_float16_with_weights_and_agreement_logged
     assert [t["weight"] for t in teachers] == [0.5, 0.5]  # mean_probs: uniform
     assert all(0.5 < t["agreement"] <= 1.0 for t in teachers)
     for t in teachers:
-        cached = load_file(t["cache"])
-        assert cached["train"].dtype == np.float16
+        entry = open_entry(t["cache"])
+        assert entry.train_rows(0, entry.meta["rows"])["train"].dtype == np.float16
         assert Path(t["cache"]).parent.parent.name == "teacher-cache"
 
 

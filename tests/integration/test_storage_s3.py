@@ -106,13 +106,19 @@ def test_distill_on_s3_resumes_from_s3_checkpoints_and_reuses_the_s3_cache(
     assert weights[0] != weights[1] and sum(weights) == pytest.approx(1.0)
     keys = _keys(s3, "kd/")
     cached = [k for k in keys if k.startswith("kd/teacher-cache/")]
-    assert len(cached) == 2 and all(k.endswith("-top3.safetensors") for k in cached)
+    entries = sorted({k.rsplit("/", 1)[0] for k in cached if k.endswith("/meta.json")})
+    assert len(entries) == 2 and all(e.endswith("-top3") for e in entries)
+    shards = {e: [k for k in cached if k.startswith(f"{e}/fill-") and k.endswith(".parquet")]
+              for e in entries}
+    assert all(shards.values()), "each entry's Parquet shards are in the bucket"
     checkpoints = [k for k in keys if k.startswith("kd/ray/on-s3/checkpoint_")]
     assert any(k.endswith("state.safetensors") for k in checkpoints)
 
     meta = load_meta(str(digits_dataset))
     full = teacher_cache.entry_bytes(meta.rows["train"], meta.n_classes)
-    assert all(storage.size(f"{root}/{k}") < full for k in cached), "top-3 of 10 is smaller"
+    assert all(sum(storage.size(f"{root}/{k}") for k in ks) < full for ks in shards.values()), (
+        "top-3 of 10 is smaller"
+    )
     again = teacher_outputs(
         str(digits_dataset), [str(t) for t in small_teachers], meta, cfg, f"{root}/kd", 3,
         Classification(),

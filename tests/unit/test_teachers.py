@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from kdflow.config import DistillConfig
+from kdflow.data.prepared import read_split
 from kdflow.data.sources import load_meta
 from kdflow.distill import cache as teacher_cache
 from kdflow.distill import teachers
@@ -15,6 +16,7 @@ from kdflow.distill.tasks import Classification
 from kdflow.distill.teachers import _teacher_task, load_teacher, teacher_outputs, teacher_spec
 from kdflow.errors import KdflowError, ModelFormatError
 from kdflow.models.artifacts import save_model
+from kdflow.models.inference import predict_logits
 from kdflow.models.zoo import build_classifier
 from tests.unit.distill_helpers import prepared
 
@@ -42,17 +44,21 @@ def test_teacher_task_fills_the_cache_in_float16_at_top_k(data_and_teacher, tmp_
     data, meta, teacher = data_and_teacher
     rows = meta.rows["train"]
     entry_meta = _entry_meta(data, meta, teacher, top_k=2)
-    uri = str(tmp_path / "cache.safetensors")
-    # The body of the Ray task `teacher_outputs` starts for an uncached teacher: called
-    # directly, the only handle on it without a Ray instance.
+    uri = str(tmp_path / "cache")
+    # What in-process runs (workers=0) do for an uncached teacher: the Ray Data fill's
+    # read, predictor and shards, in this process.
     out = _teacher_task(str(data), str(teacher), "classification", uri, entry_meta)
     assert out["val_logits"].shape == (meta.rows["val"], 3)
     assert out["val_logits"].dtype == np.float16
-    entry = teacher_cache.CacheEntry.open(uri)
+    entry = teacher_cache.open_entry(uri)
     assert entry is not None and entry.matches(entry_meta)
     shard = entry.train_rows(0, rows)
     assert shard["train_values"].dtype == np.float16 and shard["train_values"].shape == (rows, 2)
     assert shard["train_indices"].dtype == np.int16
+    model, _ = load_teacher(str(teacher), meta)
+    values, indices = predict_logits(model, read_split(data, "train").x).half().float().topk(2)
+    np.testing.assert_array_equal(shard["train_values"], values.half().numpy())
+    np.testing.assert_array_equal(shard["train_indices"], indices.numpy())
     np.testing.assert_array_equal(entry.rows("val"), out["val_logits"])
 
 
