@@ -15,9 +15,9 @@ import pytest
 def _fill_teacher_cache(dataset: Path, teacher_dirs: list[Path], storage_root: Path) -> None:
     """Each teacher's cache entry, computed in this process.
 
-    `teacher_outputs` fills a missing entry in a Ray task, so it would start a local Ray
-    (about 10 s on two cores, and Ray's processes for the rest of the session). The task's
-    body, `_teacher_task`, is the only handle on it without Ray; the metadata is what
+    `teacher_outputs` fills a missing entry by Ray Data, so it would start a local Ray
+    (about 10 s on two cores, and Ray's processes for the rest of the session).
+    `_teacher_task` fills it in this process (what `workers=0` runs); the metadata is what
     `teacher_outputs` matches (`run_dir` refuses to start Ray should it ever miss).
     """
     from kdflow.data.sources import load_meta
