@@ -44,7 +44,7 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -115,11 +115,30 @@ def write_entry(
 
 
 @dataclass
-class CacheEntry:
-    """An entry's header: where each tensor's bytes are, read without loading the data."""
+class _Entry:
+    """What both layouts share: the entry's meta, matched against the wanted one."""
 
     uri: str
     meta: dict[str, Any]
+    FORMAT: ClassVar[int]
+
+    def matches(self, meta: dict[str, Any]) -> bool:
+        """True when the entry was written, whole and in this layout's format, for exactly
+        these data, teacher and top-k."""
+        return self.meta.get("format") == self.FORMAT and all(
+            self.meta.get(k) == v for k, v in meta.items()
+        )
+
+    @property
+    def top_k(self) -> int:
+        return int(self.meta.get("top_k", 0))
+
+
+@dataclass
+class CacheEntry(_Entry):
+    """An entry's header: where each tensor's bytes are, read without loading the data."""
+
+    FORMAT: ClassVar[int] = FORMAT_VERSION
     tensors: dict[str, tuple[str, list[int], int, int]]  # name -> dtype, shape, begin, end
     data_start: int
 
@@ -139,16 +158,6 @@ class CacheEntry:
         except (ValueError, KeyError, struct.error):
             return None
         return cls(uri, meta, tensors, 8 + length)
-
-    def matches(self, meta: dict[str, Any]) -> bool:
-        """True when the entry was written for exactly these data, teacher and top-k."""
-        return self.meta.get("format") == FORMAT_VERSION and all(
-            self.meta.get(k) == v for k, v in meta.items()
-        )
-
-    @property
-    def top_k(self) -> int:
-        return int(self.meta.get("top_k", 0))
 
     def rows(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Rows [start, stop) of one tensor: one ranged read of its bytes."""
@@ -229,11 +238,10 @@ def fill_folder(uri: str) -> str:
 
 
 @dataclass
-class ShardedEntry:
+class ShardedEntry(_Entry):
     """A classifier's entry: meta.json read, shards opened only when rows are asked for."""
 
-    uri: str
-    meta: dict[str, Any]
+    FORMAT: ClassVar[int] = SHARDED_FORMAT
 
     @classmethod
     def open(cls, uri: str) -> ShardedEntry | None:
@@ -246,16 +254,6 @@ class ShardedEntry:
         except ValueError:
             return None
         return cls(uri, meta) if isinstance(meta, dict) else None
-
-    def matches(self, meta: dict[str, Any]) -> bool:
-        """True when the entry was written, whole, for exactly these data, teacher, top-k."""
-        return self.meta.get("format") == SHARDED_FORMAT and all(
-            self.meta.get(k) == v for k, v in meta.items()
-        )
-
-    @property
-    def top_k(self) -> int:
-        return int(self.meta.get("top_k", 0))
 
     def _widths(self) -> dict[str, tuple[int, Any]]:
         classes = int(self.meta["classes"])
