@@ -130,6 +130,10 @@ def postgres_database() -> Iterator[str]:
 # ---------------------------------------------------------------------------- MLflow server
 
 
+CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+"""A client's MLflow credentials: never a server's environment."""
+
+
 @dataclass
 class MlflowServer:
     """`mlflow server` with artifacts proxied to S3; start, kill, restart, stop by pid."""
@@ -168,8 +172,7 @@ class MlflowServer:
             **self.extra_env,
         }
         # A client's settings are not the server's (its credentials least of all).
-        for name in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME",
-                     "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
+        for name in ("MLFLOW_TRACKING_URI", *CREDENTIALS):
             env.pop(name, None)
         self.starts += 1
         log = (self.log_dir / f"mlflow-server-{self.port}-{self.starts}.log").open("w")

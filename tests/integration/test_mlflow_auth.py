@@ -30,6 +30,7 @@ from kdflow.errors import RegistryError
 from kdflow.mlflow import registry
 from kdflow.mlflow.client import RetryPolicy
 from tests.integration.servers import (
+    CREDENTIALS,
     MlflowServer,
     moto_s3,
     postgres_database,
@@ -45,7 +46,6 @@ REPO = Path(__file__).resolve().parents[2]
 CREATE_USER = REPO / "manifests" / "base" / "mlflow" / "create_user.py"
 ADMIN = ("admin", "admin-" + uuid.uuid4().hex[:16])
 FAST = RetryPolicy(attempts=2, first_delay_s=0.2)
-CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
