@@ -168,7 +168,7 @@ class _Reductions(torch.autograd.Function):
             tail, exact, mask = _tail(zt, picked[:, :-1], index[:, :-1], present, lse)
         else:
             tail, exact, mask = lse * 0, None, None
-        saved = (zt, index, present, lse, tail, lse_1, exact, mask)
+        saved = (zt, index, present, lse, tail, lse_1, exact, mask, picked)
         ctx.save_for_backward(*saved)  # type: ignore[arg-type]
         ctx.temperature = temperature  # type: ignore[attr-defined]
         ctx.set_materialize_grads(False)
@@ -177,7 +177,7 @@ class _Reductions(torch.autograd.Function):
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, *grads: torch.Tensor | None
                  ) -> tuple[torch.Tensor | None, None, None, None]:
-        zt, index, present, lse, tail, lse_1, exact, mask = ctx.saved_tensors  # type: ignore[attr-defined]
+        zt, index, present, lse, tail, lse_1, exact, mask, picked = ctx.saved_tensors  # type: ignore[attr-defined]
         t: float = ctx.temperature  # type: ignore[attr-defined]
         g_picked, g_lse, g_tail, g_lse_1 = grads
         if t == 1.0 and g_lse_1 is not None:  # d logsumexp(z) = softmax(z) = d logsumexp(zt)
@@ -200,7 +200,7 @@ class _Reductions(torch.autograd.Function):
             # The fold put softmax_j · g_tail / q_tail on S too, where the tail has no
             # gradient: take it back (exp of the same float32 numbers as above).
             s_ids = index[:, :-1]
-            on_s = (zt.gather(-1, s_ids) - lse[:, None]).exp() * fold[:, None]
+            on_s = (picked[:, :-1] - lse[:, None]).exp() * fold[:, None]
             grad.scatter_add_(-1, s_ids, torch.where(present, -on_s, 0.0))
         if g_tail is not None and exact is not None and mask is not None and mask.shape[0]:
             rows = exact.nonzero().squeeze(1)
