@@ -273,6 +273,11 @@ class DistillConfig:
     """Ray Data actors per teacher filling its cache (offline, classification): 0 is one per
     GPU, or one per two CPUs on a CPU-only cluster; each takes a GPU where there are GPUs,
     else one CPU. Teachers fill one after the other, each on the whole pool."""
+    stream_data: str = "auto"
+    """How the distillation workers read the training split: `off` (each rank's rows and
+    cached targets in memory, the fastest), `on` (streamed through Ray Data, chunk by
+    chunk, in a seeded order: memory does not grow with the rows; classification), or
+    `auto` (streamed when a rank's share would pass 2 GiB)."""
     kd_loss: str = "forward_kl"
     """Token-level divergence for causal-lm: `forward_kl` (KL(teacher ‖ student), Hinton at
     T), `reverse_kl` (KL(student ‖ teacher), mode-seeking) or `jsd` (generalised
@@ -343,6 +348,11 @@ class DistillConfig:
             "0 trains in this process; a Ray cluster (--ray-address) needs 1 or more",
         )
         require(self.max_failures >= 0, "max_failures", "must be >= 0")
+        require(
+            self.stream_data in ("auto", "on", "off"),
+            "stream_data",
+            f"must be `auto`, `on` or `off`, got {self.stream_data!r}",
+        )
         require(self.cache_actors >= 0, "cache_actors", "must be 0 (one per GPU) or more")
         modes = ("mean_probs", "weighted_probs", "mean_logits")
         require(

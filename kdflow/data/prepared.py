@@ -23,6 +23,9 @@ from kdflow.data.tables import read_table
 from kdflow.errors import ConfigError, DataError
 
 BUILTIN_SHAPES = {"digits": [1, 8, 8]}
+CHUNK_ROWS = 65_536
+"""Rows per row group of a prepared split: what a streamed run reads and shuffles as one
+chunk (`kdflow.distill.stream`); 64 float32 features: 16 MB."""
 
 
 def builtin_frame(name: str, label_column: str = "label") -> pd.DataFrame:
@@ -214,7 +217,8 @@ def write_prepared(
                 f"{', '.join(map(repr, unseen[:10]))} (label column {label_column!r})"
             )
         out["label"] = named.map(index).astype(np.int64)
-        out.to_parquet(folder / f"{name}.parquet", index=False)
+        # Row groups of CHUNK_ROWS: the unit a streamed run reads and shuffles by.
+        out.to_parquet(folder / f"{name}.parquet", index=False, row_group_size=CHUNK_ROWS)
     meta = DatasetMeta(
         label_column=label_column,
         feature_columns=[] if text_columns else features,

@@ -52,7 +52,7 @@ import pyarrow.parquet as pq
 from safetensors.numpy import save_file
 
 from kdflow.data import storage
-from kdflow.errors import DataError
+from kdflow.errors import DataError, KdflowError
 
 CACHE_FOLDER = "teacher-cache"
 FORMAT_VERSION = 1
@@ -133,6 +133,11 @@ class _Entry:
     def top_k(self) -> int:
         return int(self.meta.get("top_k", 0))
 
+    def problem(self) -> str | None:
+        """Why the entry's files cannot be what its header says (truncated, missing), or
+        None: checked before a run uses an entry, which is then filled again."""
+        return None
+
 
 @dataclass
 class CacheEntry(_Entry):
@@ -158,6 +163,11 @@ class CacheEntry(_Entry):
         except (ValueError, KeyError, struct.error):
             return None
         return cls(uri, meta, tensors, 8 + length)
+
+    def problem(self) -> str | None:
+        end = self.data_start + max((t[3] for t in self.tensors.values()), default=0)
+        size = storage.size(self.uri)
+        return None if size == end else f"{size} bytes where its header needs {end}"
 
     def rows(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Rows [start, stop) of one tensor: one ranged read of its bytes."""
@@ -254,6 +264,24 @@ class ShardedEntry(_Entry):
         except ValueError:
             return None
         return cls(uri, meta) if isinstance(meta, dict) else None
+
+    def problem(self) -> str | None:
+        """Each listed shard's footer must hold the rows meta.json lists for it, and the
+        shards the train split's rows (a footer read per shard, no data)."""
+        total = 0
+        for shard in self.meta.get("shards", []):
+            uri = storage.join(self.uri, str(shard["file"]))
+            try:
+                with storage.parquet_file(uri) as pf:
+                    rows = pf.metadata.num_rows
+            except (KdflowError, OSError, pa.ArrowException) as exc:
+                return f"shard {shard['file']} cannot be read ({exc})"
+            if rows != int(shard["rows"]):
+                return f"shard {shard['file']} holds {rows} rows, meta.json lists {shard['rows']}"
+            total += rows
+        if total != int(self.meta.get("rows", -1)):
+            return f"its shards hold {total} rows; the train split has {self.meta.get('rows')}"
+        return None
 
     def _widths(self) -> dict[str, tuple[int, Any]]:
         classes = int(self.meta["classes"])

@@ -29,7 +29,7 @@ from kdflow.config import DistillConfig, TeacherConfig
 from kdflow.data import storage
 from kdflow.data.prepared import DatasetMeta
 from kdflow.data.sources import DataSource, open_source
-from kdflow.distill import hints
+from kdflow.distill import hints, stream
 from kdflow.distill.lm_checks import lm_ensemble_report, lm_student_checks, lm_top_k
 from kdflow.distill.loop import InProcess, WorkerJob, role_history, train
 from kdflow.distill.ray_train import StudentResult, train_students
@@ -234,6 +234,7 @@ def run_distillation(
         teacher=teacher_uris[0] if teacher_uris else None,
     )
     task = task_named(task_for(meta), cfg)
+    stream.check_applies(cfg.stream_data, meta.kind, task.name)
     encoder, vocab_size = None, 0
     if task.name == "causal-lm":
         encoder, vocab_size = lm_student_checks(cfg, teacher_uris, meta, template)

@@ -31,15 +31,13 @@ from kdflow.config import DistillConfig
 from kdflow.data import storage
 from kdflow.data.prepared import Split
 from kdflow.data.sources import DataSource, open_source
-from kdflow.distill import cache as teacher_cache
-from kdflow.distill import hints
+from kdflow.distill import hints, stream
 from kdflow.distill.checkpoints import restore_training, restore_weights
 from kdflow.distill.runtime import seed_everything
 from kdflow.distill.step import Batch, OnlineTeachers, Role, kd_step
 from kdflow.distill.targets import Ensemble, SoftTargets
 from kdflow.distill.tasks import Task, task_named
 from kdflow.distill.teachers import load_teacher
-from kdflow.errors import KdflowError
 from kdflow.models.sources import (
     build,
     encoder_of,
@@ -159,13 +157,7 @@ def shard_targets(job: WorkerJob, task: Task, start: int, stop: int) -> SoftTarg
     """This shard's ensemble soft targets from the cache: per teacher, the shards holding
     its rows (a classifier's entry) or one ranged read (a causal LM's)."""
     assert job.ensemble is not None
-    parts = []
-    for uri in job.caches:
-        entry = teacher_cache.open_entry(uri)
-        if entry is None:
-            raise KdflowError(f"teacher cache {uri} disappeared during the run")
-        parts.append({k: torch.from_numpy(v) for k, v in entry.train_rows(start, stop).items()})
-    return task.targets(parts, job.ensemble)
+    return task.targets(stream.cache_rows(job.caches, start, stop), job.ensemble)
 
 
 Transform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -245,21 +237,22 @@ def run_epoch(
     temperature: float,
     device: torch.device,
     teachers: OnlineTeachers | None = None,
-    entropy: torch.Tensor | None = None,
+    entropy: torch.Tensor | Callable[[], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """One pass of `role` over `steps`: the row means of the loss and its parts.
 
     `soft_loss` is the KL to the teachers' targets, the cross-entropy less their mean
     entropy (`entropy`: the cached targets' Σ H(p_T) over the epoch's rows; online, each
-    step's). `loss` is then what `kd_loss` reports, with the teachers' entropy. Losses stay
-    on the device until the end: a `.item()` per step would stall a GPU on every batch.
+    step's; streamed, a callable that gives the sum once the pass is over). `loss` is then
+    what `kd_loss` reports, with the teachers' entropy. Losses stay on the device until
+    the end: a `.item()` per step would stall a GPU on every batch.
     """
     role.model.train()
     kept: dict[str, list[torch.Tensor]] = {
         k: [] for k in ("total", "hard", "soft", "feature", "attention")
     }
     deferred: list[tuple[torch.Tensor, torch.Tensor]] = []
-    entropies = [] if entropy is None else [entropy]
+    entropies: list[torch.Tensor] = []
     sizes: list[int] = []
     for batch in steps:
         out = kd_step(role, batch, task, temperature, device, teachers)
@@ -272,6 +265,8 @@ def run_epoch(
         if out.entropy is not None:
             entropies.append(out.entropy)
         sizes.append(len(batch.y))
+    if entropy is not None:
+        entropies.append(entropy() if callable(entropy) else entropy)
     seen = sum(sizes)
     if not seen:
         return {"loss": 0.0, "hard_loss": 0.0, "soft_loss": 0.0, "rows": 0}
@@ -396,13 +391,23 @@ def _train(
     # corpus's rows are the blocks its tokenizer packs).
     encoder = encoder_of(roles[0].classifier)
     rows = source.rows("train", encoder)
-    start, stop = shard_bounds(rows, rank, world)
-    targets = (
-        shard_targets(job, task, start, stop)
-        if cfg.teacher_mode == "offline" and "student" in job.roles
-        else None
+    offline = cfg.teacher_mode == "offline" and "student" in job.roles
+    cached_bytes = rows * source.meta.n_classes * 4 if offline else 0  # dense float32
+    streamed = stream.needs_streaming(
+        cfg.stream_data, source, rows, world, cached_bytes, task.name, encoder
     )
-    train_rows = source.read("train", start, stop, encoder)
+    targets: SoftTargets | None = None
+    if streamed:  # chunk by chunk through Ray Data, each epoch (kdflow.distill.stream)
+        reader = stream.ChunkReader(job.dataset, job.token_cache, encoder,
+                                    job.caches if offline else [], job.ensemble)
+        groups = stream.chunks(job.dataset)
+        x = y = torch.zeros(0)
+        log.info("rank %d streams %d rows in %d chunks", rank, rows, len(groups))
+    else:
+        start, stop = shard_bounds(rows, rank, world)
+        targets = shard_targets(job, task, start, stop) if offline else None
+        train_rows = source.read("train", start, stop, encoder)
+        x, y = torch.from_numpy(train_rows.x), torch.from_numpy(train_rows.y)
     val: Split | None = source.read("val", encoder=encoder) if rank == 0 else None
     first_epoch, history = 1, []
     resumed = reporter.resume()
@@ -416,24 +421,36 @@ def _train(
     if resumed:
         restore_training(roles, *resumed)
 
-    x, y = torch.from_numpy(train_rows.x), torch.from_numpy(train_rows.y)
     assert job.stats is not None
     views = Views(cfg, job.stats, source.meta.n_classes)
     batch_size = max(1, cfg.student_batch_size // world)
     per_rank = math.ceil(rows / world)
     for epoch in range(first_epoch, cfg.student_epochs + 1):
-        order = epoch_order(len(x), per_rank, job.seed * 100_003 + epoch)
-        # The cached targets' entropy over this epoch's rows, for the reported KL.
-        entropy = (
-            targets.entropy[order].sum()
-            if targets is not None and targets.entropy is not None
-            else None
-        )
+        epoch_seed = job.seed * 100_003 + epoch
+        entropy: torch.Tensor | Callable[[], torch.Tensor] | None = None
+        if streamed:
+            plans, per_rank = stream.epoch_plan(groups, epoch_seed, world)
+        else:
+            order = epoch_order(len(x), per_rank, epoch_seed)
+            # The cached targets' entropy over this epoch's rows, for the reported KL.
+            if targets is not None and targets.entropy is not None:
+                entropy = targets.entropy[order].sum()
         stats: dict[str, Any] = {"epoch": epoch, "tokenize_seconds": source.tokenize_seconds}
         for r in roles:
             # A fresh generator per role: every role sees the same noisy or augmented views.
             transform = views.transform(job.seed * 100_003 + epoch * 1_009 + rank)
-            steps = batches(x, y, order, batch_size, device, targets if r.kd else None, transform)
+            if streamed:
+                passed = stream.StreamedEpoch(
+                    reader if r.kd else replace(reader, caches=[]), plans[rank], per_rank,
+                    batch_size, epoch_seed * 31 + rank, source.meta.n_classes,
+                )
+                steps = passed.batches(device, r.kd, transform)
+                if r.kd and reader.caches:
+                    entropy = passed.entropy
+            else:
+                steps = batches(
+                    x, y, order, batch_size, device, targets if r.kd else None, transform
+                )
             if transform is not None:
                 steps = prefetched(steps)
             started = time.perf_counter()

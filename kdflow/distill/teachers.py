@@ -257,7 +257,11 @@ def teacher_outputs(
         cache = teacher_cache.entry_uri(storage_root, key, spec["weights_sha256"], top_k, suffix,
                                         sharded=task.name != "causal-lm")
         entry = teacher_cache.open_entry(cache)
-        if entry is not None and entry.matches(entry_meta):
+        problem = entry.problem() if entry is not None and entry.matches(entry_meta) else None
+        if problem:
+            log.warning("teacher %d: cache entry %s is damaged (%s); filling it again",
+                        i, cache, problem)
+        elif entry is not None and entry.matches(entry_meta):
             log.info("teacher %d (%s): cached outputs %s", i, describe(spec), cache)
             outputs[i] = TeacherOutputs(
                 uri, spec, entry.rows("val"), cache if offline else None, True, 0.0
