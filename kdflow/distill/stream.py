@@ -33,6 +33,7 @@ streaming executor, backpressure and read tasks underneath.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +58,11 @@ buffer costs grow faster than its size: on 2 cores a pass of 300,000 rows took 0
 16,384 rows, 0.9 s at 65,536 and 9.4 s at 262,144 (and 8.8 s at one block, 4,096)."""
 BLOCK_BATCHES = 64
 """Step batches per block the pipeline hands the loop (its cost is per block, not step)."""
+READ_AHEAD_BYTES = 256 * 1024**2
+"""Object-store memory one rank's pipeline may hold ahead of the loop (about 16 chunks of
+64 float32 features)."""
+READ_TASKS = 2
+"""Read tasks one rank's pipeline runs at once."""
 READ_RETRIES = 3
 """Times a read task that failed on storage is run again before the step fails."""
 STREAM_BYTES = 2 * 1024**3
@@ -177,6 +183,10 @@ class ChunkReader:
         return out
 
 
+def _read_task_options() -> dict[str, Any]:
+    return {"max_retries": READ_RETRIES, "retry_exceptions": [StorageError]}
+
+
 @dataclass
 class StreamedEpoch:
     """One role's pass over one epoch's stream: the step batches, and the Σ H(p_T) of the
@@ -197,6 +207,7 @@ class StreamedEpoch:
     def blocks(self) -> Iterator[dict[str, np.ndarray]]:
         """Blocks of BLOCK_BATCHES × batch_size shuffled rows, through Ray Data."""
         import ray.data
+        from ray.data import ExecutionResources
 
         ds: Any = ray.data.from_items(
             [{"start": a, "stop": b} for a, b in self.plan],
@@ -206,9 +217,18 @@ class StreamedEpoch:
         # do not starve them (as the cache fill's reads).
         # A read that fails on storage (an S3 error past pyarrow's own retries) is retried
         # as a task, then fails the step with the object's key.
-        ds = ds.map_batches(self.reader, batch_size=1, num_cpus=0, max_retries=READ_RETRIES,
-                            retry_exceptions=[StorageError])
+        # At most READ_TASKS at once: tasks of no CPU are otherwise unbounded, and each new
+        # worker process imports torch (31 of them on 2 cores: 51 s before the first block).
+        with warnings.catch_warnings():  # Ray 2.60 names no other way to ask for retries
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ds = ds.map_batches(self.reader, batch_size=1, num_cpus=0, concurrency=READ_TASKS,
+                                ray_remote_args_fn=_read_task_options)
         ds.context.execution_options.preserve_order = True
+        # Read-ahead within a fixed budget (Ray Data's default is a share of the object
+        # store, gigabytes): a pass's memory then does not grow with the rows.
+        ds.context.execution_options.resource_limits = ExecutionResources(
+            object_store_memory=READ_AHEAD_BYTES
+        )
         ds.context.enable_progress_bars = False
         ds.context.print_on_execution_start = False  # two lines per role and epoch
         logging.getLogger("ray.data._internal.execution.streaming_executor").setLevel(
