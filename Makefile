@@ -92,10 +92,11 @@ image: ## Build and push the component image (REGISTRY=ghcr.io/you required; nee
 	docker push $(REGISTRY)/kdflow:$(VERSION)
 
 .PHONY: manifests
-manifests: $(STAMP) ## Render the dev and gpu overlays with the pinned kubectl
+manifests: $(STAMP) ## Render the dev, gpu and gpu-kueue overlays with the pinned kubectl
 	$(PY) infra/tools/install_kubectl.py >/dev/null
 	$(VENV)/bin/kubectl kustomize manifests/overlays/dev >/dev/null && echo "dev: ok"
 	$(VENV)/bin/kubectl kustomize manifests/overlays/gpu >/dev/null && echo "gpu: ok"
+	$(VENV)/bin/kubectl kustomize manifests/overlays/gpu-kueue >/dev/null && echo "gpu-kueue: ok"
 
 .PHONY: clean
 clean: ## Remove run outputs (keeps .venv)

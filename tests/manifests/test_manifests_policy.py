@@ -21,7 +21,7 @@ from manifest_checks import (
     secret_value_violations,
     security_violations,
 )
-from manifest_files import Rendered, read_lock, read_params
+from manifest_files import OVERLAYS, Rendered, read_lock, read_params
 
 PIPELINE_SERVICE_ACCOUNT = "kdflow-pipeline"
 # (apiGroup, resource, verb) the pipeline's service account may use, and nothing else.
@@ -290,22 +290,114 @@ def test_ray_pods_have_memory_backed_dev_shm(overlay: Rendered) -> None:
 # --- hardware per overlay ----------------------------------------------------------------------
 
 
-def test_gpu_overlay_puts_ray_workers_on_gpu_nodes(render) -> None:
-    spec = render("overlays/gpu").one("RayCluster", "kdflow-ray")["spec"]
-    for group in spec["workerGroupSpecs"]:
-        pod = group["template"]["spec"]
-        (container,) = pod["containers"]
-        resources = container["resources"]
-        assert gpu_count(container) >= 1, group["groupName"]
-        assert resources["requests"].get("nvidia.com/gpu") == resources["limits"]["nvidia.com/gpu"]
-        assert any(t.get("key") == "nvidia.com/gpu" for t in pod.get("tolerations", []))
-        assert pod.get("nodeSelector") or pod.get("affinity", {}).get("nodeAffinity")
-        # The kdflow image is CUDA 12.8 throughout (infra/Dockerfile): no separate GPU tag.
+# Every overlay is one or the other, so a new overlay cannot skip these checks.
+CPU_OVERLAYS = ["dev"]
+GPU_OVERLAYS = ["gpu", "gpu-kueue"]
+GPU_GROUP, CPU_GROUP = "gpu-workers", "cpu-workers"
+
+
+def worker_groups(rendered: Rendered) -> dict[str, dict[str, Any]]:
+    spec = rendered.one("RayCluster", "kdflow-ray")["spec"]
+    return {g["groupName"]: g for g in spec["workerGroupSpecs"]}
+
+
+def ray_container(group: dict[str, Any]) -> dict[str, Any]:
+    (container,) = group["template"]["spec"]["containers"]
+    return container
+
+
+def quantity_bytes(value: str) -> int:
+    """A memory quantity as the manifests write them ("16Gi", "512Mi", "1024") in bytes."""
+    for power, suffix in enumerate(("Ki", "Mi", "Gi", "Ti"), start=1):
+        if value.endswith(suffix):
+            return int(value.removesuffix(suffix)) * 1024**power
+    return int(value)
+
+
+def tolerates_gpu_taint(pod: dict[str, Any]) -> bool:
+    return any(t.get("key") == "nvidia.com/gpu" for t in pod.get("tolerations", []))
+
+
+def test_every_overlay_is_checked_for_its_hardware() -> None:
+    assert sorted(CPU_OVERLAYS + GPU_OVERLAYS) == OVERLAYS
+
+
+@pytest.mark.parametrize("name", GPU_OVERLAYS)
+def test_gpu_overlay_has_a_cpu_group_and_a_gpu_group_both_autoscaled(render, name: str) -> None:
+    """Ray Data reads and decodes on CPU pods; training and inference get the GPUs."""
+    rendered = render(f"overlays/{name}")
+    assert list(worker_groups(rendered)) == [CPU_GROUP, GPU_GROUP]
+    spec = rendered.one("RayCluster", "kdflow-ray")["spec"]
+    assert spec["enableInTreeAutoscaling"] is True
+    for group in worker_groups(rendered).values():
+        assert group["minReplicas"] == 0 < group["maxReplicas"], group["groupName"]
     head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert gpu_count(head) == 0, "the head schedules no work and needs no GPU"
 
 
-@pytest.mark.parametrize("name", ["dev"])
+@pytest.mark.parametrize("name", GPU_OVERLAYS)
+def test_gpu_group_asks_for_one_gpu_on_gpu_nodes_with_requests_equal_to_limits(
+    render, name: str
+) -> None:
+    group = worker_groups(render(f"overlays/{name}"))[GPU_GROUP]
+    pod = group["template"]["spec"]
+    resources = ray_container(group)["resources"]
+    assert resources["requests"]["nvidia.com/gpu"] == resources["limits"]["nvidia.com/gpu"] == "1"
+    # Guaranteed QoS, and Ray sizes its object store from the memory limit.
+    assert resources["requests"] == resources["limits"]
+    assert tolerates_gpu_taint(pod)
+    assert pod.get("nodeSelector") or pod.get("affinity", {}).get("nodeAffinity")
+
+
+@pytest.mark.parametrize("name", GPU_OVERLAYS)
+def test_cpu_group_asks_for_no_gpu_and_stays_off_gpu_nodes(render, name: str) -> None:
+    group = worker_groups(render(f"overlays/{name}"))[CPU_GROUP]
+    pod = group["template"]["spec"]
+    assert gpu_count(ray_container(group)) == 0
+    assert "num-gpus" not in group["rayStartParams"]
+    assert not tolerates_gpu_taint(pod)
+    assert not any("nvidia" in key for key in pod.get("nodeSelector", {}))
+
+
+@pytest.mark.parametrize("name", GPU_OVERLAYS)
+def test_gpu_group_offers_ray_fewer_cpus_than_it_has(render, name: str) -> None:
+    """CPU-only Ray tasks then fill the CPU group, and the GPU pod's cores stay with the
+    training worker's own threads; each GPU task or actor still finds its one CPU."""
+    groups = worker_groups(render(f"overlays/{name}"))
+    gpu = groups[GPU_GROUP]
+    logical = int(gpu["rayStartParams"]["num-cpus"])
+    assert 1 <= logical < int(ray_container(gpu)["resources"]["limits"]["cpu"])
+    assert "num-cpus" not in groups[CPU_GROUP]["rayStartParams"]  # all of its cores
+    # Ray node labels for label_selector, one value per pool.
+    assert groups[CPU_GROUP]["labels"] == {"kdflow.dev/pool": "cpu"}
+    assert gpu["labels"] == {"kdflow.dev/pool": "gpu"}
+
+
+@pytest.mark.parametrize("name", GPU_OVERLAYS)
+def test_gpu_group_runs_like_the_cpu_group_with_a_larger_dev_shm(render, name: str) -> None:
+    """Same security context, environment (token, MLflow, S3) and volumes as the base's
+    worker: the GPU group is the base's group with only its hardware changed."""
+    groups = worker_groups(render(f"overlays/{name}"))
+    cpu_pod, gpu_pod = (groups[g]["template"]["spec"] for g in (CPU_GROUP, GPU_GROUP))
+    cpu, gpu = ray_container(groups[CPU_GROUP]), ray_container(groups[GPU_GROUP])
+    assert gpu_pod["securityContext"] == cpu_pod["securityContext"]
+    assert gpu_pod["automountServiceAccountToken"] is False
+    # The kdflow image is CUDA 12.8 throughout (infra/Dockerfile): no separate GPU tag.
+    for field in ("env", "securityContext", "volumeMounts", "image"):
+        assert gpu[field] == cpu[field], field
+    cpu_volumes = {v["name"]: v for v in cpu_pod["volumes"]}
+    gpu_volumes = {v["name"]: v for v in gpu_pod["volumes"]}
+    assert gpu_volumes.keys() == cpu_volumes.keys()
+    assert {n: v for n, v in gpu_volumes.items() if n != "dshm"} == {
+        n: v for n, v in cpu_volumes.items() if n != "dshm"
+    }
+    shm = [quantity_bytes(v["dshm"]["emptyDir"]["sizeLimit"]) for v in (cpu_volumes, gpu_volumes)]
+    assert shm[1] > shm[0]
+    memory_limit = quantity_bytes(gpu["resources"]["limits"]["memory"])
+    assert shm[1] < memory_limit  # a memory-backed emptyDir counts against that limit
+
+
+@pytest.mark.parametrize("name", CPU_OVERLAYS)
 def test_cpu_overlay_asks_for_no_gpu(render, name: str) -> None:
     rendered = render(f"overlays/{name}")
     assert [w for w, _pod, c in containers(rendered) if gpu_count(c)] == []

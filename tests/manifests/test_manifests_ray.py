@@ -125,7 +125,7 @@ def test_one_images_entry_moves_the_whole_ray_cluster(kubectl: Path, tmp_path: P
     (entry,) = [i for i in kustomization["images"] if i["name"] == name]
     entry.update(newName="registry.example.com/team/kdflow", newTag="9.9.9")
     base.write_text(yaml.safe_dump(kustomization, sort_keys=False))
-    for overlay in ("dev", "gpu"):
+    for overlay in ("dev", "gpu", "gpu-kueue"):
         rendered = Rendered(overlay, kustomize(kubectl, copy / "overlays" / overlay))
         images = {c["image"] for c in ray_containers(ray_cluster(rendered)).values()}
         assert images == {"registry.example.com/team/kdflow:9.9.9"}, overlay

