@@ -95,7 +95,7 @@ class ColumnSource:
     ) -> Iterator[np.ndarray]:
         columns = self.meta.feature_columns
         with storage.parquet_file(storage.join(self.uri, f"{split}.parquet")) as pf:
-            for batch in pf.iter_batches(batch_rows, columns=columns):
+            for batch in storage.iter_row_groups(pf, columns, batch_rows):
                 yield feature_array(batch, columns)
 
     def texts(self, split: str, start: int = 0, stop: int | None = None) -> list[list[str]]:
@@ -198,7 +198,7 @@ def feature_stats(dataset_uri: str, meta: DatasetMeta) -> tuple[list[float], lis
     squares = np.zeros(meta.n_features)
     n = 0
     with storage.parquet_file(storage.join(dataset_uri, "train.parquet")) as pf:
-        for batch in pf.iter_batches(STREAM_ROWS, columns=meta.feature_columns):
+        for batch in storage.iter_row_groups(pf, meta.feature_columns, STREAM_ROWS):
             x = feature_array(batch, meta.feature_columns).astype(np.float64)
             total += x.sum(0)
             squares += (x * x).sum(0)

@@ -288,7 +288,9 @@ def _count_column(
             stack.callback(reader.close)
             arrow_type, batches = reader.schema.field(column).type, iter(reader)
         else:
-            parquet = pq.ParquetFile(stack.enter_context(filesystem.open_input_file(path)))
+            # pre_buffer off, as in `_open_parquet`: iter_batches would keep every range.
+            parquet = pq.ParquetFile(stack.enter_context(filesystem.open_input_file(path)),
+                                     pre_buffer=False, buffer_size=_PARQUET_BUFFER_BYTES)
             stack.callback(parquet.close)
             arrow_type = parquet.schema_arrow.field(column).type
             batches = parquet.iter_batches(BATCH_ROWS, columns=[column], use_threads=False)

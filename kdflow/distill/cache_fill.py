@@ -40,6 +40,19 @@ BLOCK_ROWS = 4096
 """Rows per read block, per actor call and per shard: 4,096 RGB images at 224² are 617 MB
 of pixels, 4,096 rows of 1,000 float16 logits 8 MB."""
 
+IO_TASKS = 2
+"""Read and write tasks a pipeline runs at once. They take no CPU of their own, so Ray Data
+would start one per block at once, each in a new worker process that imports torch: 31 of
+them for 2 M rows on 2 cores (4.5 GB of idle workers, and 51 s before a first block)."""
+IO_RETRIES = 3
+"""Times a read or write that failed with a transient storage error (Ray Data's
+`retried_io_errors`: throttling, 5xx, a dropped connection), past pyarrow's own retries,
+runs again before the step fails with the object's key. Other errors (no such file) fail
+at once."""
+PIPELINE_BYTES = 256 * 1024**2
+"""Object-store memory a pipeline may hold ahead of its consumer (Ray Data's default is a
+share of the whole store, gigabytes): its memory then does not grow with the rows."""
+
 PROGRESS_SECONDS = 5.0
 """At most one progress line per teacher this often (and one at the end)."""
 
@@ -153,7 +166,7 @@ def fill_ray(
     groups = row_groups(dataset_uri)
     ds: Any = ray.data.from_items([{"group": g, "first": f} for g, f in groups],
                              override_num_blocks=max(1, len(groups)))
-    ds = ds.map_batches(_read_batch, batch_size=1, num_cpus=0,
+    ds = ds.map_batches(_read_batch, batch_size=1, num_cpus=0, compute=io_tasks(),
                         fn_kwargs={"dataset_uri": dataset_uri, "columns": columns,
                                    "block_rows": block_rows})
     ds = ds.map_batches(
@@ -166,7 +179,8 @@ def fill_ray(
         num_gpus=1 if gpus else 0,
     )
     ds = ds.map_batches(_write_batch, fn_kwargs={"folder": folder}, batch_size=None,
-                        batch_format="pyarrow", num_cpus=0)
+                        batch_format="pyarrow", num_cpus=0, compute=io_tasks())
+    bound_memory(ds)
     # This dataset's own settings (a copy of the process's DataContext). A task's output
     # is merged into blocks of up to 128 MiB by default: a row group would reach a single
     # actor. Blocks of about `block_rows` rows spread over the pool. `streaming_repartition`
@@ -181,6 +195,25 @@ def fill_ray(
         shards.extend(written)
         counter.add(sum(int(s["rows"]) for s in written))
     return shards
+
+
+def io_tasks() -> Any:
+    """The compute strategy of a pipeline's read and write stages: IO_TASKS tasks."""
+    import ray.data
+
+    return ray.data.TaskPoolStrategy(size=IO_TASKS)
+
+
+def bound_memory(ds: Any) -> None:
+    """Keep `ds`'s read-ahead within PIPELINE_BYTES of the object store, and run a task
+    that failed on a transient storage error again (IO_RETRIES)."""
+    from ray.data import ExecutionResources
+
+    ds.context.execution_options.resource_limits = ExecutionResources(
+        object_store_memory=PIPELINE_BYTES
+    )
+    ds.context.retried_map_errors = list(ds.context.retried_io_errors)
+    ds.context.max_map_retries = IO_RETRIES
 
 
 def fill_here(
@@ -202,20 +235,38 @@ def fill_here(
     return shards
 
 
+def raised_as(exc: BaseException) -> KdflowError | None:
+    """The KdflowError to raise for a failure in Ray (`kdflow_cause`), as this process's
+    own class with the text it was raised with (less what Ray Data appends to a retried
+    map's error), or None when no KdflowError caused it."""
+    cause = kdflow_cause(exc)
+    if cause is None or cause is exc:
+        return cause
+    return type(cause)(str(cause).split(RAY_DATA_RETRY_NOTE)[0].rstrip())
+
+
+RAY_DATA_RETRY_NOTE = "\nFailed to apply UDF transform"
+
+
 def kdflow_cause(exc: BaseException) -> KdflowError | None:
     """The KdflowError a Ray (Data) failure was caused by, however deeply Ray wrapped it
-    (task errors, actor-died errors, Ray Data's user-code errors), or None."""
+    (task errors, actor-died errors, Ray Data's user-code errors), or None. The error as
+    raised, not Ray's copy of its class (a RayTaskError that is also a StorageError, whose
+    text is the remote traceback)."""
     seen: set[int] = set()
     todo: list[BaseException | None] = [exc]
+    wrapped: KdflowError | None = None
     while todo:
         e = todo.pop()
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
         if isinstance(e, KdflowError):
-            return e
+            if not type(e).__module__.startswith("ray"):
+                return e
+            wrapped = wrapped or e
         for attr in ("cause", "creation_task_error", "__cause__", "__context__"):
             nxt = getattr(e, attr, None)
             if isinstance(nxt, BaseException):
                 todo.append(nxt)
-    return None
+    return wrapped

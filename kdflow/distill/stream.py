@@ -5,21 +5,25 @@ read its shard into memory. Each epoch, each rank runs one Ray Data pipeline:
 
     this epoch's chunks for this rank (seeded order) ──► read tasks (no CPU of their
         own): a chunk's rows, as the data source gives them to models, and the
-        ensemble's soft targets of those very rows from the teacher cache
-        ──► iter_batches: blocks of BLOCK_BATCHES step batches through a local
-        shuffle buffer seeded by (seed, epoch, rank) ──► the loop slices the steps
+        ensemble's soft targets of those very rows from the teacher cache, shuffled
+        together by a permutation seeded by (seed, epoch, rank, place in the plan)
+        ──► iter_batches: blocks of BLOCK_BATCHES step batches ──► the loop slices steps
 
 - A chunk is a row group of the prepared train split (`write_prepared` writes groups of
   `prepared.CHUNK_ROWS` rows), so a read decodes each group once per pass, and memory is a few
-  chunks and the shuffle buffer, whatever the number of rows.
+  chunks, whatever the number of rows.
+- Shuffle: a seeded file order plus a local shuffle of one chunk (65,536 rows), done in
+  the read task, where it runs in parallel with the loop. Not Ray Data's
+  `local_shuffle_buffer_size`: the same window, but run by the consumer, it cost the loop a
+  third of its input rate (2 M rows on 2 cores: 0.53 M rows/s against 0.83 M without it).
 - Alignment: a read task takes rows [start, stop) of the split and the cache rows placed
   by their `row` index over the same range (`cache.ShardedEntry.train_rows`); inputs and
   targets travel in one block, so no later reordering can separate them.
 - Order: the epoch's chunk order is a permutation drawn from (seed, epoch), the chunks
   dealt to the ranks by it (`epoch_plan`), the pipeline keeps its order
-  (`preserve_order`), and the shuffle buffer's seed is (seed, epoch, rank): an epoch's
-  batches depend on nothing else, so a run resumed from epoch k's checkpoint trains on
-  the batches an undisturbed one would have.
+  (`preserve_order`), and each chunk's permutation is seeded by (seed, epoch, rank, its
+  place in the plan): an epoch's batches depend on nothing else, so a run resumed from
+  epoch k's checkpoint trains on the batches an undisturbed one would have.
 - Every rank takes the same number of steps (DDP all-reduces once per step): a rank
   dealt fewer rows wraps around its own chunks, as the in-memory path pads its order.
 
@@ -33,7 +37,6 @@ streaming executor, backpressure and read tasks underneath.
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,28 +46,17 @@ import torch
 
 from kdflow.data import storage
 from kdflow.data.sources import DataSource, open_source
-from kdflow.data.storage import StorageError
 from kdflow.distill import cache as teacher_cache
-from kdflow.distill.cache_fill import kdflow_cause
+from kdflow.distill.cache_fill import bound_memory, io_tasks, raised_as
 from kdflow.distill.losses import densify
+from kdflow.distill.runtime import ensure_ray
 from kdflow.distill.step import Batch
 from kdflow.distill.targets import Ensemble, Targets
 from kdflow.distill.tasks import task_named
 from kdflow.errors import ConfigError, KdflowError
 
-SHUFFLE_ROWS = 65_536
-"""Rows in each rank's local shuffle buffer (64 float32 features: 16 MB). Ray Data's
-buffer costs grow faster than its size: on 2 cores a pass of 300,000 rows took 0.5 s at
-16,384 rows, 0.9 s at 65,536 and 9.4 s at 262,144 (and 8.8 s at one block, 4,096)."""
 BLOCK_BATCHES = 64
 """Step batches per block the pipeline hands the loop (its cost is per block, not step)."""
-READ_AHEAD_BYTES = 256 * 1024**2
-"""Object-store memory one rank's pipeline may hold ahead of the loop (about 16 chunks of
-64 float32 features)."""
-READ_TASKS = 2
-"""Read tasks one rank's pipeline runs at once."""
-READ_RETRIES = 3
-"""Times a read task that failed on storage is run again before the step fails."""
 STREAM_BYTES = 2 * 1024**3
 """`stream_data: auto` streams when a rank's rows and targets would exceed this."""
 
@@ -162,10 +154,20 @@ class ChunkReader:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         source = open_source(self.dataset, cache_root=self.token_cache)
-        for start, stop in zip(batch["start"], batch["stop"], strict=True):
-            yield self.read(source, int(start), int(stop))
+        for start, stop, seed in zip(batch["start"], batch["stop"], batch["seed"], strict=True):
+            yield self.read(source, int(start), int(stop), int(seed))
 
-    def read(self, source: DataSource, start: int, stop: int) -> dict[str, np.ndarray]:
+    def read(
+        self, source: DataSource, start: int, stop: int, seed: int | None = None
+    ) -> dict[str, np.ndarray]:
+        """Rows [start, stop) and their targets; with `seed`, shuffled together by it."""
+        out = self._read(source, start, stop)
+        if seed is None:
+            return out
+        order = np.random.default_rng(seed).permutation(len(out["y"]))
+        return {k: v[order] for k, v in out.items()}
+
+    def _read(self, source: DataSource, start: int, stop: int) -> dict[str, np.ndarray]:
         split = source.read("train", start, stop, self.encoder)
         out: dict[str, np.ndarray] = {"x": split.x, "y": split.y}
         if self.caches:
@@ -183,10 +185,6 @@ class ChunkReader:
         return out
 
 
-def _read_task_options() -> dict[str, Any]:
-    return {"max_retries": READ_RETRIES, "retry_exceptions": [StorageError]}
-
-
 @dataclass
 class StreamedEpoch:
     """One role's pass over one epoch's stream: the step batches, and the Σ H(p_T) of the
@@ -198,6 +196,7 @@ class StreamedEpoch:
     """Rows this rank takes (the plan may hold more: the last block is cut)."""
     batch_size: int
     seed: int
+    """(seed, epoch, rank), from the loop: with its place in the plan, each chunk's shuffle."""
     n_classes: int
     entropy_sum: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
 
@@ -207,28 +206,20 @@ class StreamedEpoch:
     def blocks(self) -> Iterator[dict[str, np.ndarray]]:
         """Blocks of BLOCK_BATCHES × batch_size shuffled rows, through Ray Data."""
         import ray.data
-        from ray.data import ExecutionResources
 
+        ensure_ray()  # an in-process loop (a teacher, `--workers 0`) starts Ray only here
         ds: Any = ray.data.from_items(
-            [{"start": a, "stop": b} for a, b in self.plan],
+            [{"start": a, "stop": b, "seed": self.seed * 1_000_003 + i}
+             for i, (a, b) in enumerate(self.plan)],
             override_num_blocks=max(1, len(self.plan)),
         )
         # Reads are I/O and decoding: no CPU of their own, so workers that hold every CPU
         # do not starve them (as the cache fill's reads).
-        # A read that fails on storage (an S3 error past pyarrow's own retries) is retried
-        # as a task, then fails the step with the object's key.
-        # At most READ_TASKS at once: tasks of no CPU are otherwise unbounded, and each new
-        # worker process imports torch (31 of them on 2 cores: 51 s before the first block).
-        with warnings.catch_warnings():  # Ray 2.60 names no other way to ask for retries
-            warnings.simplefilter("ignore", DeprecationWarning)
-            ds = ds.map_batches(self.reader, batch_size=1, num_cpus=0, concurrency=READ_TASKS,
-                                ray_remote_args_fn=_read_task_options)
+        # At most IO_TASKS at once, read-ahead within PIPELINE_BYTES: a pass's memory
+        # does not grow with the rows (cache_fill says why both).
+        ds = ds.map_batches(self.reader, batch_size=1, num_cpus=0, compute=io_tasks())
         ds.context.execution_options.preserve_order = True
-        # Read-ahead within a fixed budget (Ray Data's default is a share of the object
-        # store, gigabytes): a pass's memory then does not grow with the rows.
-        ds.context.execution_options.resource_limits = ExecutionResources(
-            object_store_memory=READ_AHEAD_BYTES
-        )
+        bound_memory(ds)  # and retries transient storage errors
         ds.context.enable_progress_bars = False
         ds.context.print_on_execution_start = False  # two lines per role and epoch
         logging.getLogger("ray.data._internal.execution.streaming_executor").setLevel(
@@ -238,17 +229,13 @@ class StreamedEpoch:
             yield from ds.iter_batches(
                 batch_size=self.batch_size * BLOCK_BATCHES,
                 batch_format="numpy",
-                local_shuffle_buffer_size=max(SHUFFLE_ROWS, 4 * self.batch_size * BLOCK_BATCHES),
-                local_shuffle_seed=self.seed,
                 drop_last=False,
             )
-        except KdflowError:
-            raise
         except Exception as exc:  # Ray Data wraps what failed in a read task
-            cause = kdflow_cause(exc)
-            if cause is None:
+            error = raised_as(exc)
+            if error is None or error is exc:
                 raise
-            raise type(cause)(str(cause)) from exc
+            raise error from exc
 
     def batches(self, device: torch.device, kd: bool, transform: Any = None) -> Iterator[Batch]:
         left = self.rows

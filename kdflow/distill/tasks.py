@@ -59,7 +59,7 @@ class Task(Protocol):
         ...
 
     def hard_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The label loss, for reporting (called once per epoch on every step's logits)."""
+        """The label loss of one step's logits, for reporting (pure KD trains without it)."""
         ...
 
     def score(self, model: nn.Module, split: Split) -> float:

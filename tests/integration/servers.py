@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 S3_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -43,9 +45,49 @@ def free_port() -> int:
 
 
 @dataclass
+class Faults:
+    """S3 errors the server gives on purpose: the next `left` GET requests for an object
+    whose key ends with `suffix` get `503 SlowDown`, the throttling error every AWS SDK
+    retries (pyarrow's too), as a busy bucket answers."""
+
+    suffix: str = ""
+    left: int = 0
+    served: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def arm(self, suffix: str, times: int) -> None:
+        with self.lock:
+            self.suffix, self.left, self.served = suffix, times, 0
+
+    def take(self, method: str, path: str) -> bool:
+        with self.lock:
+            if self.left <= 0 or method != "GET" or not path.endswith(self.suffix):
+                return False
+            self.left -= 1
+            self.served += 1
+            return True
+
+
+def _faulty(app: Any, faults: Faults) -> Any:
+    """`app` (moto's WSGI app) answering `faults` first."""
+    body = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+            b"<Message>Please reduce your request rate.</Message></Error>")
+
+    def serve(environ: dict[str, Any], start_response: Any) -> Any:
+        if faults.take(environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")):
+            start_response("503 Slow Down", [("Content-Type", "application/xml"),
+                                             ("Content-Length", str(len(body)))])
+            return [body]
+        return app(environ, start_response)
+
+    return serve
+
+
+@dataclass
 class S3:
     endpoint: str
     bucket: str
+    faults: Faults = field(default_factory=Faults)
 
     def client(self):
         import boto3
@@ -69,19 +111,30 @@ def _boto_credentials() -> dict[str, str]:
 
 @contextmanager
 def moto_s3(bucket: str = "mlflow") -> Iterator[S3]:
-    """moto's standalone S3 server in a thread of this process, with one bucket."""
-    from moto.server import ThreadedMotoServer
+    """moto's standalone S3 server in a thread of this process, with one bucket, and a
+    switch for S3 errors (`S3.faults`)."""
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per S3 request
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+    faults = Faults()
+    # moto's ThreadedMotoServer, with the fault switch in front of its app.
+    server = make_server("127.0.0.1", 0, _faulty(DomainDispatcherApplication(create_backend_app),
+                                                 faults),
+                         threaded=True, request_handler=MotoRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
     try:
-        s3 = S3(f"http://127.0.0.1:{port}", bucket)
+        s3 = S3(f"http://127.0.0.1:{server.server_address[1]}", bucket, faults)
         s3.client().create_bucket(Bucket=bucket)
         yield s3
     finally:
-        server.stop()
+        server.shutdown()
+        thread.join()
 
 
 # ------------------------------------------------------------------------------ PostgreSQL

@@ -120,3 +120,23 @@ def test_damaged_cache_shard_is_filled_again_not_used(
                     seed=0)
     assert [t["cache_hit"] for t in again["teachers"]] == [False, True]
     assert open_entry(result["teachers"][0]["cache"]).problem() is None
+
+
+def test_a_teacher_past_the_memory_budget_trains_streamed(chunked_digits, tmp_path, monkeypatch,
+                                                         caplog, ray_tmp):
+    """Teacher training goes through the same loop and the same `auto` rule (here with the
+    budget at 0 bytes): it reads its rows chunk by chunk through Ray Data, started by the
+    loop itself in this process, and learns from them."""
+    import logging
+
+    from kdflow.config import TeacherConfig
+    from kdflow.distill import stream
+    from kdflow.distill.driver import train_teacher
+
+    monkeypatch.setattr(stream, "STREAM_BYTES", 0)
+    with caplog.at_level(logging.INFO, logger="kdflow"):
+        result = train_teacher(str(chunked_digits), "mlp:hidden=32",
+                               TeacherConfig(teacher_epochs=3), 0, tmp_path / "teacher")
+    assert "rank 0 streams 1293 rows in 7 chunks" in caplog.text
+    assert result["val_accuracy"] > 0.5  # 10 classes: chance 0.1
+    assert (tmp_path / "teacher" / "model.safetensors").is_file()

@@ -146,3 +146,54 @@ def test_in_process_distill_keeps_its_checkpoints_on_s3_and_resumes_from_them(
     assert folders == ["checkpoint_epoch_000002", "checkpoint_epoch_000003"]
     assert "kd0/ray/in-process-s3/in_process_latest.json" in _keys(s3, "kd0/ray/")
     assert not (tmp_path / "w").exists(), "nothing goes to the local work folder"
+
+
+SDK_ATTEMPTS = 3
+"""pyarrow's S3 client tries a request this many times (AwsStandardS3RetryStrategy)."""
+
+
+def test_streamed_reads_retry_s3_errors_then_fail_with_the_key(s3, digits_dataset, tmp_path):
+    """The bucket answers the training split's GETs with 503s: past pyarrow's own retries
+    a read fails and Ray Data runs it again, so the pass still holds every row in the same
+    order; an object that keeps failing stops the pass with its key."""
+    import pyarrow.parquet as pq
+    import torch
+
+    from kdflow.data import storage
+    from kdflow.distill import cache_fill, stream
+    from kdflow.distill.runtime import ensure_ray
+
+    local = tmp_path / "dataset"
+    local.mkdir()
+    for name in ("meta.json", "val.parquet", "test.parquet"):
+        (local / name).write_bytes((digits_dataset / name).read_bytes())
+    pq.write_table(pq.read_table(digits_dataset / "train.parquet"), local / "train.parquet",
+                   row_group_size=200)
+    uri = f"s3://{s3.bucket}/stream/dataset"
+    storage.upload_dir(local, uri)
+    plans, rows = stream.epoch_plan(stream.chunks(uri), seed=3, world=1)
+
+    def labels() -> torch.Tensor:
+        epoch = stream.StreamedEpoch(stream.ChunkReader(uri, None, None), plans[0], rows,
+                                     batch_size=32, seed=3, n_classes=10)
+        return torch.cat([b.y for b in epoch.batches(torch.device("cpu"), kd=False)])
+
+    ensure_ray()
+    undisturbed = labels()
+    assert len(undisturbed) == rows
+    # Two read tasks run at once: 2 × SDK_ATTEMPTS failures fail both tasks' first tries.
+    s3.faults.arm("stream/dataset/train.parquet", times=2 * SDK_ATTEMPTS)
+    try:
+        throttled = labels()
+        assert s3.faults.served == 2 * SDK_ATTEMPTS and s3.faults.left == 0
+        assert torch.equal(throttled, undisturbed), "retried reads give the same stream"
+
+        s3.faults.arm("stream/dataset/train.parquet", times=10**6)
+        with pytest.raises(storage.StorageError,
+                           match=f"^{uri}/train.parquet: cannot be read: AWS Error "
+                           "SERVICE_UNAVAILABLE"):
+            labels()
+        # Each read ran 1 + IO_RETRIES times, each read tried SDK_ATTEMPTS times.
+        assert s3.faults.served >= (1 + cache_fill.IO_RETRIES) * SDK_ATTEMPTS
+    finally:
+        s3.faults.arm("", 0)
