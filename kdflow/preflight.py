@@ -84,6 +84,7 @@ def check_run(cfg: RunConfig) -> None:
     if data.contract and not Path(data.contract).is_file():
         raise ConfigError(f"--contract: {data.contract}: no such file", option="--contract")
     check_workers(cfg)
+    check_use_gpu(cfg)
     if data.task == "causal-lm":
         check_corpus_run(cfg)
         return
@@ -217,6 +218,23 @@ def check_workers(cfg: RunConfig) -> None:
             f"--workers: {workers} Ray Train workers need {workers} {unit}s; this machine has "
             f"{have} (use --workers {have} or fewer, or --ray-address for a cluster)",
             option="--workers",
+        )
+
+
+def check_use_gpu(cfg: RunConfig) -> None:
+    """`--use-gpu on` where Ray runs on this machine, which has no GPU: the workers would
+    wait forever for one. A cluster may start GPU workers, so it is not checked."""
+    import os
+
+    if cfg.distill.use_gpu != "on" or cfg.distill.ray_address or os.environ.get("RAY_ADDRESS"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            "--use-gpu on: this machine has no GPU for the local Ray (use auto or off, or "
+            "--ray-address for a cluster with GPU workers)",
+            option="--use-gpu",
         )
 
 

@@ -278,6 +278,11 @@ class DistillConfig:
     cached targets in memory, the fastest), `on` (streamed through Ray Data, chunk by
     chunk, in a seeded order: memory does not grow with the rows; classification), or
     `auto` (streamed when a rank's share would pass 2 GiB)."""
+    use_gpu: str = "auto"
+    """Whether the step's Ray work asks for GPUs (the Train workers, the teachers' tasks,
+    the cache-fill actors): `auto` (when the Ray cluster has GPUs as the step starts),
+    `on` (always: a cluster whose GPU workers scale from zero starts them, where `auto`
+    would see none and train on CPUs), or `off` (CPUs only)."""
     kd_loss: str = "forward_kl"
     """Token-level divergence for causal-lm: `forward_kl` (KL(teacher ‖ student), Hinton at
     T), `reverse_kl` (KL(student ‖ teacher), mode-seeking) or `jsd` (generalised
@@ -352,6 +357,11 @@ class DistillConfig:
             self.stream_data in ("auto", "on", "off"),
             "stream_data",
             f"must be `auto`, `on` or `off`, got {self.stream_data!r}",
+        )
+        require(
+            self.use_gpu in ("auto", "on", "off"),
+            "use_gpu",
+            f"must be `auto`, `on` or `off`, got {self.use_gpu!r}",
         )
         require(self.cache_actors >= 0, "cache_actors", "must be 0 (one per GPU) or more")
         modes = ("mean_probs", "weighted_probs", "mean_logits")

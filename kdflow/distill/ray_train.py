@@ -29,7 +29,7 @@ from kdflow.distill.checkpoints import (
     strip,
 )
 from kdflow.distill.loop import WorkerJob, role_history, train
-from kdflow.distill.runtime import limit_threads, local_device
+from kdflow.distill.runtime import limit_threads, local_device, wants_gpus
 from kdflow.distill.step import Role
 from kdflow.errors import KdflowError
 from kdflow.models.artifacts import load_tensors
@@ -131,7 +131,7 @@ def train_students(
     from ray.train.torch import TorchTrainer
 
     cfg = job.cfg
-    use_gpu = not job.in_process and ray.cluster_resources().get("GPU", 0) > 0
+    use_gpu = not job.in_process and wants_gpus(cfg.use_gpu, ray.cluster_resources())
     storage_path, filesystem = storage.ray_storage(storage.join(storage_root, "ray"))
     trainer = TorchTrainer(
         _train_worker,

@@ -85,6 +85,14 @@ def local_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def wants_gpus(mode: str, resources: dict[str, float]) -> bool:
+    """Whether Ray work asks for a GPU each: `use_gpu` `on`, or `auto` and the cluster
+    (`resources`, as `ray.cluster_resources()` gives them) has GPUs now."""
+    if mode == "auto":
+        return resources.get("GPU", 0) > 0
+    return mode == "on"
+
+
 def ensure_ray(num_cpus: int | None = None) -> None:
     """Start an in-process Ray unless one is running or RAY_ADDRESS points at a cluster."""
     import ray

@@ -26,7 +26,7 @@ from kdflow.data.prepared import DatasetMeta
 from kdflow.data.sources import open_source
 from kdflow.distill import cache as teacher_cache
 from kdflow.distill import cache_fill
-from kdflow.distill.runtime import ensure_ray, local_device
+from kdflow.distill.runtime import ensure_ray, local_device, wants_gpus
 from kdflow.distill.tasks import Task, task_named
 from kdflow.errors import DataError, KdflowError, ModelFormatError
 from kdflow.models.inference import as_tensor, predict_logits
@@ -289,13 +289,14 @@ def teacher_outputs(
 
 def cache_actors(cfg: DistillConfig, resources: dict[str, float]) -> tuple[int, bool]:
     """Actors per teacher filling the cache, and whether each takes a GPU: `cache_actors`
-    when set, else one per GPU, or on a CPU-only cluster one per two CPUs (the other CPU
-    of each pair reads, writes and runs the validation tasks)."""
-    gpus = int(resources.get("GPU", 0))
+    when set, else one per GPU (at least one: `use_gpu on` on a cluster that has none
+    yet), or on CPUs one per two CPUs (the other CPU of each pair reads, writes and runs
+    the validation tasks)."""
+    on_gpus = wants_gpus(cfg.use_gpu, resources)
     if cfg.cache_actors:
-        return cfg.cache_actors, gpus > 0
-    if gpus:
-        return gpus, True
+        return cfg.cache_actors, on_gpus
+    if on_gpus:
+        return max(1, int(resources.get("GPU", 0))), True
     return max(1, int(resources.get("CPU", 1)) // 2), False
 
 
@@ -315,7 +316,7 @@ def _with_ray(
     ensure_ray()
     started = time.monotonic()
     resources = ray.cluster_resources()
-    gpus = 1 if resources.get("GPU", 0) > 0 else 0
+    gpus = 1 if wants_gpus(cfg.use_gpu, resources) else 0
     batch = offline and teacher_cache.is_sharded(next(iter(pending.values()))[2])
     remote = ray.remote(_teacher_task)
     refs = [
@@ -352,12 +353,12 @@ def _fill(
             teacher_cache.fill_folder(cache), int(entry_meta["rows"]), actors, gpus,
             _progress_label(uri),
         )
-    except KdflowError:
-        raise
     except Exception as exc:  # Ray (Data) wraps what failed in its actors and tasks
-        cause = cache_fill.kdflow_cause(exc)
-        if cause is not None:
-            raise type(cause)(str(cause)) from exc
+        error = cache_fill.raised_as(exc)
+        if error is exc:
+            raise
+        if error is not None:
+            raise error from exc
         raise KdflowError(
             f"teacher {uri}: filling its cache failed ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''})"

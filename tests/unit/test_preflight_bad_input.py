@@ -70,6 +70,27 @@ def test_with_gpus_each_worker_needs_a_gpu(table, two_cpus, monkeypatch) -> None
         check_run(_cfg(table("d.csv", [0, 1]), workers=2))
 
 
+def test_use_gpu_on_without_a_gpu_for_the_local_ray_is_refused(table, two_cpus,
+                                                                monkeypatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    data = table("d.csv", [0, 1])
+    with pytest.raises(ConfigError) as err:
+        check_run(_cfg(data, use_gpu="on"))
+    assert str(err.value) == (
+        "--use-gpu on: this machine has no GPU for the local Ray (use auto or off, or "
+        "--ray-address for a cluster with GPU workers)"
+    )
+    assert err.value.option == "--use-gpu"
+    check_run(_cfg(data, use_gpu="auto"))
+    # A cluster may start GPU workers (scaled from zero): not checked.
+    check_run(_cfg(data, use_gpu="on", ray_address="http://head:8265",
+                   storage_path="s3://bucket/kd"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    check_run(_cfg(data, use_gpu="on"))
+
+
 def test_text_test_labels_against_numbers_are_refused(table) -> None:
     with pytest.raises(ConfigError) as err:
         check_run(_cfg(table("d.csv", [0, 1]), table("t.csv", ["a", "b"])))

@@ -65,3 +65,25 @@ def test_member_zero_keeps_the_run_seed_and_the_others_get_their_own():
     assert len(set(seeds)) == 4
     assert seeds == [member_seed(7, i) for i in range(4)], "the same run, the same seeds"
     assert member_seed(8, 1) != seeds[1]
+
+
+@pytest.mark.parametrize(
+    ("mode", "resources", "expected"),
+    [
+        ("auto", {"CPU": 8.0}, False),
+        ("auto", {"CPU": 8.0, "GPU": 2.0}, True),
+        # A cluster whose GPU workers scale from zero reports none yet: `on` asks anyway.
+        ("on", {"CPU": 8.0}, True),
+        ("off", {"CPU": 8.0, "GPU": 2.0}, False),
+    ],
+)
+def test_ray_work_asks_for_gpus_as_use_gpu_says(mode, resources, expected) -> None:
+    from kdflow.config import DistillConfig
+    from kdflow.distill.runtime import wants_gpus
+    from kdflow.distill.teachers import cache_actors
+
+    assert wants_gpus(mode, resources) is expected
+    actors, on_gpus = cache_actors(DistillConfig(use_gpu=mode), resources)
+    assert on_gpus is expected
+    # One actor per GPU (at least one, for GPUs still to start), else one per two CPUs.
+    assert actors == (max(1, int(resources.get("GPU", 0))) if expected else 4)
