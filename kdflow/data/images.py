@@ -32,6 +32,7 @@ import numpy as np
 from kdflow.data import storage
 from kdflow.data.inputs import STREAM_ROWS, Encoder, read_labels
 from kdflow.data.prepared import DatasetMeta, Split
+from kdflow.data.tensor_rows import TensorRows
 from kdflow.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -194,9 +195,27 @@ class ImageSource:
     def read(
         self, split: str, start: int = 0, stop: int | None = None, encoder: Encoder | None = None
     ) -> Split:
-        pixels = self.pixels(split)
-        stop = len(pixels) if stop is None else min(stop, len(pixels))
-        return Split(x=pixels[start:stop], y=self.labels(split, start, stop))
+        if stop is None or split in self._pixels:  # the whole split, or held already
+            pixels = self.pixels(split)
+            stop = len(pixels) if stop is None else min(stop, len(pixels))
+            return Split(x=pixels[start:stop], y=self.labels(split, start, stop))
+        # A chunk (a streamed read, an evaluation chunk): its rows' bytes alone.
+        rows = self._pixel_rows(split)
+        stop = min(stop, rows.shape[0])
+        return Split(x=rows.read(start, stop), y=self.labels(split, start, stop))
+
+    def _pixel_rows(self, split: str) -> TensorRows:
+        uri = storage.join(self.uri, PIXELS, f"{split}.safetensors")
+        if not storage.exists(uri):
+            raise DataError(f"{self.uri}: the decoded {split} images are missing ({uri})")
+        rows = TensorRows.open(uri, PIXELS)
+        expected = (self.rows(split), *self.meta.input_shape)
+        if rows.shape != expected or rows.dtype != np.uint8:
+            raise DataError(
+                f"{uri}: decoded images of shape {rows.shape} ({rows.dtype}); "
+                f"meta.json says {expected} uint8"
+            )
+        return rows
 
     def stream(
         self, split: str, batch_rows: int = STREAM_ROWS, encoder: Encoder | None = None

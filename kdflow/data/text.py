@@ -26,6 +26,7 @@ import numpy as np
 from kdflow.data import storage
 from kdflow.data.inputs import STREAM_ROWS, Encoder, read_labels
 from kdflow.data.prepared import DatasetMeta, Split
+from kdflow.data.tensor_rows import TensorRows
 from kdflow.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,21 @@ class TextSource:
     def read(
         self, split: str, start: int = 0, stop: int | None = None, encoder: Encoder | None = None
     ) -> Split:
-        inputs = self.encoded(split, _required(encoder))
+        encoder = _required(encoder)
+        uri = self._cache_uri(split, encoder)
+        if stop is not None and (split, encoder.fingerprint) not in self._encoded:
+            # A chunk (a streamed read, an evaluation chunk): its rows alone, from the
+            # token cache by byte range, or tokenized where no cache is kept (rows pad to
+            # the encoder's length: a chunk encodes as it does within the whole split).
+            # With a cache root and no cache yet, the whole split is tokenized once, below.
+            stop = min(stop, self.rows(split))
+            if uri is not None and storage.exists(uri):
+                x = TensorRows.open(uri, "inputs").read(start, stop).astype(np.int64)
+                return Split(x=x, y=self.labels(split, start, stop))
+            if uri is None:
+                x = encoder.encode(self.texts(split, start, stop))
+                return Split(x=x, y=self.labels(split, start, stop))
+        inputs = self.encoded(split, encoder)
         stop = len(inputs) if stop is None else min(stop, len(inputs))
         return Split(x=inputs[start:stop], y=self.labels(split, start, stop))
 

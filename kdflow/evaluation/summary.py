@@ -3,7 +3,10 @@ beside them, the current champion on the same rows, and the gates, as the run su
 
 Models come from any source (`kdflow.models.sources.load_saved`: the zoo, `python:`,
 transformers); each reads the test split as it needs it (`TestRows`: a text model's rows
-tokenized by its own tokenizer, once per tokenizer). The labels are the same rows for all.
+tokenized by its own tokenizer). The labels are the same rows for all. Predictions stream
+the split chunk by chunk (`TestRows.logits`): what stays in memory is each model's logits
+and the labels, not the inputs; the timings and the ONNX parity read the first
+SAMPLE_ROWS rows.
 
 The summary's keys are what the later steps, the report pages and the registry read. Each
 model's entry has `latency_ms` (batch 1, the model alone on its encoded inputs: what the
@@ -90,9 +93,17 @@ of the usual distillation benchmarks' images (MNIST, CIFAR), which stay as they 
 images are shrunk so that 16 of them stay a few tens of KiB in the summary."""
 
 
+SAMPLE_ROWS = 4096
+"""Test rows the timings and the ONNX parity read (the first ones): batches of up to 256
+are timed, and 4,096 rows are ample to tell an export that predicts otherwise."""
+CHUNK_ROWS = 65_536
+"""Test rows a model predicts at a time (the prepared splits' row groups)."""
+
+
 class TestRows:
-    """A split as each model reads it: its inputs encoded by the model's own encoder (once
-    per encoder fingerprint; numeric columns once), and the labels, the same rows for all."""
+    """A split as each model reads it: its inputs encoded by the model's own encoder, and
+    the labels, the same rows for all. `logits` streams the split; `of` holds its first
+    SAMPLE_ROWS rows (once per encoder fingerprint; numeric columns once)."""
 
     __test__ = False  # not a pytest class
 
@@ -104,17 +115,31 @@ class TestRows:
         self._images: list[bytes] | None = None
 
     def of(self, model: nn.Module) -> Split:
-        """The split's rows as `model` takes them."""
+        """The split's first SAMPLE_ROWS rows as `model` takes them."""
         encoder = encoder_of(model)
         key = None if encoder is None else encoder.fingerprint
         if key not in self._inputs:
-            self._inputs[key] = self.data.read(self.split, encoder=encoder).x
-        return Split(x=self._inputs[key], y=self.y)
+            self._inputs[key] = self.data.read(self.split, 0, SAMPLE_ROWS, encoder=encoder).x
+        x = self._inputs[key]
+        return Split(x=x, y=self.y[: len(x)])
+
+    def logits(self, model: nn.Module, spec: dict[str, Any] | None = None) -> torch.Tensor:
+        """`model`'s logits on every row, CHUNK_ROWS rows read at a time (its columns
+        taken by name when `spec` names them: `by_name`)."""
+        encoder = encoder_of(model)
+        parts = []
+        for start in range(0, len(self.y), CHUNK_ROWS):
+            split = self.data.read(self.split, start, start + CHUNK_ROWS, encoder=encoder)
+            parts.append(logits_on(model, split if spec is None
+                                   else by_name(split, spec, self.data.meta)))
+        if not parts:  # no rows: the model's output width from one probe row
+            return logits_on(model, self.of(model))[:0]
+        return torch.cat(parts)
 
     def texts(self) -> list[list[str]]:
-        """The split's text columns, column-wise ([] for numeric data)."""
+        """The first SAMPLE_ROWS rows' text columns, column-wise ([] for numeric data)."""
         if self._texts is None:
-            self._texts = self.data.texts(self.split)
+            self._texts = self.data.texts(self.split, 0, SAMPLE_ROWS)
         return self._texts
 
     def images(self, rows: int = THROUGHPUT_BATCH) -> list[bytes]:
@@ -158,10 +183,10 @@ def evaluate_models(
     teachers = [load_saved(d) for d in teacher_dirs]
     student, student_spec = load_saved(student_dir)
     baseline, baseline_spec = load_saved(baseline_dir)
-    teacher_z = [logits_on(m, rows.of(m)) for m, _ in teachers]
+    teacher_z = [rows.logits(m) for m, _ in teachers]
     ensemble = ensemble_probabilities(teacher_z)
     ensemble_pred = ensemble.argmax(-1).numpy()
-    student_z = logits_on(student, rows.of(student))
+    student_z = rows.logits(student)
 
     progress.emit("evaluate", 1, 3, "ONNX export and CPU timing")
     models = {f"t{i}": m for i, (m, _) in enumerate(teachers)}
@@ -187,7 +212,7 @@ def evaluate_models(
         summary["teachers"].append(teacher)
     ensemble_quality = quality_metrics(ensemble, rows.y, meta.classes)
     summary["ensemble"] = {k: ensemble_quality[k] for k in ENSEMBLE_KEYS}
-    baseline_z = logits_on(baseline, rows.of(baseline))
+    baseline_z = rows.logits(baseline)
     summary["baseline"] = entry("baseline", describe(baseline_spec), baseline_dir,
                                 torch.softmax(baseline_z, -1))
     summary["student"] = entry("student", describe(student_spec), student_dir,
@@ -257,8 +282,9 @@ def misclassified_images(
         {MISCLASSIFIED_ROLES.get(k, k): v for k, v in item.items()} for item in found["shown"]
     ]
     if found["shown"]:
-        pixels = rows.data.read(rows.split).x
-        found["thumbnails"] = thumbnail_strip(pixels[[item["row"] for item in found["shown"]]])
+        pixels = np.concatenate([rows.data.read(rows.split, item["row"], item["row"] + 1).x
+                                 for item in found["shown"]])
+        found["thumbnails"] = thumbnail_strip(pixels)
     return found
 
 
@@ -372,15 +398,16 @@ def _timed_with_onnx(
     batch: int = THROUGHPUT_BATCH,
 ) -> tuple[dict[str, Timing], dict[str, Any]]:
     """CPU timings of every model and of the student's ONNX export (under `onnx`), and the
-    student's `onnx` entry: the export's size, timing and parity with PyTorch on the whole
-    test split, or why it was not exported."""
+    student's `onnx` entry: the export's size, timing and parity with PyTorch on the test
+    split's first SAMPLE_ROWS rows, or why it was not exported."""
     runners = _all_runners(models, rows, meta, batch)
     x = rows.of(models["student"]).x
     with tempfile.TemporaryDirectory() as tmp:
         path = (onnx_dir or Path(tmp)) / ONNX_FILE
         try:
             session, parity = export_with_parity(
-                models["student"], x, path, x, student_z.numpy(), "the student's ONNX export"
+                models["student"], x, path, x, student_z[: len(x)].numpy(),
+                "the student's ONNX export",
             )
         except NotExportable as exc:
             reason = (str(exc).strip().splitlines() or ["not exported"])[0]
@@ -553,12 +580,13 @@ def champion_comparison(
             log.warning("%s", reason)
             return None, reason
         if isinstance(test, Split):
-            split = test
+            labels = test.y
+            probs = torch.softmax(logits_on(model, by_name(test, spec, meta)), -1)
         else:
-            split = (test if isinstance(test, TestRows) else TestRows(test)).of(model)
-        split = by_name(split, spec, meta)
-        probs = torch.softmax(logits_on(model, split), -1)
-    quality = quality_metrics(probs, split.y, meta.classes)
+            rows = test if isinstance(test, TestRows) else TestRows(test)
+            labels = rows.y
+            probs = torch.softmax(rows.logits(model, spec), -1)
+    quality = quality_metrics(probs, labels, meta.classes)
     return {
         "version": int(version.version),
         "accuracy": quality["accuracy"],

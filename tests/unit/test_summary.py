@@ -53,3 +53,30 @@ def test_evaluate_step_measures_every_model_and_checks_the_onnx_student(
     assert summary["gates"]["retention"]["passed"] is False
     report = (tmp_path / "report.md").read_text()
     assert all(f"| {gate} | " in report for gate in summary["gates"])
+
+
+def test_test_rows_predict_chunk_by_chunk_and_hold_only_a_sample(digits_dataset, monkeypatch):
+    """The evaluate step's predictions stream the test split (chunks of CHUNK_ROWS rows,
+    here 50): the logits are the whole split's, and the inputs held for timing and ONNX
+    parity are the first SAMPLE_ROWS rows (here 30)."""
+    from kdflow.data.sources import open_source
+    from kdflow.evaluation import summary as evaluation
+    from kdflow.evaluation.metrics import logits_on
+
+    monkeypatch.setattr(evaluation, "CHUNK_ROWS", 50)
+    monkeypatch.setattr(evaluation, "SAMPLE_ROWS", 30)
+    data = open_source(str(digits_dataset))
+    meta = data.meta
+    torch.manual_seed(0)
+    model = build_classifier("mlp:hidden=16", meta.input_shape, meta.n_classes, meta.n_features)
+    rows = evaluation.TestRows(data)
+    assert len(rows.y) == meta.rows["test"] > 50
+    reads: list[tuple[int, int | None]] = []
+    read = data.read
+    monkeypatch.setattr(data, "read", lambda split, start=0, stop=None, encoder=None:
+                        reads.append((start, stop)) or read(split, start, stop, encoder))
+    chunked = rows.logits(model)
+    whole = logits_on(model, read("test"))
+    torch.testing.assert_close(chunked, whole)
+    assert all(stop is not None and stop - start == 50 for start, stop in reads)
+    assert len(rows.of(model).x) == len(rows.of(model).y) == 30

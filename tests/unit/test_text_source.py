@@ -214,3 +214,29 @@ def test_trimming_the_padding_leaves_the_logits_as_they_are(
     assert trimmed.shape == (len(x), 2)
     torch.testing.assert_close(trimmed, full, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(one, full[shortest : shortest + 1], atol=1e-5, rtol=1e-5)
+
+
+def test_a_chunk_is_read_alone_from_the_token_cache_or_tokenized_alone(
+    dataset: Path, tokenizer: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A streamed read task or an evaluation chunk wants rows [start, stop): a source that
+    does not hold the split reads those rows' token ids from the cache by byte range, or
+    (keeping no cache) tokenizes those rows alone, and gets what the whole split's
+    encoding holds there."""
+    encoder = TextEncoder(tokenizer, 16)
+    whole = open_source(str(dataset)).read("train", encoder=encoder)
+    encoded: list[int] = []
+    encode = encoder.encode
+    monkeypatch.setattr(encoder, "encode", lambda texts: encoded.append(len(texts[0]))
+                        or encode(texts))
+    part = open_source(str(dataset)).read("train", 10, 30, encoder=encoder)
+    np.testing.assert_array_equal(part.x, whole.x[10:30])
+    np.testing.assert_array_equal(part.y, whole.y[10:30])
+    assert encoded == [20], "the chunk's 20 rows alone are tokenized"
+    open_source(str(dataset), cache_root=str(tmp_path)).read("train", encoder=encoder)  # cache
+    encoded.clear()
+    later = open_source(str(dataset), cache_root=str(tmp_path))
+    part = later.read("train", 10, 30, encoder=encoder)
+    np.testing.assert_array_equal(part.x, whole.x[10:30])
+    assert part.x.dtype == np.int64 and part.x.flags.writeable
+    assert encoded == [], "read from the token cache, not tokenized"
