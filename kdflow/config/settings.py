@@ -234,6 +234,11 @@ class DistillConfig:
     for hf:)."""
     student_batch_size: int = 64
     """Global mini-batch size of the student, split across the Ray Train workers."""
+    grad_accum: int = 1
+    """Batches whose gradients add up before each optimizer step (gradient accumulation):
+    the student and its baseline update on a global batch of student_batch_size ×
+    grad_accum rows while holding one batch of activations (DDP all-reduces once per
+    update). The last update of an epoch may hold fewer batches."""
     workers: int = 1
     """Ray Train workers (data-parallel); each takes a GPU when CUDA is available. 0 runs the
     loop in this process (Ray Train's local mode): no Ray start and no worker processes, the
@@ -339,6 +344,7 @@ class DistillConfig:
         require(self.student_epochs >= 1, "student_epochs", "must be at least 1")
         require(self.student_lr is None or self.student_lr > 0, "student_lr", "must be > 0")
         require(self.student_batch_size >= 1, "student_batch_size", "must be at least 1")
+        require(self.grad_accum >= 1, "grad_accum", f"must be at least 1, got {self.grad_accum}")
         require(all(s >= 0 for s in self.seeds), "seeds", "must be 0 or more")
         require(len(set(self.seeds)) == len(self.seeds), "seeds", "names a seed twice")
         require(

@@ -34,7 +34,7 @@ from kdflow.data.sources import DataSource, open_source
 from kdflow.distill import hints, stream
 from kdflow.distill.checkpoints import restore_training, restore_weights
 from kdflow.distill.runtime import seed_everything
-from kdflow.distill.step import Batch, OnlineTeachers, Role, kd_step
+from kdflow.distill.step import Batch, OnlineTeachers, Role, apply_update, kd_step
 from kdflow.distill.targets import Ensemble, SoftTargets
 from kdflow.distill.tasks import Task, task_named
 from kdflow.distill.teachers import load_teacher
@@ -238,6 +238,7 @@ def run_epoch(
     device: torch.device,
     teachers: OnlineTeachers | None = None,
     entropy: torch.Tensor | Callable[[], torch.Tensor] | None = None,
+    accumulate: int = 1,
 ) -> dict[str, float]:
     """One pass of `role` over `steps`: the row means of the loss and its parts.
 
@@ -253,8 +254,12 @@ def run_epoch(
     }
     entropies: list[torch.Tensor] = []
     sizes: list[int] = []
+    pending = 0  # batches whose gradients wait for the optimizer (`accumulate`)
     for batch in steps:
-        out = kd_step(role, batch, task, temperature, device, teachers)
+        pending += 1
+        out = kd_step(role, batch, task, temperature, device, teachers, accumulate,
+                      update=pending == accumulate)
+        pending %= accumulate
         for name in kept:
             value = out.parts.total.detach() if name == "total" else getattr(out.parts, name)
             if value is not None:
@@ -267,6 +272,8 @@ def run_epoch(
         if out.entropy is not None:
             entropies.append(out.entropy)
         sizes.append(len(batch.y))
+    if pending:  # the epoch's last batches: their gradients are not carried over
+        apply_update(role)
     if entropy is not None:
         entropies.append(entropy() if callable(entropy) else entropy)
     seen = sum(sizes)
@@ -450,7 +457,8 @@ def _train(
                 steps = prefetched(steps)
             started = time.perf_counter()
             losses = run_epoch(
-                r, steps, task, cfg.temperature, device, teachers, entropy if r.kd else None
+                r, steps, task, cfg.temperature, device, teachers, entropy if r.kd else None,
+                cfg.grad_accum,
             )
             seconds = time.perf_counter() - started
             r.scheduler.step()

@@ -15,6 +15,7 @@ validation epoch kept).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,7 +87,7 @@ class OnlineTeachers:
 class StepOutput:
     parts: LossParts
     logits: torch.Tensor
-    """The student's logits, detached (the epoch's deferred label loss uses them)."""
+    """The student's logits, detached (pure KD's reported label loss uses them)."""
     entropy: torch.Tensor | None
     """Σ H(p_T) of the batch's online targets (offline: counted once per epoch)."""
 
@@ -98,7 +99,14 @@ def kd_step(
     temperature: float,
     device: torch.device,
     teachers: OnlineTeachers | None = None,
+    accumulate: int = 1,
+    update: bool = True,
 ) -> StepOutput:
+    """One batch of `role`: forward, loss, backward, and with `update` the optimizer's
+    step. Gradient accumulation: the loss is divided by `accumulate`, and the caller sets
+    `update` on every `accumulate`-th batch (and the epoch's last), so one update follows
+    the mean gradient of `accumulate` batches, as one batch that many times larger would;
+    under DDP the gradients are all-reduced on that batch alone (`no_sync` before it)."""
     # 1. The student's forward pass.
     if device.type == "cuda":
         with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -121,11 +129,19 @@ def kd_step(
     if role.plan is not None:
         parts = with_hints(parts, role.plan, features, maps, taps)
 
-    # 4. Backward and step.
-    role.optimizer.zero_grad(set_to_none=True)
-    parts.total.backward()
-    role.optimizer.step()
+    # 4. Backward, and the step on the last batch of an accumulation.
+    local = not update and hasattr(role.model, "no_sync")
+    with role.model.no_sync() if local else contextlib.nullcontext():
+        (parts.total / accumulate if accumulate > 1 else parts.total).backward()
+    if update:
+        apply_update(role)
     return StepOutput(parts, logits.detach(), entropy)
+
+
+def apply_update(role: Role) -> None:
+    """The optimizer's step on the gradients gathered since the last, then zero them."""
+    role.optimizer.step()
+    role.optimizer.zero_grad(set_to_none=True)
 
 
 def with_hints(

@@ -222,3 +222,26 @@ def test_gpu_epoch_trains_under_bf16_from_pinned_blocks_offline_and_online():
         entropy = targets.entropy[order].sum() if cached is not None else None
         stats = run_epoch(role, steps, TASK, 2.0, cuda, teachers, entropy)
         assert stats["rows"] == 500 and math.isfinite(stats["loss"]) and stats["soft_loss"] > 0
+
+
+def test_accumulated_half_batches_update_as_the_whole_batch():
+    """`grad_accum` 2 over batches of 32 takes the optimizer steps batches of 64 take (the
+    mean gradient of two halves is the whole batch's); an epoch's leftover batch still
+    updates the model, its gradient not carried into the next epoch."""
+    x, y = torch.randn(256, 4, generator=torch.Generator().manual_seed(2)), torch.arange(256) % 3
+    targets, order = random_targets(256), epoch_order(256, 256, 5)
+    whole, halves = make_role(kd=True, alpha=0.3), make_role(kd=True, alpha=0.3)
+    expected = run_epoch(whole, batches(x, y, order, 64, CPU, targets), TASK, 2.0, CPU)
+    stats = run_epoch(halves, batches(x, y, order, 32, CPU, targets), TASK, 2.0, CPU,
+                      accumulate=2)
+    assert stats["loss"] == pytest.approx(expected["loss"], rel=1e-5)
+    for key, value in whole.classifier.state_dict().items():
+        torch.testing.assert_close(halves.classifier.state_dict()[key], value, rtol=1e-5,
+                                   atol=1e-6)
+    # 3 batches at accumulate 2: one update of two, then the third alone at the epoch's end.
+    odd, even = make_role(kd=True, alpha=0.3), make_role(kd=True, alpha=0.3)
+    run_epoch(odd, batches(x, y, order[:96], 32, CPU, targets), TASK, 2.0, CPU, accumulate=2)
+    run_epoch(even, batches(x, y, order[:64], 32, CPU, targets), TASK, 2.0, CPU, accumulate=2)
+    assert any(not torch.equal(a, b) for a, b in
+               zip(odd.classifier.parameters(), even.classifier.parameters(), strict=True))
+    assert all(p.grad is None for p in odd.classifier.parameters()), "nothing carried over"
