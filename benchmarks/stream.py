@@ -1,29 +1,49 @@
-"""The streamed training input (issue 18): `python -m benchmarks.stream [--rows 2000000 20000000]`.
+"""Data that does not fit in memory (issue 18).
+
+    python -m benchmarks.stream [--rows 2000000 20000000] [--cap-gb 5]
 
 Writes benchmarks/results/stream.md with, measured in this one run:
 
-1. Input throughput: one pass of the streamed training split into the loop
+1. The distillation step under a memory cap: at each `--rows`, `run_distillation` with
+   `stream_data: on` (one data-parallel worker, two epochs of the student and of its
+   baseline, one teacher whose cache is filled by Ray Data batch inference) in a fresh
+   process inside a memory cgroup capped at `--cap-gb`, below what the in-memory path
+   needs at the largest size. Peak memory is the cgroup's (every process of the step: the
+   driver, Ray's daemons, the Train worker, read tasks and actors), anonymous memory plus
+   shared memory (Ray's object store), sampled every 0.25 s; the kernel's OOM kills in the
+   cgroup are counted. Then the in-memory path (`stream_data: off`) under the same cap at
+   the largest size, with the cache already filled: it cannot meet it.
+2. The KD step's cost with the streamed cache: the student's epoch time (its rows and the
+   ensemble's soft targets streamed) over its baseline's (rows alone), in the same run, in
+   epoch 2: epoch 1's student pass also starts the read tasks' worker processes (their
+   torch import), which the baseline's pass then reuses.
+3. Input throughput: one warm pass of the streamed training split into the loop
    (`kdflow.distill.stream.StreamedEpoch.batches`: Ray Data read tasks, the seeded shuffle
    buffer, step batches of 64 rows as torch tensors) against a bare `pyarrow.dataset`
-   scan of the same files (record batches, nothing converted), rows/s each.
-2. Peak memory: the same pass in a fresh process per size (its peak RSS, `ru_maxrss`,
-   and the Ray Data workers' beside it), at each `--rows`: streamed, it should not grow
-   with the rows; the in-memory path (`stream_data: off`) holds rows × 260 bytes.
+   scan of the same file (record batches, nothing converted), at the smallest size; the
+   first pass's extra time (starting the read tasks' worker processes) beside it.
 
-Data: ROWS × 64 float32 features and an int64 label (Gaussian), written straight as a
-prepared split in row groups of `prepared.CHUNK_ROWS` rows; no teacher, no model: this
-measures the data plane alone (the KD step's cost with the streamed cache is the loop's).
+Data: ROWS × 64 float32 features (Gaussian) and a label from a fixed linear map of them,
+written straight as a prepared split in row groups of `prepared.CHUNK_ROWS` rows. The
+teacher (`mlp:hidden=128`) is trained on 65,536 rows of the same kind; the student is
+`mlp:hidden=64`, batch 1,024.
+
+Ray's object store is set to 512 MiB: Ray sizes it from the memory it sees, and inside a
+nested cgroup it sees the machine's (a pod's limit is what Ray reads on a cluster).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import re
 import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +54,9 @@ import pyarrow.parquet as pq
 
 RESULTS = Path(__file__).parent / "results" / "stream.md"
 FEATURES, CLASSES, BATCH = 64, 10, 64
+TEACHER_ROWS = 65_536
+STUDENT, TEACHER, STEP_BATCH, EPOCHS = "mlp:hidden=64", "mlp:hidden=128", 1024, 2
+OBJECT_STORE_BYTES = 512 * 1024**2
 
 
 def write_dataset(root: Path, rows: int, seed: int = 0) -> Path:
@@ -45,10 +68,12 @@ def write_dataset(root: Path, rows: int, seed: int = 0) -> Path:
     names = [f"f{i}" for i in range(FEATURES)]
     schema = pa.schema([*(pa.field(n, pa.float32()) for n in names), ("label", pa.int64())])
     rng = np.random.default_rng(seed)
+    weights = np.random.default_rng(1234).standard_normal((FEATURES, CLASSES)).astype(np.float32)
 
     def table(n: int) -> pa.Table:
         x = rng.standard_normal((n, FEATURES), dtype=np.float32)
-        y = rng.integers(0, CLASSES, n)
+        noise = rng.standard_normal((n, CLASSES), dtype=np.float32) * 2.0
+        y = (x @ weights + noise).argmax(1).astype(np.int64)
         return pa.table([*(x[:, i] for i in range(FEATURES)), y], schema=schema)
 
     with pq.ParquetWriter(folder / "train.parquet", schema) as writer:
@@ -58,14 +83,157 @@ def write_dataset(root: Path, rows: int, seed: int = 0) -> Path:
         pq.write_table(table(2_000), folder / f"{split}.parquet")
     meta = {"label_column": "label", "feature_columns": names,
             "classes": [str(c) for c in range(CLASSES)], "input_shape": [FEATURES],
-            "sha256": "generated", "rows": {"train": rows, "val": 2_000, "test": 2_000},
-            "source": "generated"}
+            "sha256": f"generated-{rows}-{seed}",
+            "rows": {"train": rows, "val": 2_000, "test": 2_000}, "source": "generated"}
     (folder / "meta.json").write_text(json.dumps(meta))
     return folder
 
 
-def streamed_pass(dataset: Path) -> dict[str, Any]:
-    """One epoch of the streamed split, as the loop takes it (rank 0 of 1)."""
+# ----------------------------------------------------------------------------- memory cap
+
+
+class MemoryCgroup:
+    """A child of this process's memory cgroup (v1) capped at `cap` bytes, for one
+    command and everything it starts; None from `make` where cgroups cannot be written."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.peak = 0
+        self._stop = threading.Event()
+
+    @classmethod
+    def make(cls, cap: int, name: str) -> MemoryCgroup | None:
+        mine = [line.strip().split(":", 2) for line in open("/proc/self/cgroup")]
+        paths = [p for _, ctl, p in mine if "memory" in ctl.split(",")]
+        if not paths:
+            return None
+        folder = Path("/sys/fs/cgroup/memory") / paths[0].lstrip("/") / name
+        try:
+            folder.mkdir(exist_ok=True)
+            (folder / "memory.limit_in_bytes").write_text(str(cap))
+        except OSError:
+            return None
+        return cls(folder)
+
+    def stat(self) -> dict[str, int]:
+        lines = (self.folder / "memory.stat").read_text().split("\n")
+        return {k: int(v) for k, v in (line.split() for line in lines if line)}
+
+    def oom_kills(self) -> int:
+        for line in (self.folder / "memory.oom_control").read_text().split("\n"):
+            if line.startswith("oom_kill "):
+                return int(line.split()[1])
+        return 0
+
+    def run(self, command: list[str]) -> subprocess.CompletedProcess[str]:
+        procs = self.folder / "cgroup.procs"
+        # The shell joins the cgroup, then becomes the command: it and all it starts are in.
+        joined = ["sh", "-c", f'echo $$ > "{procs}" && exec "$@"', "sh", *command]
+        def sample() -> None:
+            while not self._stop.is_set():
+                s = self.stat()  # anonymous memory + shared memory (the object store)
+                self.peak = max(self.peak, s["total_rss"] + s["total_shmem"])
+                time.sleep(0.25)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        self.peak, before = 0, self.oom_kills()
+        self._stop.clear()
+        sampler.start()
+        try:
+            out = subprocess.run(joined, capture_output=True, text=True)
+        finally:
+            self._stop.set()
+            sampler.join()
+            self.kill_all()
+        out.oom_kills = self.oom_kills() - before  # type: ignore[attr-defined]
+        return out
+
+    def kill_all(self) -> None:
+        """Ray's daemons can outlive the command by a few seconds: end them."""
+        for _ in range(20):
+            pids = (self.folder / "cgroup.procs").read_text().split()
+            if not pids:
+                return
+            for pid in pids:
+                try:
+                    os.kill(int(pid), 9)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.25)
+
+    def remove(self) -> None:
+        self.kill_all()
+        try:
+            self.folder.rmdir()
+        except OSError:
+            pass
+
+
+# ---------------------------------------------------------------------- the step (child)
+
+
+def step(dataset: Path, teacher: Path, root: Path, mode: str) -> dict[str, Any]:
+    """`run_distillation` on `dataset` as the pipeline's distill step runs it."""
+    import ray
+
+    from kdflow.config import DistillConfig
+    from kdflow.distill.driver import run_distillation
+
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES,
+             _temp_dir=os.environ.get("KDFLOW_RAY_TMP"))
+    cfg = DistillConfig(student=STUDENT, student_epochs=EPOCHS, student_batch_size=STEP_BATCH,
+                        workers=1, max_failures=0, stream_data=mode)
+    started = time.perf_counter()
+    out = run_distillation(
+        str(dataset), [str(teacher)], cfg,
+        {"student": str(root / mode / "student"), "baseline": str(root / mode / "baseline")},
+        str(root / "store"), f"stream-{mode}", 0,
+    )
+    seconds = time.perf_counter() - started
+    roles = ("student", "baseline")
+    return {
+        "seconds": seconds, "phases": out.get("seconds", {}),
+        "epoch_seconds": {r: [e["seconds"] for e in out[r]["history"]] for r in roles},
+        "rows_per_s": {r: [e["rows_per_s"] for e in out[r]["history"]] for r in roles},
+        "val_accuracy": {r: out[r]["val_accuracy"] for r in ("student", "baseline")},
+        "teacher_val_accuracy": out["teachers"][0].get("val_accuracy"),
+        "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def train_teacher(root: Path) -> Path:
+    from kdflow.config import TeacherConfig
+    from kdflow.steps import train_teacher as train
+
+    data = write_dataset(root, TEACHER_ROWS, seed=7)
+    folder = root / "teacher"
+    train(data, TEACHER, TeacherConfig(teachers=[TEACHER], teacher_epochs=5, batch_size=256),
+          0, folder)
+    return folder
+
+
+def capped_step(cgroup: MemoryCgroup | None, dataset: Path, teacher: Path, root: Path,
+                mode: str) -> dict[str, Any]:
+    command = [sys.executable, "-m", "benchmarks.stream", "--step", str(dataset),
+               "--teacher", str(teacher), "--root", str(root), "--mode", mode]
+    if cgroup is None:
+        out = subprocess.run(command, capture_output=True, text=True)
+        peak, kills = None, None
+    else:
+        out = cgroup.run(command)
+        peak, kills = cgroup.peak / 2**20, out.oom_kills  # type: ignore[attr-defined]
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith('{"seconds"')]
+    result: dict[str, Any] = json.loads(lines[-1]) if lines else {
+        "failed": (out.stderr.strip().splitlines() or ["(no output)"])[-1][:300]}
+    return result | {"exit": out.returncode, "peak_mb": peak, "oom_kills": kills}
+
+
+# ---------------------------------------------------------------------------- throughput
+
+
+def throughput(dataset: Path) -> dict[str, Any]:
+    """A first and a second pass of the streamed split, and a bare scan (this process)."""
+    import pyarrow.dataset as pads
     import ray
     import torch
 
@@ -75,92 +243,151 @@ def streamed_pass(dataset: Path) -> dict[str, Any]:
     rows = open_source(str(dataset)).rows("train")
     plans, per_rank = stream.epoch_plan(stream.chunks(str(dataset)), seed=1, world=1)
     reader = stream.ChunkReader(str(dataset), None, None)
-    epoch = stream.StreamedEpoch(reader, plans[0], per_rank, BATCH, seed=1, n_classes=CLASSES)
-    ray.init(num_cpus=2, include_dashboard=False)  # not timed: a run's Ray is up already
-    started, seen, checksum = time.perf_counter(), 0, 0.0
-    for batch in epoch.batches(torch.device("cpu"), kd=False):
-        seen += len(batch.y)
-        checksum += float(batch.x[0, 0])
-    seconds = time.perf_counter() - started
-    assert seen == rows, (seen, rows)
-    return {"rows": rows, "seconds": seconds, "rows_per_s": rows / seconds,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "workers_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES,
+             _temp_dir=os.environ.get("KDFLOW_RAY_TMP"))
+
+    def one_pass(seed: int) -> float:
+        epoch = stream.StreamedEpoch(reader, plans[0], per_rank, BATCH, seed, CLASSES)
+        started, seen = time.perf_counter(), 0
+        for batch in epoch.batches(torch.device("cpu"), kd=False):
+            seen += len(batch.y)
+        assert seen == rows, (seen, rows)
+        return time.perf_counter() - started
+
+    def scan() -> float:
+        started, seen = time.perf_counter(), 0
+        for batch in pads.dataset(str(dataset / "train.parquet")).to_batches():
+            seen += batch.num_rows
+        assert seen == rows
+        return time.perf_counter() - started
+
+    first = one_pass(1)
+    scans, passes = [scan()], [one_pass(2)]
+    scans.append(scan())
+    passes.append(one_pass(3))
+    ray.shutdown()
+    streamed, bare = min(passes), min(scans)
+    return {"rows": rows, "first_pass_s": first, "pass_s": streamed, "scan_s": bare,
+            "streamed_rows_per_s": rows / streamed, "scan_rows_per_s": rows / bare}
 
 
-def arrow_scan(dataset: Path) -> dict[str, Any]:
-    import pyarrow.dataset as pads
-
-    started, seen = time.perf_counter(), 0
-    for batch in pads.dataset(str(dataset / "train.parquet")).to_batches():
-        seen += batch.num_rows
-    seconds = time.perf_counter() - started
-    return {"rows": seen, "seconds": seconds, "rows_per_s": seen / seconds}
+# ------------------------------------------------------------------------------- report
 
 
-def in_fresh_process(dataset: Path) -> dict[str, Any]:
-    out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.stream", "--one-pass", str(dataset)],
-        capture_output=True, text=True, check=True,
-    )
-    # Ray writes to stdout too: the result is the last line that is a JSON object.
-    line = [ln for ln in out.stdout.splitlines() if ln.startswith('{"rows"')][-1]
-    result: dict[str, Any] = json.loads(line)
-    return result
+def why_not(result: dict[str, Any]) -> str:
+    if result.get("oom_kills"):
+        return "no: OOM-killed at the cap"
+    return "no: " + re.sub(r"\x1b\[[0-9;]*m", "", str(result.get("failed", "")))[:80]
 
 
-def write(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
+def write(results: dict[str, Any], args: argparse.Namespace) -> str:
+    cap = args.cap_gb
+    steps, flow = results["steps"], results["throughput"]
     lines = [
-        "# Streamed training input (issue 18)",
+        "# Data that does not fit in memory (issue 18)",
         "",
-        f"`python -m benchmarks.stream --rows {' '.join(map(str, args.rows))}` · "
-        f"{platform.processor() or platform.machine()}, Python {sys.version.split()[0]}.",
+        f"`python -m benchmarks.stream --rows {' '.join(map(str, args.rows))} --cap-gb {cap}` · "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {sys.version.split()[0]}.",
         "",
-        f"Data: generated, {FEATURES} float32 features and an int64 label per row, "
-        "row groups of 65,536 rows; one pass at batch 64, each size in a fresh process.",
+        f"Data: generated, {FEATURES} float32 features and a label (a fixed linear map of "
+        "them plus noise) per row, row groups of 65,536 rows. One teacher "
+        f"(`{TEACHER}`, trained on {TEACHER_ROWS:,} rows), student `{STUDENT}`, {EPOCHS} "
+        f"epochs of the student and of its baseline at batch {STEP_BATCH:,}, one Ray Train "
+        "worker, `--stream-data on`; Ray's object store 512 MiB.",
         "",
-        "| rows | file (MB) | streamed rows/s | pyarrow.dataset rows/s | stream / scan | "
-        "pass (s) | peak RSS (MB) | Ray workers' peak RSS (MB) | in memory would hold (MB) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "## The distillation step under a memory cap",
+        "",
+        f"Each run in a fresh process in a memory cgroup capped at {cap} GiB. Peak memory: "
+        "the cgroup's anonymous plus shared memory (every process of the step, Ray's "
+        "object store included), sampled every 0.25 s.",
+        "",
+        "| rows | file (MB) | path | completed | peak memory (MB) | OOM kills | step (s) | "
+        "cache fill (s) | student epochs (s) | baseline epochs (s) | KD / plain, epoch 2 | "
+        "student val acc | baseline val acc | in memory would hold (MB) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for r in results:
-        s, a = r["streamed"], r["scan"]
+    for s in steps:
+        r = s["result"]
+        done = r.get("exit") == 0
+        ep = r.get("epoch_seconds", {})
+        ratio = ep["student"][-1] / ep["baseline"][-1] if done else float("nan")
+        times = {r: " / ".join(f"{t:.0f}" for t in ep.get(r, [])) for r in ("student", "baseline")}
+        peak = "n/a" if r.get("peak_mb") is None else f"{r['peak_mb']:,.0f}"
         lines.append(
-            f"| {r['rows']:,} | {r['file_mb']:.0f} | {s['rows_per_s']:,.0f} | "
-            f"{a['rows_per_s']:,.0f} | {s['rows_per_s'] / a['rows_per_s']:.2f} | "
-            f"{s['seconds']:.1f} | {s['peak_rss_mb']:.0f} | {s['workers_peak_rss_mb']:.0f} | "
-            f"{r['rows'] * (FEATURES * 4 + 8) / 2**20:.0f} |"
+            f"| {s['rows']:,} | {s['file_mb']:,.0f} | {s['mode']} | "
+            f"{'yes' if done else why_not(r)} | {peak} | "
+            f"{r.get('oom_kills')} | "
+            + (f"{r['seconds']:.0f} | {r['phases'].get('teachers', float('nan')):.0f} | "
+               f"{times['student']} | {times['baseline']} | {ratio:.2f} | "
+               f"{r['val_accuracy']['student']:.3f} | {r['val_accuracy']['baseline']:.3f}"
+               if done else "– | – | – | – | – | – | –")
+            + f" | {s['rows'] * (FEATURES * 4 + 8 + CLASSES * 4) / 2**20:,.0f} |"
         )
-    if len(results) > 1:
-        first, last = results[0]["streamed"], results[-1]["streamed"]
-        lines += ["", f"Peak RSS {last['rows']:,} rows / {first['rows']:,} rows: "
-                  f"{last['peak_rss_mb'] / first['peak_rss_mb']:.2f}× for "
-                  f"{last['rows'] / first['rows']:.0f}× the rows; pass time "
-                  f"{last['seconds'] / first['seconds']:.2f}×."]
-    lines += ["", "```json", json.dumps(results, indent=1), "```"]
+    done = [s for s in steps if s["mode"] == "on" and s["result"].get("exit") == 0]
+    if len(done) > 1:
+        a, b = done[0], done[-1]
+        lines += ["", f"{b['rows']:,} rows / {a['rows']:,} rows ({b['rows'] / a['rows']:.0f}× "
+                  f"the rows): peak memory {b['result']['peak_mb'] / a['result']['peak_mb']:.2f}×, "
+                  f"step time {b['result']['seconds'] / a['result']['seconds']:.2f}×."]
+    lines += [
+        "",
+        "## Input throughput",
+        "",
+        f"{flow['rows']:,} rows; the better of two warm passes and of two scans.",
+        "",
+        "| streamed rows/s | pyarrow.dataset rows/s | stream / scan | warm pass (s) | "
+        "first pass (s) |",
+        "| --- | --- | --- | --- | --- |",
+        f"| {flow['streamed_rows_per_s']:,.0f} | {flow['scan_rows_per_s']:,.0f} | "
+        f"{flow['streamed_rows_per_s'] / flow['scan_rows_per_s']:.2f} | {flow['pass_s']:.1f} | "
+        f"{flow['first_pass_s']:.1f} |",
+        "",
+        "```json", json.dumps(results, indent=1), "```",
+    ]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[2_000_000, 20_000_000])
-    parser.add_argument("--one-pass", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--cap-gb", type=float, default=4.0)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--step", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--teacher", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--mode", default="on", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.one_pass:
-        print(json.dumps(streamed_pass(args.one_pass)))
+    if args.step:
+        print(json.dumps(step(args.step, args.teacher, args.root, args.mode)), flush=True)
         return
-    results = []
+    cap = int(args.cap_gb * 1024**3)
+    cgroup = MemoryCgroup.make(cap, f"kdflow-bench-{os.getpid()}")
+    if cgroup is None:
+        print("no memory cgroup can be made here: the steps run uncapped", flush=True)
+    results: dict[str, Any] = {"cap_gb": args.cap_gb, "steps": []}
     with tempfile.TemporaryDirectory(prefix="kdflow-stream-") as tmp:
-        for rows in args.rows:
-            dataset = write_dataset(Path(tmp), rows)
-            scan = arrow_scan(dataset)
-            streamed = in_fresh_process(dataset)
-            results.append({"rows": rows, "streamed": streamed, "scan": scan,
-                            "file_mb": (dataset / "train.parquet").stat().st_size / 2**20})
-            print(json.dumps(results[-1]), flush=True)
-            for f in dataset.iterdir():
-                f.unlink()
+        root = Path(tmp)
+        os.environ.setdefault("KDFLOW_RAY_TMP", tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+        teacher = train_teacher(root)
+        try:
+            for i, rows in enumerate(sorted(args.rows)):
+                dataset = write_dataset(root, rows)
+                size = (dataset / "train.parquet").stat().st_size / 2**20
+                modes = ["on", "off"] if i == len(args.rows) - 1 else ["on"]
+                for mode in modes:
+                    result = capped_step(cgroup, dataset, teacher, root / f"run-{rows}", mode)
+                    results["steps"].append({"rows": rows, "mode": mode, "file_mb": size,
+                                             "result": result})
+                    print(json.dumps(results["steps"][-1]), flush=True)
+                if i == 0:
+                    results["throughput"] = throughput(dataset)
+                    print(json.dumps(results["throughput"]), flush=True)
+                for f in dataset.iterdir():
+                    f.unlink()
+        finally:
+            if cgroup is not None:
+                cgroup.remove()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(write(results, args))
     print(f"wrote {args.out}")
