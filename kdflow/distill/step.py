@@ -130,8 +130,8 @@ def kd_step(
         parts = with_hints(parts, role.plan, features, maps, taps)
 
     # 4. Backward, and the step on the last batch of an accumulation.
-    local = not update and hasattr(role.model, "no_sync")
-    with role.model.no_sync() if local else contextlib.nullcontext():
+    no_sync = getattr(role.model, "no_sync", None)  # DDP's; a local module has none
+    with no_sync() if not update and callable(no_sync) else contextlib.nullcontext():
         (parts.total / accumulate if accumulate > 1 else parts.total).backward()
     if update:
         apply_update(role)
