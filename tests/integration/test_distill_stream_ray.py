@@ -38,7 +38,9 @@ def streamed_run(chunked_digits, small_teachers, tmp_path_factory, ray_tmp):
     from kdflow.distill.run import distill
 
     root = tmp_path_factory.mktemp("streamed")
-    cfg = DistillConfig(student_epochs=2, workers=2, max_failures=1, stream_data="on")
+    # Gradient accumulation too: DDP all-reduces through no_sync on every other batch.
+    cfg = DistillConfig(student_epochs=2, workers=2, max_failures=1, stream_data="on",
+                        grad_accum=2)
     result = distill(chunked_digits, small_teachers, cfg, root / "student", root / "baseline",
                      root / "work", "streamed", seed=0)
     return root, cfg, result
