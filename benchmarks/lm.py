@@ -361,7 +361,7 @@ def write(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
             f"α {a:g}: " + ", ".join(
                 f"{NAMES[k]} {_mean([at(r, k, a)['recovered'] for r in results], '.2f')}"
                 f" ({'below baseline every seed' if below(k, a) else 'not below on every seed'})"
-                for k in LOSSES if a in first["losses"][k]["alphas"])
+                for k in LOSSES if all(a in r["losses"][k]["alphas"] for r in results))
             for a in alphas) + ".",
         "",
         "## Cost",
