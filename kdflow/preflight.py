@@ -198,14 +198,19 @@ def _check_test_features(cfg: RunConfig, features: list[str], test_columns: list
         )
 
 
+def _local_ray(cfg: RunConfig) -> bool:
+    """Whether the run's Ray starts on this machine: no --ray-address, no $RAY_ADDRESS."""
+    import os
+
+    return not (cfg.distill.ray_address or os.environ.get("RAY_ADDRESS"))
+
+
 def check_workers(cfg: RunConfig) -> None:
     """Ray Train workers an in-process Ray can place: one CPU each, or one GPU each on a
     machine with GPUs. More would wait for resources that never come. A cluster
     (--ray-address, or $RAY_ADDRESS) may autoscale, so it is not checked."""
-    import os
-
     workers = cfg.distill.workers
-    if workers < 2 or cfg.distill.ray_address or os.environ.get("RAY_ADDRESS"):
+    if workers < 2 or not _local_ray(cfg):
         return
     import torch
 
@@ -224,9 +229,7 @@ def check_workers(cfg: RunConfig) -> None:
 def check_use_gpu(cfg: RunConfig) -> None:
     """`--use-gpu on` where Ray runs on this machine, which has no GPU: the workers would
     wait forever for one. A cluster may start GPU workers, so it is not checked."""
-    import os
-
-    if cfg.distill.use_gpu != "on" or cfg.distill.ray_address or os.environ.get("RAY_ADDRESS"):
+    if cfg.distill.use_gpu != "on" or not _local_ray(cfg):
         return
     import torch
 

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -176,21 +177,29 @@ class ImageSource:
             from safetensors import SafetensorError
             from safetensors.numpy import load
 
-            uri = storage.join(self.uri, PIXELS, f"{split}.safetensors")
-            if not storage.exists(uri):
-                raise DataError(f"{self.uri}: the decoded {split} images are missing ({uri})")
+            uri = self._pixels_file(split)
             try:
                 pixels = load(storage.read_bytes(uri))[PIXELS]
             except (SafetensorError, KeyError) as exc:
                 raise DataError(f"{uri}: unreadable decoded images ({exc})") from exc
-            expected = (self.rows(split), *self.meta.input_shape)
-            if pixels.shape != expected or pixels.dtype != np.uint8:
-                raise DataError(
-                    f"{uri}: decoded images of shape {pixels.shape} ({pixels.dtype}); "
-                    f"meta.json says {expected} uint8"
-                )
+            self._check_pixels(uri, split, pixels.shape, pixels.dtype)
             self._pixels[split] = pixels
         return self._pixels[split]
+
+    def _pixels_file(self, split: str) -> str:
+        uri = storage.join(self.uri, PIXELS, f"{split}.safetensors")
+        if not storage.exists(uri):
+            raise DataError(f"{self.uri}: the decoded {split} images are missing ({uri})")
+        return uri
+
+    def _check_pixels(self, uri: str, split: str, shape: tuple[int, ...], dtype: Any) -> None:
+        """The decoded pixels' shape and dtype are what meta.json says."""
+        expected = (self.rows(split), *self.meta.input_shape)
+        if shape != expected or dtype != np.uint8:
+            raise DataError(
+                f"{uri}: decoded images of shape {shape} ({dtype}); "
+                f"meta.json says {expected} uint8"
+            )
 
     def read(
         self, split: str, start: int = 0, stop: int | None = None, encoder: Encoder | None = None
@@ -200,22 +209,11 @@ class ImageSource:
             stop = len(pixels) if stop is None else min(stop, len(pixels))
             return Split(x=pixels[start:stop], y=self.labels(split, start, stop))
         # A chunk (a streamed read, an evaluation chunk): its rows' bytes alone.
-        rows = self._pixel_rows(split)
+        uri = self._pixels_file(split)
+        rows = TensorRows.open(uri, PIXELS)
+        self._check_pixels(uri, split, rows.shape, rows.dtype)
         stop = min(stop, rows.shape[0])
         return Split(x=rows.read(start, stop), y=self.labels(split, start, stop))
-
-    def _pixel_rows(self, split: str) -> TensorRows:
-        uri = storage.join(self.uri, PIXELS, f"{split}.safetensors")
-        if not storage.exists(uri):
-            raise DataError(f"{self.uri}: the decoded {split} images are missing ({uri})")
-        rows = TensorRows.open(uri, PIXELS)
-        expected = (self.rows(split), *self.meta.input_shape)
-        if rows.shape != expected or rows.dtype != np.uint8:
-            raise DataError(
-                f"{uri}: decoded images of shape {rows.shape} ({rows.dtype}); "
-                f"meta.json says {expected} uint8"
-            )
-        return rows
 
     def stream(
         self, split: str, batch_rows: int = STREAM_ROWS, encoder: Encoder | None = None

@@ -63,13 +63,13 @@ class TextSource:
         self, split: str, start: int = 0, stop: int | None = None, encoder: Encoder | None = None
     ) -> Split:
         encoder = _required(encoder)
-        uri = self._cache_uri(split, encoder)
         if stop is not None and (split, encoder.fingerprint) not in self._encoded:
             # A chunk (a streamed read, an evaluation chunk): its rows alone, from the
             # token cache by byte range, or tokenized where no cache is kept (rows pad to
             # the encoder's length: a chunk encodes as it does within the whole split).
             # With a cache root and no cache yet, the whole split is tokenized once, below.
             stop = min(stop, self.rows(split))
+            uri = self._cache_uri(split, encoder)
             if uri is not None and storage.exists(uri):
                 x = TensorRows.open(uri, "inputs").read(start, stop).astype(np.int64)
                 return Split(x=x, y=self.labels(split, start, stop))

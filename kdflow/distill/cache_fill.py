@@ -180,7 +180,7 @@ def fill_ray(
     )
     ds = ds.map_batches(_write_batch, fn_kwargs={"folder": folder}, batch_size=None,
                         batch_format="pyarrow", num_cpus=0, compute=io_tasks())
-    bound_memory(ds)
+    io_limits(ds)
     # This dataset's own settings (a copy of the process's DataContext). A task's output
     # is merged into blocks of up to 128 MiB by default: a row group would reach a single
     # actor. Blocks of about `block_rows` rows spread over the pool. `streaming_repartition`
@@ -204,7 +204,7 @@ def io_tasks() -> Any:
     return ray.data.TaskPoolStrategy(size=IO_TASKS)
 
 
-def bound_memory(ds: Any) -> None:
+def io_limits(ds: Any) -> None:
     """Keep `ds`'s read-ahead within PIPELINE_BYTES of the object store, and run a task
     that failed on a transient storage error again (IO_RETRIES)."""
     from ray.data import ExecutionResources
@@ -235,6 +235,10 @@ def fill_here(
     return shards
 
 
+RAY_DATA_RETRY_NOTE = "\nFailed to apply UDF transform"
+"""Where Ray Data's note on a retried map's error begins (its attempts, how to configure)."""
+
+
 def raised_as(exc: BaseException) -> KdflowError | None:
     """The KdflowError to raise for a failure in Ray (`kdflow_cause`), as this process's
     own class with the text it was raised with (less what Ray Data appends to a retried
@@ -243,9 +247,6 @@ def raised_as(exc: BaseException) -> KdflowError | None:
     if cause is None or cause is exc:
         return cause
     return type(cause)(str(cause).split(RAY_DATA_RETRY_NOTE)[0].rstrip())
-
-
-RAY_DATA_RETRY_NOTE = "\nFailed to apply UDF transform"
 
 
 def kdflow_cause(exc: BaseException) -> KdflowError | None:

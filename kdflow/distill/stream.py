@@ -47,7 +47,7 @@ import torch
 from kdflow.data import storage
 from kdflow.data.sources import DataSource, open_source
 from kdflow.distill import cache as teacher_cache
-from kdflow.distill.cache_fill import bound_memory, io_tasks, raised_as
+from kdflow.distill.cache_fill import io_limits, io_tasks, raised_as
 from kdflow.distill.losses import densify
 from kdflow.distill.runtime import ensure_ray
 from kdflow.distill.step import Batch
@@ -219,7 +219,7 @@ class StreamedEpoch:
         # does not grow with the rows (cache_fill says why both).
         ds = ds.map_batches(self.reader, batch_size=1, num_cpus=0, compute=io_tasks())
         ds.context.execution_options.preserve_order = True
-        bound_memory(ds)  # and retries transient storage errors
+        io_limits(ds)  # read-ahead, and retries of transient storage errors
         ds.context.enable_progress_bars = False
         ds.context.print_on_execution_start = False  # two lines per role and epoch
         logging.getLogger("ray.data._internal.execution.streaming_executor").setLevel(
