@@ -244,6 +244,11 @@ class DistillConfig:
     loop in this process (Ray Train's local mode): no Ray start and no worker processes, the
     fastest for small jobs; a failure is not retried in the step, but a rerun with the same
     run name (a KFP retry) resumes from the last epoch's checkpoint."""
+    parallel: str = "ddp"
+    """How the workers share the student and its baseline: `ddp` (each holds the whole
+    model, gradients all-reduced) or `fsdp` (FullyShardedDataParallel: each holds 1/N of
+    every weight, gradient and Adam moment, transformer blocks gathered one at a time; for
+    students too large for one GPU under DDP). Needs 2 or more --workers to shard."""
     max_failures: int = 2
     """Worker failures Ray Train recovers from by resuming the last checkpoint."""
     seeds: list[int] = field(default_factory=list)
@@ -357,6 +362,17 @@ class DistillConfig:
             self.workers > 0 or not self.ray_address,
             "workers",
             "0 trains in this process; a Ray cluster (--ray-address) needs 1 or more",
+        )
+        require(
+            self.parallel in ("ddp", "fsdp"),
+            "parallel",
+            f"must be `ddp` or `fsdp`, got {self.parallel!r}",
+        )
+        require(
+            self.parallel == "ddp" or self.workers > 0,
+            "parallel",
+            "`fsdp` shards the student across Ray Train workers; --workers 0 trains in "
+            "this process",
         )
         require(self.max_failures >= 0, "max_failures", "must be >= 0")
         require(

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from kdflow.data import storage
+from kdflow.distill.sharding import load_optimizer
 from kdflow.distill.step import Role
 from kdflow.models.artifacts import (
     flatten_optimizer_state,
@@ -131,10 +132,14 @@ def save_checkpoint(
     tensors: dict[str, torch.Tensor] = {f"rng.{k}": v for k, v in rng_tensors.items()}
     state: dict[str, Any] = {"epoch": epoch, "history": history, "rng": rng_meta}
     for r in roles:
-        opt_tensors, opt_meta = flatten_optimizer_state(r.optimizer.state_dict())
-        tensors |= {f"{r.name}.model.{k}": v for k, v in r.classifier.state_dict().items()}
-        if r.aux is not None:
-            tensors |= {f"{r.name}.aux.{k}": v for k, v in r.aux.state_dict().items()}
+        if r.sharded is not None:  # FSDP: the full state gathered this epoch (rank 0)
+            weights, aux, optimizer = r.sharded.weights, r.sharded.aux, r.sharded.optimizer
+        else:
+            weights, optimizer = r.classifier.state_dict(), r.optimizer.state_dict()
+            aux = r.aux.state_dict() if r.aux is not None else {}
+        opt_tensors, opt_meta = flatten_optimizer_state(optimizer)
+        tensors |= {f"{r.name}.model.{k}": v for k, v in weights.items()}
+        tensors |= {f"{r.name}.aux.{k}": v for k, v in aux.items()}
         if r.best_state is not None:
             tensors |= {f"{r.name}.best.{k}": v for k, v in r.best_state.items()}
         tensors |= {f"{r.name}.{k}": v for k, v in opt_tensors.items()}
@@ -163,9 +168,12 @@ def restore_training(
     """Optimizers, schedules, best scores and the RNG from a checkpoint. After
     `prepare_model`: Adam's moments follow the parameters' device."""
     for r in roles:
-        r.optimizer.load_state_dict(
-            unflatten_optimizer_state(strip(tensors, f"{r.name}."), state[r.name]["optimizer"])
-        )
+        optimizer = unflatten_optimizer_state(strip(tensors, f"{r.name}."),
+                                              state[r.name]["optimizer"])
+        if r.sharded is not None:  # FSDP: each rank takes its slice (every rank calls it)
+            load_optimizer(r, optimizer)
+        else:
+            r.optimizer.load_state_dict(optimizer)
         r.scheduler.load_state_dict(state[r.name]["scheduler"])
         r.best_acc = state[r.name]["best_val_accuracy"]
     set_rng_state(strip(tensors, "rng."), state["rng"])

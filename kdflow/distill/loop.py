@@ -31,7 +31,7 @@ from kdflow.config import DistillConfig
 from kdflow.data import storage
 from kdflow.data.prepared import Split
 from kdflow.data.sources import DataSource, open_source
-from kdflow.distill import hints, stream
+from kdflow.distill import hints, sharding, stream
 from kdflow.distill.checkpoints import restore_training, restore_weights
 from kdflow.distill.runtime import seed_everything
 from kdflow.distill.step import Batch, OnlineTeachers, Role, apply_update, kd_step
@@ -418,8 +418,12 @@ def _train(
         restore_weights(roles, tensors)
         first_epoch, history = state["epoch"] + 1, state["history"]
         log.info("rank %d resumes at epoch %d", rank, first_epoch)
+    sharded = cfg.parallel == "fsdp" and world > 1
     for r in roles:
-        r.model = reporter.prepare(r.model)
+        if sharded:  # FSDP: the model with its loss, optimizer over the shards
+            sharding.shard(r, task, cfg.temperature, device, rank)
+        else:
+            r.model = reporter.prepare(r.model)
     if resumed:
         restore_training(roles, *resumed)
 
@@ -462,10 +466,14 @@ def _train(
             )
             seconds = time.perf_counter() - started
             r.scheduler.step()
+            if r.sharded is not None:  # every rank: the full state, for rank 0's copy
+                sharding.gather(r, device, rank)
             seen = losses.pop("rows")
             stats |= {f"{r.name}/{k}": v for k, v in losses.items()} | {
                 f"{r.name}/seconds": seconds,
                 f"{r.name}/rows_per_s": seen * world / seconds,
+                # What rank 0 holds between steps: all of it (DDP) or its shard (FSDP).
+                f"{r.name}/worker_params": sum(p.numel() for p in r.model.parameters()),
             }
             if val is not None:
                 stats |= _validate(r, task, val)
@@ -521,12 +529,12 @@ def role_history(history: list[dict[str, Any]], role: str) -> list[dict[str, Any
 
 
 def _validate(role: Role, task: Task, val: Split) -> dict[str, float]:
-    score = task.score(role.classifier, val)
+    score = task.score(role.scored, val)
     if score > role.best_acc:
         role.best_acc = score
         if role.keep_best:
             role.best_state = {
-                k: v.detach().clone() for k, v in role.classifier.state_dict().items()
+                k: v.detach().clone() for k, v in role.scored.state_dict().items()
             }
     return {
         f"{role.name}/val_{task.metric}": score,

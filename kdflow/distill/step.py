@@ -1,12 +1,16 @@
 """One knowledge-distillation step, top to bottom, in the manner of torchtune's KD recipe
 (`recipes/knowledge_distillation_single_device.py`, `_loss_step`):
 
-1. the student's forward pass (bf16 autocast on a GPU);
-2. the teachers' targets: cached with the batch (offline), or computed now under
+1. the teachers' targets: cached with the batch (offline), or computed now under
    `torch.no_grad()` (online), rounded as the cache rounds them;
+2. the student's forward pass (bf16 autocast on a GPU);
 3. the loss, composed from named parts (`LossParts`): the task's KD loss, then the hint
    losses a plan asks for;
 4. backward and the optimizer's step.
+
+Steps 2 and 3 are one function, `forward_loss`. Under FSDP (`kdflow.distill.sharding`)
+they run inside the wrapped module's forward (`StepLoss`): a causal LM's chunked loss
+applies the LM head, whose weight FSDP gathers only during that forward.
 
 One step serves every role the loop trains: the distilled student, the no-distillation
 baseline (the same step without targets) and the teachers themselves (hard labels, best
@@ -49,12 +53,20 @@ class Role:
     """Hand back the best validation epoch's weights (teachers) rather than the last."""
     best_acc: float = -1.0
     best_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    sharded: Any = field(default=None, repr=False)
+    """Under FSDP: the role's `kdflow.distill.sharding.Sharded` (its parameter names, rank
+    0's full copy for validation, the state last gathered for the checkpoint); else None."""
 
     @property
     def aux(self) -> nn.Module | None:
         """The hint projections, trained and checkpointed with the role, never exported."""
         inner = getattr(self.model, "module", self.model)  # DDP wraps the trained module
         return inner.projections if isinstance(inner, HintedStudent) else None
+
+    @property
+    def scored(self) -> nn.Module:
+        """What validation runs: the classifier, or under FSDP rank 0's full copy of it."""
+        return self.classifier if self.sharded is None else self.sharded.copy
 
 
 @dataclass
@@ -107,16 +119,7 @@ def kd_step(
     `update` on every `accumulate`-th batch (and the epoch's last), so one update follows
     the mean gradient of `accumulate` batches, as one batch that many times larger would;
     under DDP the gradients are all-reduced on that batch alone (`no_sync` before it)."""
-    # 1. The student's forward pass.
-    if device.type == "cuda":
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            out = role.model(batch.x)
-    else:
-        out = role.model(batch.x)
-    logits, features, maps = out if isinstance(out, tuple) else (out, [], [])
-    logits = logits.float()
-
-    # 2. The teachers' targets: cached, or online under no_grad.
+    # 1. The teachers' targets: cached, or online under no_grad.
     soft, entropy, taps = (batch.soft if role.kd else None), None, None
     if role.kd and teachers is not None:
         online = teachers.targets(batch.x)
@@ -124,10 +127,14 @@ def kd_step(
         entropy = online.entropy.sum() if online.entropy is not None else None
         taps = teachers.taps.take() if teachers.taps is not None else None
 
-    # 3. The loss, by named parts.
-    parts = task.loss(logits, batch.y, soft, temperature, role.alpha, role.classifier)
-    if role.plan is not None:
-        parts = with_hints(parts, role.plan, features, maps, taps)
+    # 2-3. The student's forward pass and the loss, by named parts.
+    if role.sharded is not None:  # FSDP: inside the wrapped module's forward (StepLoss)
+        parts, logits = role.model(batch.x, batch.y, soft, taps)
+    else:
+        parts, logits = forward_loss(
+            role.model, role.classifier, role.plan, task, batch, soft, taps, temperature,
+            role.alpha, bf16=device.type == "cuda",
+        )
 
     # 4. Backward, and the step on the last batch of an accumulation.
     no_sync = getattr(role.model, "no_sync", None)  # DDP's; a local module has none
@@ -136,6 +143,61 @@ def kd_step(
     if update:
         apply_update(role)
     return StepOutput(parts, logits.detach(), entropy)
+
+
+def forward_loss(
+    model: nn.Module,
+    classifier: nn.Module,
+    plan: Plan | None,
+    task: Task,
+    batch: Batch,
+    soft: torch.Tensor | None,
+    taps: dict[str, list[torch.Tensor]] | None,
+    temperature: float,
+    alpha: float,
+    bf16: bool,
+) -> tuple[LossParts, torch.Tensor]:
+    """The student's forward pass (with `bf16`, under bf16 autocast: on a GPU) and its
+    loss parts, with the logits in float32."""
+    if bf16:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = model(batch.x)
+    else:
+        out = model(batch.x)
+    logits, features, maps = out if isinstance(out, tuple) else (out, [], [])
+    logits = logits.float()
+    parts = task.loss(logits, batch.y, soft, temperature, alpha, classifier)
+    if plan is not None:
+        parts = with_hints(parts, plan, features, maps, taps)
+    return parts, logits
+
+
+class StepLoss(nn.Module):
+    """A role's model with its loss in `forward`, for FSDP to wrap: `forward(x, y, soft,
+    taps)` returns `forward_loss`'s (parts, logits). FSDP gathers a unit's parameters only
+    around its forward, so a loss that reads a weight (a causal LM's head, applied chunk by
+    chunk) must run inside it."""
+
+    def __init__(self, role: Role, task: Task, temperature: float) -> None:
+        super().__init__()
+        self.net = role.model
+        # Plain attributes, not submodules: the classifier is inside `net`, and a second
+        # registration would give its parameters two names.
+        self.__dict__["classifier"] = role.classifier
+        self.plan, self.task = role.plan, task
+        self.temperature, self.alpha = temperature, role.alpha
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        soft: torch.Tensor | None,
+        taps: dict[str, list[torch.Tensor]] | None,
+    ) -> tuple[LossParts, torch.Tensor]:
+        return forward_loss(
+            self.net, self.__dict__["classifier"], self.plan, self.task, Batch(x, y),
+            soft, taps, self.temperature, self.alpha, bf16=x.device.type == "cuda",
+        )
 
 
 def apply_update(role: Role) -> None:

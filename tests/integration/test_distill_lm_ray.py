@@ -1,7 +1,9 @@
 """Causal-LM distillation under a real Ray Train run of two DDP workers on the CPU: each
 rank reads its shard of the packed blocks and of the cached top-k targets; a killed
 worker resumes from its checkpoint and ends where an undisturbed run ends; online
-teachers train the same student as the cache (the cache's rounding applies to both)."""
+teachers train the same student as the cache (the cache's rounding applies to both);
+two FSDP workers (PyTorch's FullyShardedDataParallel over gloo) train the student DDP
+trains, and resume from their checkpoint as DDP does."""
 
 from __future__ import annotations
 
@@ -48,15 +50,55 @@ def test_two_ddp_workers_distil_a_causal_lm(lm_run):
     assert history[-1]["soft_loss"] < history[0]["soft_loss"]
 
 
-def test_a_killed_worker_resumes_and_matches_the_undisturbed_run(lm_run, tmp_path):
+@pytest.fixture(scope="module")
+def fsdp_run(lm_run):
+    from dataclasses import replace
+
     from kdflow.distill.run import distill
 
     root, dataset, teacher, cfg, _ = lm_run
-    resumed = distill(dataset, [teacher], cfg, tmp_path / "student", tmp_path / "baseline",
-                      root / "work", "lm-killed", seed=0, fail_at_epoch=1)
+    out = root / "fsdp"
+    result = distill(dataset, [teacher], replace(cfg, parallel="fsdp"), out / "student",
+                     out / "baseline", root / "work", "lm-fsdp", seed=0)
+    return out, result
+
+
+def test_two_fsdp_workers_train_the_student_ddp_trains(lm_run, fsdp_run):
+    """Sharded or replicated, the same batches give the same updates: FSDP's
+    reduce-scatter averages the gradients DDP's all-reduce does (up to float rounding);
+    rank 0 validates its gathered full copy, and the checkpoint holds the whole model."""
+    root, _, _, _, ddp = lm_run
+    out, fsdp = fsdp_run
+    for role in ("student", "baseline"):
+        held = [h["worker_params"] for h in (ddp[role]["history"][0], fsdp[role]["history"][0])]
+        assert held[0] == ddp[role]["params"] > 0  # DDP: every worker holds the whole model
+        assert held[1] == pytest.approx(held[0] / 2, rel=0.01)  # FSDP: half of it, on rank 0
+        a, b = _weights(root / role), _weights(out / role)
+        assert a.keys() == b.keys()
+        for key in a:
+            np.testing.assert_allclose(b[key], a[key], rtol=0, atol=1e-4)
+        for h_ddp, h_fsdp in zip(ddp[role]["history"], fsdp[role]["history"], strict=True):
+            assert h_fsdp["val_accuracy"] == pytest.approx(h_ddp["val_accuracy"], abs=1e-3)
+            assert h_fsdp["loss"] == pytest.approx(h_ddp["loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_a_killed_worker_resumes_and_matches_the_undisturbed_run(parallel, lm_run, request,
+                                                                   tmp_path):
+    """Under FSDP too: the checkpoint of a sharded run (full weights by name, the optimizer
+    by parameter index: the format DDP writes) is loaded back into the shards."""
+    from dataclasses import replace
+
+    from kdflow.distill.run import distill
+
+    root, dataset, teacher, cfg, _ = lm_run
+    reference = root if parallel == "ddp" else request.getfixturevalue("fsdp_run")[0]
+    resumed = distill(dataset, [teacher], replace(cfg, parallel=parallel),
+                      tmp_path / "student", tmp_path / "baseline", root / "work",
+                      f"lm-{parallel}-killed", seed=0, fail_at_epoch=1)
     assert [h["epoch"] for h in resumed["student"]["history"]] == [1, 2]
     for role in ("student", "baseline"):
-        a, b = _weights(root / role), _weights(tmp_path / role)
+        a, b = _weights(reference / role), _weights(tmp_path / role)
         for key in a:
             np.testing.assert_allclose(b[key], a[key], rtol=0, atol=1e-5)
 

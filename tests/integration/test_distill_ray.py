@@ -159,20 +159,31 @@ def test_failure_beyond_max_failures_is_a_clear_error(
 def test_two_workers_train_data_parallel(offline_run, digits_dataset, small_teachers, tmp_path):
     from kdflow.distill.run import distill
 
+    """DDP, then FSDP (`--parallel fsdp`, one unit: the zoo's MLP has no blocks): the same
+    batches give the same weights, while each FSDP worker holds half of them."""
     root, _, _ = offline_run
-    cfg = DistillConfig(student_epochs=2, workers=2)
-    result = distill(
-        digits_dataset,
-        small_teachers,
-        cfg,
-        tmp_path / "s",
-        tmp_path / "b",
-        root / "work",
-        "two-workers",
-        seed=0,
-    )
-    assert result["student"]["epochs"] == 2
-    assert _test_accuracy(tmp_path / "s", digits_dataset) > 0.3
+    results = {}
+    for parallel in ("ddp", "fsdp"):
+        cfg = DistillConfig(student_epochs=2, workers=2, parallel=parallel)
+        results[parallel] = distill(
+            digits_dataset,
+            small_teachers,
+            cfg,
+            tmp_path / parallel / "s",
+            tmp_path / parallel / "b",
+            root / "work",
+            f"two-workers-{parallel}",
+            seed=0,
+        )
+    assert results["ddp"]["student"]["epochs"] == 2
+    assert _test_accuracy(tmp_path / "ddp" / "s", digits_dataset) > 0.3
+    held = {p: r["student"]["history"][0]["worker_params"] for p, r in results.items()}
+    assert held["ddp"] == results["ddp"]["student"]["params"]
+    assert held["fsdp"] == pytest.approx(held["ddp"] / 2, abs=1)
+    for role in ("s", "b"):
+        a, b = _weights(tmp_path / "ddp" / role), _weights(tmp_path / "fsdp" / role)
+        for key in a:
+            np.testing.assert_allclose(b[key], a[key], rtol=0, atol=1e-5)
 
 
 def test_in_process_run_trains_the_same_student_as_a_ray_train_worker(

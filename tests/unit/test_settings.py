@@ -38,6 +38,9 @@ def test_option_name_is_the_cli_spelling():
         (DistillConfig, {"alpha": 1.5}, "--alpha: must be in [0, 1], got 1.5"),
         (DistillConfig, {"workers": -1}, "--workers: must be 0 (in-process) or more, got -1"),
         (DistillConfig, {"grad_accum": 0}, "--grad-accum: must be at least 1, got 0"),
+        (DistillConfig, {"parallel": "zero3"}, "--parallel: must be `ddp` or `fsdp`, got 'zero3'"),
+        (DistillConfig, {"parallel": "fsdp", "workers": 0},
+         "--parallel: `fsdp` shards the student across Ray Train workers"),
         (DistillConfig, {"use_gpu": "yes"}, "--use-gpu: must be `auto`, `on` or `off`, got 'yes'"),
         (
             DistillConfig,
