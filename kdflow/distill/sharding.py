@@ -110,8 +110,8 @@ def shard(role: Role, task: Task, temperature: float, device: torch.device, rank
 def _options(device: torch.device) -> Any:
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-    # Offloading to CPU gathers to rank 0 alone; on CPU tensors it frees the storage the
-    # copy reads (a segfault in torch 2.13), so there every rank gathers the whole state.
+    # Offloading to CPU gathers to rank 0 alone; on CPU tensors it segfaulted in torch
+    # 2.13 (a GPT-2, whose head is tied to its embedding), so there every rank gathers.
     return StateDictOptions(full_state_dict=True, cpu_offload=device.type == "cuda")
 
 

@@ -1,5 +1,6 @@
 """Each distillation method end to end through the distill step, in a real local Ray:
-feature hints across families with per-teacher KL, attention maps between transformers,
+feature hints across families with per-teacher KL (replicated and sharded: DDP and FSDP
+workers), attention maps between transformers,
 born-again generations, and a bad layer name refused before Ray Train starts."""
 
 from __future__ import annotations
@@ -84,6 +85,30 @@ def test_killed_worker_resumes_hints_with_their_projections(
     assert resumed["student"]["history"][-1]["feature_loss"] == pytest.approx(
         undisturbed["student"]["history"][-1]["feature_loss"], rel=1e-4
     )
+
+
+def test_hints_train_the_same_student_sharded_as_replicated(
+    digits_dataset, small_teachers, tmp_path
+):
+    """`--parallel fsdp` with hints: the HintedStudent (student and projections) is one
+    FSDP unit, its state split back into the two for the checkpoint; two workers end where
+    two DDP workers end, projections and feature losses included."""
+    from dataclasses import replace
+
+    results = {}
+    for parallel in ("ddp", "fsdp"):
+        cfg = replace(HINTS, workers=2, parallel=parallel)
+        results[parallel] = run(digits_dataset, small_teachers, cfg, tmp_path / parallel,
+                                f"hints-{parallel}")
+    ddp, fsdp = (results[p]["student"]["history"] for p in ("ddp", "fsdp"))
+    assert fsdp[0]["worker_params"] < ddp[0]["worker_params"]
+    assert [h["feature_loss"] for h in fsdp] == pytest.approx(
+        [h["feature_loss"] for h in ddp], rel=1e-4)
+    a = load_file(str(tmp_path / "ddp" / "student" / "model.safetensors"))
+    b = load_file(str(tmp_path / "fsdp" / "student" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_allclose(b[key], a[key], rtol=0, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
