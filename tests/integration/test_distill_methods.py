@@ -87,7 +87,7 @@ def test_killed_worker_resumes_hints_with_their_projections(
     )
 
 
-@pytest.mark.e2e  # four two-worker runs; test_distill_ray covers FSDP in `make test`
+@pytest.mark.e2e  # two two-worker runs; test_distill_ray covers FSDP in `make test`
 def test_hints_train_the_same_student_sharded_as_replicated(
     digits_dataset, small_teachers, tmp_path
 ):
