@@ -34,7 +34,14 @@ from kdflow.data.sources import DataSource, open_source
 from kdflow.distill import hints, sharding, stream
 from kdflow.distill.checkpoints import restore_training, restore_weights
 from kdflow.distill.runtime import seed_everything
-from kdflow.distill.step import Batch, OnlineTeachers, Role, apply_update, kd_step
+from kdflow.distill.step import (
+    Batch,
+    OnlineTeachers,
+    Role,
+    apply_update,
+    kd_step,
+    optimizer_for,
+)
 from kdflow.distill.targets import Ensemble, SoftTargets
 from kdflow.distill.tasks import Task, task_named
 from kdflow.distill.teachers import load_teacher
@@ -323,8 +330,7 @@ def build_roles(
         classifier = build(cfg.student, source.meta, (mean, std), template=template)
         model = classifier if plan is None else hints.HintedStudent(classifier, plan)  # type: ignore[arg-type]
         lr = learning_rate(cfg.student, name, cfg.student_lr, source.meta.kind)
-        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.student_epochs)
+        optimizer, scheduler = optimizer_for(model, lr, cfg.student_epochs)
         roles.append(
             Role(
                 name,

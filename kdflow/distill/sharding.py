@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from kdflow.distill.hints import HintedStudent
-from kdflow.distill.step import Role, StepLoss
+from kdflow.distill.step import Role, StepLoss, optimizer_for
 from kdflow.distill.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -98,9 +98,10 @@ def shard(role: Role, task: Task, temperature: float, device: torch.device, rank
         )
     else:  # Ray's prepare_model refuses FSDP without CUDA; torch's runs over gloo
         role.model = FullyShardedDataParallel(step.to(device), **arguments)
-    lr = role.optimizer.defaults["lr"]
-    role.optimizer = type(role.optimizer)(role.model.parameters(), lr=lr)  # type: ignore[call-arg]
-    role.scheduler = type(role.scheduler)(role.optimizer, T_max=role.scheduler.T_max)
+    # The same optimizer and schedule, over the parameters FSDP now holds.
+    role.optimizer, role.scheduler = optimizer_for(
+        role.model, role.optimizer.defaults["lr"], role.scheduler.T_max
+    )
     role.sharded = Sharded(names, isinstance(step.net, HintedStudent), full)
     if rank == 0:
         units = sorted(c.__name__ for c in layer_classes(step)) or ["the whole model"]

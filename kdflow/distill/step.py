@@ -200,6 +200,12 @@ class StepLoss(nn.Module):
         )
 
 
+def optimizer_for(model: nn.Module, lr: float, epochs: int) -> tuple[torch.optim.Optimizer, Any]:
+    """Every role's optimizer and schedule: Adam at `lr`, cosine over `epochs` epochs."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+
+
 def apply_update(role: Role) -> None:
     """The optimizer's step on the gradients gathered since the last, then zero them."""
     role.optimizer.step()
